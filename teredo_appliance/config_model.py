@@ -1,0 +1,79 @@
+"""Immutable, validated configuration values: what every other module reads.
+
+The YAML loader in `config.py` builds these; roles and the appliance only ever see
+these frozen dataclasses, so two loads of an unchanged file compare equal and a
+reload can diff them section by section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Network
+
+TEREDO_PORT = 3544  # RFC 4380 §4: the IANA-assigned Teredo UDP port
+DEFAULT_PREFIX = IPv6Network("2001::/32")  # RFC 4380 §2.6
+TEREDO_MTU = 1280  # RFC 4380 §5.1.2
+ANY_IPV4 = IPv4Address("0.0.0.0")
+
+ROLE_NAMES = ("server", "relay", "client")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind_address: IPv4Address
+    bind_address2: IPv4Address
+    prefix: IPv6Network = DEFAULT_PREFIX
+    mtu: int = TEREDO_MTU
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    interface: str = "teredo-relay"
+    bind_address: IPv4Address = ANY_IPV4
+    bind_port: int = TEREDO_PORT
+    prefix: IPv6Network = DEFAULT_PREFIX
+    mtu: int = TEREDO_MTU
+    max_peers: int = 65536
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server_address: str  # hostname or IPv4 literal; resolved at run time, never at load
+    server_address2: IPv4Address | None = None  # None: primary + 1 (what Windows assumes)
+    fallback_servers: tuple[str, ...] = ()
+    interface: str = "teredo"
+    bind_address: IPv4Address = ANY_IPV4
+    bind_port: int = 0
+    refresh_interval: float = 30.0
+    mtu: int = TEREDO_MTU
+    hook: str | None = None  # Miredo-compatible up/down script
+
+
+@dataclass(frozen=True)
+class RolesConfig:
+    server: ServerConfig | None = None
+    relay: RelayConfig | None = None
+    client: ClientConfig | None = None
+
+    def enabled(self) -> dict[str, ServerConfig | RelayConfig | ClientConfig]:
+        """The configured roles by name, in a stable order."""
+        return {name: getattr(self, name) for name in ROLE_NAMES if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    listen: str = "tcp:2222:interface=127.0.0.1"
+    authorized_keys: str = "/etc/teredo/admin_keys"
+    host_key: str = "/var/lib/teredo/ssh_host_ed25519_key"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    roles: RolesConfig
+    manhole: ManholeConfig | None = None
+    log: LogConfig = field(default_factory=LogConfig)

@@ -1,0 +1,52 @@
+"""What the appliance needs from every role service: a name, its config, status, peers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from teredo_appliance.stats import Counters
+
+
+class RoleService(Service):
+    """Base of the server, relay and client services.
+
+    Subclasses open privileged resources (sockets, TUN, raw sockets) in
+    `privilegedStartService`, so `twistd -u/-g` can drop root afterwards, and
+    release them in `stopService` (returning a Deferred when release is asynchronous).
+    """
+
+    role: str = "?"
+    log = Logger()
+
+    def __init__(self, config: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.counters = Counters()
+        self.started_at: float | None = None
+        self.setName(self.role)
+
+    def startService(self) -> None:
+        super().startService()
+        self.started_at = time.time()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-friendly report: role, state, addresses, counters; subclasses extend it."""
+        uptime = None if self.started_at is None else round(time.time() - self.started_at, 1)
+        return {
+            "role": self.role,
+            "running": bool(self.running),
+            "uptime": uptime,
+            "counters": self.counters.snapshot(),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Known peers as dicts; roles without a peer table have none."""
+        return []
