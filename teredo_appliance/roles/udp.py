@@ -1,0 +1,73 @@
+"""The UDP glue every role shares: bind without DF, send without raising, contain bad packets.
+
+A full socket buffer or a hostile datagram must cost a counted drop, never a
+traceback per packet or a dead role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from teredo_appliance.stats import Counters
+
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DONT = getattr(socket, "IP_PMTUDISC_DONT", 0)  # RFC 4380 §5.1.2 / Miredo: never set DF
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # absorb bursts: a relay or server is a packet pump
+
+Deliver = Callable[[bytes, tuple[str, int]], None]
+
+
+class TeredoUDP(DatagramProtocol):
+    """Hands each datagram to `deliver(data, (host, port))` and sends with `send()`."""
+
+    log = Logger()
+
+    def __init__(self, deliver: Deliver, counters: Counters, label: str = "udp") -> None:
+        self.deliver = deliver
+        self.counters = counters
+        self.label = label
+        self._logged_failure = False
+
+    def startProtocol(self) -> None:
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:  # an in-memory transport in unit tests
+            return
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # Capped by net.core.[rw]mem_max; the kernel default still works.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            self.deliver(data, addr)
+        except Exception:
+            self.counters.drop("internal-error")
+            if not self._logged_failure:  # once per socket: a bug, not a per-packet log flood
+                self._logged_failure = True
+                self.log.failure("{label}: unexpected error handling a datagram (further ones only counted)",
+                                 label=self.label)
+
+    def send(self, payload: bytes, addr: tuple[str, int]) -> bool:
+        """Send one datagram; a full buffer or unreachable network is a counted drop."""
+        if self.transport is None:
+            self.counters.drop("socket-closed")
+            return False
+        try:
+            self.transport.write(payload, addr)
+        except OSError as error:
+            self.counters.drop("send-" + errno.errorcode.get(error.errno or 0, "error").lower())
+            return False
+        return True
+
+
+def listen_udp(reactor: Any, protocol: TeredoUDP, address: str, port: int) -> Any:
+    """Bind `protocol` on address:port (port 0: the kernel picks) and return the IListeningPort."""
+    return reactor.listenUDP(port, protocol, interface=address, maxPacketSize=65535)
