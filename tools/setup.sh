@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Shared set-up for tools/test.sh and tools/demo.sh: the Debian packages the appliance and
+# its lab need, then a venv in .venv with the project installed (a plain, non-editable
+# install: what an operator gets). Idempotent; needs root for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    python3 python3-venv            # the runtime
+    iproute2 iptables iputils-ping socat kmod   # the namespace lab: links, NAT, ping, TCP transfer
+    miredo miredo-server            # the reference implementation we interoperate with
+    openssh-client                  # the console tests log in with a real ssh
+    man-db groff-base               # the manual pages are rendered and linted
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    # Installing miredo must not start Debian's miredo service (it would dial a public
+    # Teredo server): block service starts for the duration, unless a policy already does.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    trap '[ -n "$own_policy" ] && rm -f "$policy"' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
+.venv/bin/python -m pip install -q '.[test]'
