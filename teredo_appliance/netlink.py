@@ -1,0 +1,114 @@
+"""Configure one network device through netlink (pyroute2): IPv6 on, MTU, up, addresses, routes.
+
+Every failure becomes a `LinkError` whose message names the device and the operation, e.g.
+"teredo: cannot add route 2001::/32: File exists", so an operator reads the cause in one line.
+
+Each call opens its own short-lived netlink socket: configuration is rare, and nothing stays
+open between calls. pyroute2's synchronous API runs a private asyncio loop, so these calls must
+not be made from inside a running asyncio loop (fine with Twisted's default epoll reactor).
+All operations need CAP_NET_ADMIN in the device's network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv6Interface, IPv6Network
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+# include/uapi/linux/if_link.h: enum in6_addr_gen_mode.
+IN6_ADDR_GEN_MODE_NONE = 1
+
+
+class LinkError(Exception):
+    """A network device could not be created or configured; the message says which and why."""
+
+
+class Link:
+    """Netlink configuration of the device named `ifname` in the current network namespace."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+
+    def prepare(self) -> None:
+        """Make the (still down) device an IPv6 link whose addresses only we choose.
+
+        - addr_gen_mode none: a TUN is ARPHRD_NONE, for which the kernel would otherwise add a
+          random fe80:: address on up. The role's own link-local (the relay's
+          fe80::ffff:ffff:ffff, the client's mapping-derived one) must be the only one, or
+          the kernel may pick the random one as source for what it sends through the tunnel.
+        - disable_ipv6=0: a host or namespace with IPv6 disabled by default would refuse
+          our addresses.
+        - accept_ra=0: the kernel must neither solicit routers through the tunnel (its RS
+          would reach the role as a stray multicast packet) nor autoconfigure from RAs that
+          arrive through it; the roles own addresses and routes.
+        """
+        spec = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE)]})]}
+        with self._netlink("disable address autoconfiguration") as (ipr, index):
+            ipr.link("set", index=index, IFLA_AF_SPEC=spec)
+        self._sysctl("disable_ipv6", "0", "enable IPv6")
+        self._sysctl("accept_ra", "0", "disable router advertisements")
+
+    def up(self, mtu: int) -> None:
+        """Set the MTU and bring the device up, in one request."""
+        with self._netlink(f"set MTU {mtu} and bring the link up") as (ipr, index):
+            ipr.link("set", index=index, mtu=mtu, state="up")
+
+    def add_address(self, address: IPv6Interface) -> None:
+        self._address("add", "add address", address)
+
+    def remove_address(self, address: IPv6Interface) -> None:
+        self._address("del", "remove address", address)
+
+    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._route("add", "add route", prefix, metric)
+
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._route("del", "remove route", prefix, metric)
+
+    def _address(self, command: str, verb: str, address: IPv6Interface) -> None:
+        with self._netlink(f"{verb} {address}") as (ipr, index):
+            ipr.addr(
+                command,
+                index=index,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                family=socket.AF_INET6,
+            )
+
+    def _route(self, command: str, verb: str, prefix: IPv6Network, metric: int | None) -> None:
+        extra: dict[str, Any] = {} if metric is None else {"priority": metric}
+        what = f"{verb} {prefix}" + ("" if metric is None else f" metric {metric}")
+        with self._netlink(what) as (ipr, index):
+            ipr.route(command, dst=str(prefix), oif=index, family=socket.AF_INET6, **extra)
+
+    @contextmanager
+    def _netlink(self, operation: str) -> Iterator[tuple[Any, int]]:
+        """Yield (IPRoute, ifindex); turn any failure into a LinkError naming `operation`."""
+        try:
+            with IPRoute() as ipr:
+                indices = ipr.link_lookup(ifname=self.ifname)
+                if not indices:
+                    raise LinkError(f"{self.ifname}: cannot {operation}: no such device")
+                yield ipr, indices[0]
+        except NetlinkError as e:
+            raise LinkError(f"{self.ifname}: cannot {operation}: {_strerror(e.code)}") from e
+        except OSError as e:
+            raise LinkError(f"{self.ifname}: cannot {operation}: {_strerror(e.errno)}") from e
+
+    def _sysctl(self, key: str, value: str, operation: str) -> None:
+        path = f"/proc/sys/net/ipv6/conf/{self.ifname}/{key}"
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise LinkError(f"{self.ifname}: cannot {operation} ({path}): {_strerror(e.errno)}") from e
+
+
+def _strerror(code: int | None) -> str:
+    return os.strerror(code) if code else "unknown error"

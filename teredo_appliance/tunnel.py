@@ -1,0 +1,223 @@
+"""The IPv6 TUN device of the relay and the client: whole IPv6 packets in and out, plus link setup.
+
+Built on twisted.pair.tuntap.TuntapPort in IFF_TUN | IFF_NO_PI mode with a minimal IPv6 packet
+protocol of our own (twisted.pair.ip is IPv4-only). Link configuration goes through netlink
+(teredo_appliance.netlink); every failure there is a LinkError naming the device and operation.
+
+Life cycle, as a role uses it::
+
+    tun = Tunnel("teredo", 1280, on_packet, counters=self.counters, reactor=self.reactor)
+    tun.open()                                   # privilegedStartService: create, configure, read
+    tun.set_addresses([IPv6Interface("fe80::ffff:ffff:ffff/64")])
+    tun.add_route(IPv6Network("2001::/32"))
+    tun.write(packet)                            # never raises
+    d = tun.close()                              # stopService: return d
+
+open(), set_addresses(), add_route(), remove_route() and close() need CAP_NET_ADMIN (and open()
+access to /dev/net/tun): if the process drops root after privilegedStartService, later address
+or route changes fail with a LinkError.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from ipaddress import IPv6Interface, IPv6Network
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import AbstractDatagramProtocol
+from twisted.logger import Logger
+from twisted.pair.raw import IRawPacketProtocol
+from twisted.pair.tuntap import TuntapPort
+from zope.interface import implementer
+
+from teredo_appliance.netlink import Link, LinkError
+from teredo_appliance.stats import Counters
+
+__all__ = ["LinkError", "Tunnel"]
+
+IPV6_HEADER_LEN = 40  # RFC 8200 §3
+IFNAMSIZ = 16  # include/uapi/linux/if.h, including the terminating NUL
+# Read buffer: the largest MTU a TUN accepts, so a packet is never truncated even if an operator
+# raises the MTU behind our back; reading into a 64 KiB buffer costs no more than into 1280 bytes.
+READ_SIZE = 65535
+
+
+@implementer(IRawPacketProtocol)
+class _IPv6Packets(AbstractDatagramProtocol):
+    """Hand each IPv6 packet read from the TUN to `on_packet`; count anything else as a drop.
+
+    It declares IRawPacketProtocol only because TuntapPort insists on it to choose TUN mode;
+    TuntapPort calls nothing but datagramReceived.
+    """
+
+    def __init__(self, on_packet: Callable[[bytes], None], counters: Counters) -> None:
+        self.on_packet = on_packet
+        self.counters = counters
+
+    def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
+        if len(datagram) < IPV6_HEADER_LEN:
+            self.counters.drop("tun.short")
+        elif datagram[0] >> 4 != 6:
+            self.counters.drop("tun.not_ipv6")
+        else:
+            self.on_packet(datagram)
+
+
+class Tunnel:
+    """One IPv6 TUN device: created and configured by open(), removed by close().
+
+    `on_packet(packet)` receives every IPv6 packet the kernel routes to the device (at least a
+    whole IPv6 header, version 6; anything else is counted as drop "tun.short" or
+    "tun.not_ipv6"). `counters` is shared with the role if given. `reactor` and `system` are
+    passed to TuntapPort (tests use twisted.pair.testing.MemoryIOSystem as `system`);
+    `link_factory(ifname)` returns the netlink configurator (tests pass a fake).
+
+    The tunnel remembers the addresses and routes it added, so close() removes exactly those
+    even on a persistent device; a non-persistent TUN (the usual case) vanishes when its
+    descriptor closes, taking everything with it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        mtu: int,
+        on_packet: Callable[[bytes], None],
+        *,
+        counters: Counters | None = None,
+        reactor: Any = None,
+        system: Any = None,
+        link_factory: Callable[[str], Link] = Link,
+    ) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.counters = Counters() if counters is None else counters
+        self._protocol = _IPv6Packets(on_packet, self.counters)
+        self._reactor = reactor
+        self._system = system
+        self._link_factory = link_factory
+        self._port: TuntapPort | None = None
+        self._link: Link | None = None
+        self._addresses: list[IPv6Interface] = []
+        self._routes: list[tuple[IPv6Network, int | None]] = []
+
+    def open(self) -> None:
+        """Privileged: create the TUN, make it an IPv6 link whose addresses only we choose (see
+        Link.prepare), set the MTU, bring it up and start reading.
+
+        On failure LinkError says why and the device is closed on the next reactor turn.
+        `name` becomes the kernel's name for the device (it may expand a pattern like
+        "teredo%d").
+        """
+        if self._port is not None:
+            raise RuntimeError(f"{self.name}: TUN device already open")
+        if not 0 < len(os.fsencode(self.name)) < IFNAMSIZ:
+            raise LinkError(f"{self.name!r}: cannot open TUN device: a name has 1 to {IFNAMSIZ - 1} bytes")
+        port = TuntapPort(
+            os.fsencode(self.name),
+            self._protocol,
+            maxPacketSize=READ_SIZE,
+            reactor=self._reactor,
+            system=self._system,
+        )
+        try:
+            port.startListening()
+        except CannotListenError as e:
+            reason = os.strerror(e.socketError.errno) if e.socketError.errno else str(e.socketError)
+            raise LinkError(f"{self.name}: cannot open TUN device: {reason}") from e
+        self._port = port
+        self.name = os.fsdecode(port.interface)
+        self._link = self._link_factory(self.name)
+        try:
+            self._link.prepare()
+            self._link.up(self.mtu)
+        except LinkError:
+            self.close()
+            raise
+        self.log.info("TUN device {name} open, MTU {mtu}", name=self.name, mtu=self.mtu)
+
+    def set_addresses(self, addresses: Iterable[IPv6Interface]) -> None:
+        """Privileged: make `addresses` the device's addresses.
+
+        Addresses set earlier and no longer wanted are removed first, then new ones added, so a
+        changed Teredo address replaces the old one (also when only its prefix length changes).
+        The kernel adds each address's prefix route itself (2001::/32 for a Teredo address /32).
+        """
+        link = self._open_link("set addresses")
+        wanted = list(dict.fromkeys(addresses))
+        for address in [a for a in self._addresses if a not in wanted]:
+            link.remove_address(address)
+            self._addresses.remove(address)
+        for address in wanted:
+            if address not in self._addresses:
+                link.add_address(address)
+                self._addresses.append(address)
+
+    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        """Privileged: route `prefix` to the device (kernel default metric 1024 if None)."""
+        self._open_link("add a route").add_route(prefix, metric)
+        self._routes.append((prefix, metric))
+
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        """Privileged: remove a route added with add_route (same prefix and metric)."""
+        self._open_link("remove a route").remove_route(prefix, metric)
+        if (prefix, metric) in self._routes:
+            self._routes.remove((prefix, metric))
+
+    def write(self, packet: bytes) -> None:
+        """Hand one IPv6 packet to the kernel. Never raises: a packet the kernel refuses (queue
+        full: EAGAIN/ENOBUFS, or any other error) or one written while closed is counted as
+        drop "tun.write_<errno>" / "tun.closed" and lost, as IP allows."""
+        port = self._port
+        if port is None:
+            self.counters.drop("tun.closed")
+            return
+        try:
+            port.write(packet)
+        except OSError as e:
+            self.counters.drop("tun.write_" + errno.errorcode.get(e.errno or 0, "error").lower())
+
+    def close(self) -> Deferred[None]:
+        """Remove the routes and addresses we added, then close the device.
+
+        Removal is best effort (a failure is logged, not raised) so that stopping always
+        completes. The Deferred fires once the descriptor is closed, when a non-persistent TUN
+        is gone: open a successor with the same name only after that.
+        """
+        port, link = self._port, self._link
+        self._port = self._link = None
+        if port is None or link is None:
+            return succeed(None)
+        for prefix, metric in reversed(self._routes):
+            self._best_effort(link.remove_route, prefix, metric)
+        for address in reversed(self._addresses):
+            self._best_effort(link.remove_address, address)
+        self._routes.clear()
+        self._addresses.clear()
+        return port.stopListening()
+
+    def status(self) -> dict[str, Any]:
+        """JSON-friendly: device name, open or not, MTU, the addresses and routes we set."""
+        return {
+            "interface": self.name,
+            "open": self._port is not None,
+            "mtu": self.mtu,
+            "addresses": [str(a) for a in self._addresses],
+            "routes": [{"prefix": str(p), "metric": m} for p, m in self._routes],
+        }
+
+    def _open_link(self, operation: str) -> Link:
+        if self._link is None:
+            raise RuntimeError(f"{self.name}: cannot {operation}: TUN device not open")
+        return self._link
+
+    def _best_effort(self, remove: Callable[..., None], *args: Any) -> None:
+        try:
+            remove(*args)
+        except LinkError as e:
+            self.log.warn("{error}", error=str(e))
