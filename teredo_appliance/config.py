@@ -1,0 +1,429 @@
+"""Read teredo.yaml into the frozen dataclasses of `config_model`, or say everything wrong with it.
+
+The YAML is composed to nodes (not loaded to plain values) so that every error can name
+file:line and the dotted key; all errors are collected so an operator fixes a file in one
+pass. Nothing here touches the network: hostnames are checked for syntax only, because
+`teredo-checkconf` must work without DNS and a reload must not block on a resolver.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Network
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from teredo_appliance.config_model import (
+    ANY_IPV4,
+    TEREDO_PORT,
+    ClientConfig,
+    Config,
+    LogConfig,
+    ManholeConfig,
+    RelayConfig,
+    RolesConfig,
+    ServerConfig,
+)
+
+DEFAULT_PATH = "/etc/teredo/teredo.yaml"
+
+TEREDO_PREFIX_LENGTH = 32  # RFC 4380 §2.6: the Teredo service prefix is a /32
+IPV6_MIN_MTU = 1280  # RFC 8200 §5
+MAX_MTU = 65535  # the IPv6 payload length field is 16 bits
+# Refresh bounds in seconds: at least 1 s so a typo cannot flood the server; at most 120 s,
+# the initial "maximum Teredo refresh interval" of RFC 4380 §5.2.7 (and the shortest NAT
+# mapping lifetime RFC 4787 REQ-5 lets us rely on).
+MIN_REFRESH_INTERVAL = 1.0
+MAX_REFRESH_INTERVAL = 120.0
+IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 characters
+LOG_LEVELS = ("debug", "info", "warn", "error")
+BROADCAST = IPv4Address("255.255.255.255")
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_STR_TAG = "tag:yaml.org,2002:str"
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `.errors` holds one "file:line: key: problem" per fault."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+class _Invalid(Exception):
+    """A value failed its check; the message completes "file:line: key: ..."."""
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the file at `path`; unreadable files are ConfigErrors too."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte offset {e.start})"]) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, filename: str) -> Config:
+    """Validate YAML `text`; `filename` only prefixes the error messages."""
+    reader = _Reader(filename)
+    config = reader.config(text)
+    if reader.errors or config is None:
+        raise ConfigError([message for _, message in sorted(reader.errors, key=lambda error: error[0])])
+    return config
+
+
+# --- value checks: each takes a YAML node and returns the value or raises _Invalid ---
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL_TAG:
+        return "null"
+    return repr(node.value) if node.tag == _STR_TAG else node.value
+
+
+def _text(node: Node, what: str = "a string") -> str:
+    """The scalar's text as written (so `interface: 123` is the name "123")."""
+    if not isinstance(node, ScalarNode) or node.tag == _NULL_TAG:
+        raise _Invalid(f"expected {what}, got {_describe(node)}")
+    return node.value
+
+
+def _nonempty_text(node: Node) -> str:
+    value = _text(node)
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _ipv4(node: Node) -> IPv4Address:
+    value = _text(node, "an IPv4 address")
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IPv4 address") from None
+
+
+def _host(node: Node) -> str:
+    """A hostname or IPv4 literal, checked for syntax only (RFC 1123 labels; never DNS)."""
+    value = _text(node, "a hostname or IPv4 address")
+    labels = value.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels):
+        return str(_ipv4(node))
+    if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise _Invalid(f"{value!r} is not a hostname or IPv4 address")
+    return value
+
+
+def _host_list(node: Node) -> tuple[str, ...]:
+    if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
+        return ()
+    if not isinstance(node, SequenceNode):
+        raise _Invalid(f"expected a list of hostnames or IPv4 addresses, got {_describe(node)}")
+    hosts, problems = [], []
+    for index, item in enumerate(node.value):
+        try:
+            hosts.append(_host(item))
+        except _Invalid as e:
+            problems.append(f"item {index} (line {item.start_mark.line + 1}): {e}")
+    if problems:
+        raise _Invalid("; ".join(problems))
+    return tuple(hosts)
+
+
+def _prefix(node: Node) -> IPv6Network:
+    value = _text(node, "an IPv6 prefix")
+    try:
+        prefix = IPv6Network(value)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IPv6 prefix (like 2001::/32)") from None
+    if prefix.prefixlen != TEREDO_PREFIX_LENGTH:
+        raise _Invalid(f"{value!r} is not a /{TEREDO_PREFIX_LENGTH} (RFC 4380 §2.6)")
+    if prefix.is_multicast:
+        raise _Invalid(f"{value!r} is a multicast prefix")
+    return prefix
+
+
+def _number(node: Node, tags: tuple[str, ...], what: str) -> float:
+    if not isinstance(node, ScalarNode) or node.tag not in tags:
+        raise _Invalid(f"expected {what}, got {_describe(node)}")
+    construct = _SCALARS.construct_yaml_int if node.tag == _INT_TAG else _SCALARS.construct_yaml_float
+    return construct(node)
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[Node], int]:
+    def check(node: Node) -> int:
+        value = _number(node, (_INT_TAG,), "an integer")
+        if high is None and value < low:
+            raise _Invalid(f"{value} must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise _Invalid(f"{value} is out of range {low}..{high}")
+        return value
+
+    return check
+
+
+def _refresh_interval(node: Node) -> float:
+    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
+    if not (math.isfinite(value) and MIN_REFRESH_INTERVAL <= value <= MAX_REFRESH_INTERVAL):
+        raise _Invalid(
+            f"{_describe(node)} is out of range {MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
+        )
+    return value
+
+
+def _interface(node: Node) -> str:
+    """A name the Linux kernel accepts for a new link (see dev_valid_name())."""
+    value = _text(node, "an interface name")
+    if not value or len(value) >= IFNAMSIZ:
+        raise _Invalid(f"{value!r} is not an interface name (1 to {IFNAMSIZ - 1} characters)")
+    if value in (".", "..") or any(c in "/:" or c.isspace() for c in value):
+        raise _Invalid(f"{value!r} is not an interface name (no '/', ':' or whitespace)")
+    return value
+
+
+def _optional(check: Callable[[Node], object]) -> Callable[[Node], object]:
+    def optional(node: Node) -> object:
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
+            return None
+        return check(node)
+
+    return optional
+
+
+def _log_level(node: Node) -> str:
+    value = _text(node, "a log level")
+    if value not in LOG_LEVELS:
+        raise _Invalid(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+_mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
+
+# Every accepted key, per section, with its check. Required keys are the dataclass fields
+# without a default, except those derived in _Reader (server bind_address2).
+_CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
+    ServerConfig: {"bind_address": _ipv4, "bind_address2": _ipv4, "prefix": _prefix, "mtu": _mtu},
+    RelayConfig: {
+        "interface": _interface,
+        "bind_address": _ipv4,
+        "bind_port": _int_in(1, 65535),
+        "prefix": _prefix,
+        "mtu": _mtu,
+        "max_peers": _int_in(1),
+    },
+    ClientConfig: {
+        "server_address": _host,
+        "server_address2": _optional(_ipv4),
+        "fallback_servers": _host_list,
+        "interface": _interface,
+        "bind_address": _ipv4,
+        "bind_port": _int_in(0, 65535),
+        "refresh_interval": _refresh_interval,
+        "mtu": _mtu,
+        "hook": _optional(_nonempty_text),
+    },
+    ManholeConfig: {"listen": _nonempty_text, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
+    LogConfig: {"level": _log_level},
+}
+_REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
+_TOP_LEVEL = ("roles", "manhole", "log")
+_ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientConfig}
+
+
+@dataclass
+class _Section:
+    """A validated section: its values plus where each key was written, for later cross-checks."""
+
+    path: str
+    line: int
+    values: dict[str, object]
+    lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        return self.lines.get(key, self.line)
+
+
+@dataclass
+class _Reader:
+    filename: str
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, message) to sort by line
+
+    def error(self, line: int, path: str, message: str) -> None:
+        where = f"{path}: " if path else ""
+        self.errors.append((line, f"{self.filename}:{line}: {where}{message}"))
+
+    def config(self, text: str) -> Config | None:
+        root = self.compose(text)
+        if root is None:
+            return None
+        top = self.entries(root, "", 1, _TOP_LEVEL, "at the top level")
+        if top is None:
+            return None
+        roles = self.roles(top)
+        manhole = self.section(ManholeConfig, *top["manhole"]) if "manhole" in top else None
+        log = self.section(LogConfig, *top["log"]) if "log" in top else None
+        if self.errors or roles is None:
+            return None
+        return Config(
+            roles=roles,
+            manhole=ManholeConfig(**manhole.values) if manhole else None,
+            log=LogConfig(**log.values) if log else LogConfig(),
+        )
+
+    def compose(self, text: str) -> Node | None:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as e:
+            context = f" ({e.context})" if e.context else ""
+            self.error(e.problem_mark.line + 1, "", f"YAML syntax error: {e.problem}{context}")
+            return None
+        except yaml.reader.ReaderError as e:
+            line = text.count("\n", 0, e.position) + 1
+            self.error(line, "", f"YAML syntax error: {str(e).splitlines()[0]}")
+            return None
+        except RecursionError:
+            self.error(1, "", "YAML syntax error: nested too deeply")
+            return None
+        if root is None:
+            self.error(1, "", "the file is empty; it needs at least a 'roles' mapping")
+        return root
+
+    def entries(
+        self, node: Node, path: str, line: int, allowed: tuple[str, ...], where: str = ""
+    ) -> dict[str, tuple[Node, str, int]] | None:
+        """A mapping's values by key, as (node, dotted path, line); null counts as empty."""
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG and path:
+            return {}
+        if not isinstance(node, MappingNode):
+            self.error(line, path, f"expected a mapping{' ' + where if where else ''}, got {_describe(node)}")
+            return None
+        found: dict[str, tuple[Node, str, int]] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode):
+                self.error(key_line, path, f"expected a key, got {_describe(key_node)}")
+                continue
+            key = key_node.value
+            key_path = f"{path}.{key}" if path else key
+            if key in found:
+                self.error(key_line, key_path, f"duplicate key (first given on line {found[key][2]})")
+            elif key not in allowed:
+                self.error(key_line, key_path, _unknown_key(key, allowed))
+            else:
+                found[key] = (value_node, key_path, key_line)
+        return found
+
+    def section(self, cls: type, node: Node, path: str, line: int) -> _Section | None:
+        """Check every key of one section; None if anything in it is wrong."""
+        checks = _CHECKS[cls]
+        found = self.entries(node, path, line, tuple(checks))
+        if found is None:
+            return None
+        section = _Section(path, line, {}, {})
+        ok = True
+        for key, (value_node, key_path, key_line) in found.items():
+            try:
+                section.values[key] = checks[key](value_node)
+                section.lines[key] = key_line
+            except _Invalid as e:
+                self.error(key_line, key_path, str(e))
+                ok = False
+        for key in _REQUIRED.get(cls, ()):
+            if key not in found:
+                self.error(line, f"{path}.{key}", "required key is missing")
+                ok = False
+        return section if ok else None
+
+    def roles(self, top: dict[str, tuple[Node, str, int]]) -> RolesConfig | None:
+        if "roles" not in top:
+            self.error(1, "roles", "required key is missing")
+            return None
+        found = self.entries(*top["roles"], tuple(_ROLE_CLASSES))
+        if found is None:
+            return None
+        if not found:
+            self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(_ROLE_CLASSES)}")
+            return None
+        sections = {name: self.section(_ROLE_CLASSES[name], *found[name]) for name in found}
+        if "server" in sections and sections["server"] is not None:
+            sections["server"] = self.server_addresses(sections["server"])
+        if None in sections.values():
+            return None
+        self.check_sockets(sections)
+        self.check_interfaces(sections)
+        return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
+
+    def server_addresses(self, server: _Section) -> _Section | None:
+        """The server answers from two specific addresses; derive the second if not given."""
+        ok = True
+        for key in ("bind_address", "bind_address2"):
+            if server.values.get(key) == ANY_IPV4:
+                self.error(server.line_of(key), f"{server.path}.{key}", "the server needs a specific address")
+                ok = False
+        primary = server.values["bind_address"]
+        if ok and "bind_address2" not in server.values:
+            if primary == BROADCAST:
+                self.error(
+                    server.line_of("bind_address"),
+                    f"{server.path}.bind_address",
+                    f"{primary} has no next address to default bind_address2 to; set bind_address2",
+                )
+                ok = False
+            else:
+                server.values["bind_address2"] = primary + 1
+        return server if ok else None
+
+    def check_sockets(self, sections: dict[str, _Section]) -> None:
+        """No two UDP sockets of the enabled roles may claim the same address:port."""
+        sockets = []  # (dotted key, line, address, port)
+        for name, section in sections.items():
+            if name == "server":
+                keys = [("bind_address", TEREDO_PORT), ("bind_address2", TEREDO_PORT)]
+            else:
+                port = section.values.get("bind_port", _ROLE_CLASSES[name].bind_port)
+                keys = [("bind_address", port)] if port else []  # port 0: the kernel picks a free one
+            for key, port in keys:
+                address = section.values.get(key, ANY_IPV4)
+                sockets.append((f"{section.path}.{key}", section.line_of(key), address, port))
+        for index, (path, line, address, port) in enumerate(sockets):
+            for other_path, _, other_address, other_port in sockets[:index]:
+                if port == other_port and (address == other_address or ANY_IPV4 in (address, other_address)):
+                    self.error(
+                        line, path, f"{address}:{port} collides with {other_path} {other_address}:{other_port}"
+                    )
+                    break
+
+    def check_interfaces(self, sections: dict[str, _Section]) -> None:
+        if "relay" in sections and "client" in sections:
+            relay, client = sections["relay"], sections["client"]
+            name = client.values.get("interface", ClientConfig.interface)
+            if name == relay.values.get("interface", RelayConfig.interface):
+                self.error(
+                    client.line_of("interface"),
+                    f"{client.path}.interface",
+                    f"{name!r} is also {relay.path}.interface; each role needs its own TUN device",
+                )
+
+
+def _unknown_key(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    return f"unknown key; expected one of {', '.join(allowed)}"

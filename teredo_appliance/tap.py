@@ -1,0 +1,31 @@
+"""`twistd teredo`: command-line options and the root service built from the YAML config."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", DEFAULT_PATH, "YAML configuration file (check it with teredo-checkconf)."],
+    ]
+
+
+def makeService(options: Options) -> IService:
+    """Load the config and build the appliance; a bad config ends twistd with its errors, no traceback."""
+    path = options["config"]
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        for error in e.errors:
+            sys.stderr.write(error + "\n")
+        raise SystemExit(1) from None
+    # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.
+    from teredo_appliance.appliance import Appliance
+
+    return Appliance(path, config)

@@ -1,0 +1,458 @@
+"""The YAML contract of issue 2 §2: defaults, every validation rule and its exact message."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from ipaddress import IPv4Address, IPv6Network
+from textwrap import dedent
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import FailTest, SynchronousTestCase
+
+from teredo_appliance.config import ConfigError, load_config, parse_config
+from teredo_appliance.config_model import (
+    ClientConfig,
+    Config,
+    LogConfig,
+    ManholeConfig,
+    RelayConfig,
+    RolesConfig,
+    ServerConfig,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(REPO, "etc", "teredo.yaml")
+
+# (YAML text, every error expected for it, in order); shared with the teredo-checkconf tests.
+BROKEN = [
+    (
+        """\
+        roles:
+          server:
+            bind_address: 300.1.1.1
+        """,
+        ["teredo.yaml:3: roles.server.bind_address: '300.1.1.1' is not an IPv4 address"],
+    ),
+    (
+        """\
+        roles:
+          server:
+            bind_adress: 198.18.0.1
+        """,
+        [
+            "teredo.yaml:2: roles.server.bind_address: required key is missing",
+            "teredo.yaml:3: roles.server.bind_adress: unknown key; did you mean 'bind_address'?",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+        colour: blue
+        """,
+        ["teredo.yaml:3: colour: unknown key; expected one of roles, manhole, log"],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            prefix: 2001::/48
+          server:
+            bind_address: 198.18.0.1
+            prefix: ff02::/32
+        """,
+        [
+            "teredo.yaml:3: roles.relay.prefix: '2001::/48' is not a /32 (RFC 4380 §2.6)",
+            "teredo.yaml:6: roles.server.prefix: 'ff02::/32' is a multicast prefix",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            prefix: 198.18.0.0/15
+        """,
+        ["teredo.yaml:3: roles.relay.prefix: '198.18.0.0/15' is not an IPv6 prefix (like 2001::/32)"],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            bind_port: 0
+          client:
+            server_address: 198.18.0.1
+            bind_port: 65536
+        """,
+        [
+            "teredo.yaml:3: roles.relay.bind_port: 0 is out of range 1..65535",
+            "teredo.yaml:6: roles.client.bind_port: 65536 is out of range 0..65535",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            mtu: 1200
+            max_peers: 0
+        """,
+        [
+            "teredo.yaml:3: roles.relay.mtu: 1200 is out of range 1280..65535",
+            "teredo.yaml:4: roles.relay.max_peers: 0 must be at least 1",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            mtu: "1280"
+            bind_address: [198.18.0.1]
+        """,
+        [
+            "teredo.yaml:3: roles.relay.mtu: expected an integer, got '1280'",
+            "teredo.yaml:4: roles.relay.bind_address: expected an IPv4 address, got a list",
+        ],
+    ),
+    (
+        """\
+        roles:
+          client:
+            server_address: teredo_server.example
+            refresh_interval: 0
+            interface: a-very-long-tun-name
+        """,
+        [
+            "teredo.yaml:3: roles.client.server_address: 'teredo_server.example' is not a hostname or IPv4 address",
+            "teredo.yaml:4: roles.client.refresh_interval: 0 is out of range 1..120 seconds",
+            "teredo.yaml:5: roles.client.interface: 'a-very-long-tun-name' is not an interface name"
+            " (1 to 15 characters)",
+        ],
+    ),
+    (
+        """\
+        roles:
+          client:
+            server_address: teredo.example.net
+            fallback_servers:
+              - 198.18.0.9
+              - 198.18.0.256
+            interface: tun/0
+        """,
+        [
+            "teredo.yaml:4: roles.client.fallback_servers: item 1 (line 6): '198.18.0.256' is not an IPv4 address",
+            "teredo.yaml:7: roles.client.interface: 'tun/0' is not an interface name (no '/', ':' or whitespace)",
+        ],
+    ),
+    (
+        """\
+        roles:
+          server:
+            bind_address: 198.18.0.1
+          relay:
+        """,
+        [
+            "teredo.yaml:4: roles.relay.bind_address: 0.0.0.0:3544 collides with"
+            " roles.server.bind_address 198.18.0.1:3544"
+        ],
+    ),
+    (
+        """\
+        roles: {}
+        """,
+        ["teredo.yaml:1: roles: no role enabled; enable any of server, relay, client"],
+    ),
+    (
+        """\
+        log:
+          level: verbose
+        """,
+        [
+            "teredo.yaml:1: roles: required key is missing",
+            "teredo.yaml:2: log.level: 'verbose' is not one of debug, info, warn, error",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            mtu: 1280
+            mtu: 1500
+        manhole: yes
+        """,
+        [
+            "teredo.yaml:4: roles.relay.mtu: duplicate key (first given on line 3)",
+            "teredo.yaml:5: manhole: expected a mapping, got yes",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            mtu: 1280
+           bind_port: 3544
+        """,
+        ["teredo.yaml:4: YAML syntax error: expected <block end>, but found '<block mapping start>'"
+         " (while parsing a block mapping)"],
+    ),
+    (
+        """\
+        # nothing but a comment
+        """,
+        ["teredo.yaml:1: the file is empty; it needs at least a 'roles' mapping"],
+    ),
+    (
+        """\
+        - roles
+        """,
+        ["teredo.yaml:1: expected a mapping at the top level, got a list"],
+    ),
+    (
+        """\
+        roles:
+          server:
+            bind_address: 255.255.255.255
+        """,
+        [
+            "teredo.yaml:3: roles.server.bind_address: 255.255.255.255 has no next address to default"
+            " bind_address2 to; set bind_address2"
+        ],
+    ),
+    (
+        """\
+        roles:
+          server:
+            bind_address: 0.0.0.0
+          client:
+        """,
+        [
+            "teredo.yaml:3: roles.server.bind_address: the server needs a specific address",
+            "teredo.yaml:4: roles.client.server_address: required key is missing",
+        ],
+    ),
+]
+
+
+def parse(text: str) -> Config:
+    return parse_config(dedent(text), "teredo.yaml")
+
+
+def errors(text: str) -> list[str]:
+    """The errors for `text`; fails the test if the text is accepted."""
+    try:
+        parse(text)
+    except ConfigError as e:
+        return e.errors
+    raise FailTest(f"accepted:\n{dedent(text)}")
+
+
+class BrokenConfigTests(SynchronousTestCase):
+    def test_each_broken_config_gives_its_exact_errors(self) -> None:
+        for text, expected in BROKEN:
+            self.assertEqual(errors(text), expected, dedent(text))
+
+    def test_all_errors_are_collected_in_line_order(self) -> None:
+        text = """\
+            roles:
+              relay:
+                bind_port: 99999
+                interface: ""
+              bogus:
+            log:
+              level: loud
+            """
+        self.assertEqual(
+            errors(text),
+            [
+                "teredo.yaml:3: roles.relay.bind_port: 99999 is out of range 1..65535",
+                "teredo.yaml:4: roles.relay.interface: '' is not an interface name (1 to 15 characters)",
+                "teredo.yaml:5: roles.bogus: unknown key; expected one of server, relay, client",
+                "teredo.yaml:7: log.level: 'loud' is not one of debug, info, warn, error",
+            ],
+        )
+
+    def test_str_of_config_error_joins_messages(self) -> None:
+        error = ConfigError(["a:1: x", "a:2: y"])
+        self.assertEqual(str(error), "a:1: x\na:2: y")
+        self.assertEqual(error.errors, ["a:1: x", "a:2: y"])
+
+    def test_filename_is_used_as_given(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("roles: []\n", "/etc/teredo/other.yaml")
+        self.assertEqual(caught.exception.errors, ["/etc/teredo/other.yaml:1: roles: expected a mapping, got a list"])
+
+    def test_reader_and_nesting_errors_name_a_line(self) -> None:
+        self.assertEqual(
+            errors("roles:\n  relay:\n\x00"),
+            ["teredo.yaml:3: YAML syntax error: unacceptable character #x0000: special characters are not allowed"],
+        )
+        self.assertEqual(errors("[" * 5000), ["teredo.yaml:1: YAML syntax error: nested too deeply"])
+
+    @given(st.text(max_size=200))
+    def test_arbitrary_text_is_a_config_or_config_error(self, text: str) -> None:
+        try:
+            parse_config(text, "f.yaml")
+        except ConfigError as e:
+            self.assertTrue(e.errors)
+            for message in e.errors:
+                self.assertRegex(message, r"\Af\.yaml:\d+: ")
+
+    @given(st.integers(min_value=-(2**70), max_value=2**70))
+    def test_relay_port_accepted_exactly_in_range(self, port: int) -> None:
+        text = f"roles:\n  relay:\n    bind_port: {port}\n"
+        if 1 <= port <= 65535:
+            self.assertEqual(parse(text).roles.relay.bind_port, port)
+        else:
+            self.assertEqual(errors(text), [f"teredo.yaml:3: roles.relay.bind_port: {port} is out of range 1..65535"])
+
+
+class ValueTests(SynchronousTestCase):
+    def test_role_with_no_keys_runs_with_defaults(self) -> None:
+        for relay in ("relay:", "relay: {}", "relay: null"):
+            config = parse(f"roles:\n  {relay}\n")
+            self.assertEqual(config, Config(roles=RolesConfig(relay=RelayConfig())))
+            self.assertIsNone(config.manhole)
+            self.assertEqual(config.log, LogConfig(level="info"))
+
+    def test_server_defaults(self) -> None:
+        server = parse("roles:\n  server:\n    bind_address: 198.18.0.1\n").roles.server
+        self.assertEqual(
+            server,
+            ServerConfig(
+                bind_address=IPv4Address("198.18.0.1"),
+                bind_address2=IPv4Address("198.18.0.2"),
+                prefix=IPv6Network("2001::/32"),
+                mtu=1280,
+            ),
+        )
+
+    def test_client_defaults_and_types(self) -> None:
+        text = """\
+            roles:
+              client:
+                server_address: teredo.example.net
+            """
+        self.assertEqual(
+            parse(text).roles.client,
+            ClientConfig(
+                server_address="teredo.example.net",
+                server_address2=None,
+                fallback_servers=(),
+                interface="teredo",
+                bind_address=IPv4Address("0.0.0.0"),
+                bind_port=0,
+                refresh_interval=30.0,
+                mtu=1280,
+                hook=None,
+            ),
+        )
+
+    def test_client_every_key(self) -> None:
+        text = """\
+            roles:
+              client:
+                server_address: 198.18.0.1
+                server_address2: 198.18.0.7
+                fallback_servers: [teredo.example.net., 198.18.1.1]
+                interface: "123"
+                bind_address: 198.18.0.5
+                bind_port: 3545
+                refresh_interval: 12.5
+                mtu: 1400
+                hook: /etc/teredo/hook
+            """
+        client = parse(text).roles.client
+        self.assertEqual(client.server_address, "198.18.0.1")
+        self.assertEqual(client.server_address2, IPv4Address("198.18.0.7"))
+        self.assertEqual(client.fallback_servers, ("teredo.example.net.", "198.18.1.1"))
+        self.assertEqual(
+            (client.interface, client.bind_address, client.bind_port, client.refresh_interval, client.mtu),
+            ("123", IPv4Address("198.18.0.5"), 3545, 12.5, 1400),
+        )
+        self.assertEqual(client.hook, "/etc/teredo/hook")
+
+    def test_manhole_section_with_no_keys_enables_defaults(self) -> None:
+        config = parse("roles:\n  relay:\nmanhole:\nlog: {level: debug}\n")
+        self.assertEqual(config.manhole, ManholeConfig())
+        self.assertEqual(config.log.level, "debug")
+
+    def test_parsed_config_is_immutable(self) -> None:
+        config = load_config(SAMPLE)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            config.roles.server.mtu = 1500
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            config.roles = RolesConfig()
+        self.assertIsInstance(config.roles.client.fallback_servers, tuple)
+        hash(config)  # usable as a dict key / set member for reload diffs
+
+    def test_two_loads_of_an_unchanged_file_are_equal(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("roles:\n  relay:\n    max_peers: 10\n")
+        first, second = load_config(path), load_config(path)
+        self.assertEqual(first, second)
+        self.assertEqual(hash(first), hash(second))
+        with open(path, "w") as f:
+            f.write("roles:\n  relay:\n    max_peers: 11\n")
+        self.assertNotEqual(load_config(path), first)
+
+    def test_sample_config_enables_everything(self) -> None:
+        config = load_config(SAMPLE)
+        self.assertEqual(list(config.roles.enabled()), ["server", "relay", "client"])
+        self.assertEqual(config.roles.client.server_address, "teredo.trex.fi")
+        self.assertEqual(config.manhole, ManholeConfig())
+
+    def test_unreadable_files_are_config_errors(self) -> None:
+        missing = os.path.join(self.mktemp(), "teredo.yaml")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(missing)
+        self.assertEqual(caught.exception.errors, [f"{missing}: cannot read: No such file or directory"])
+        latin1 = self.mktemp()
+        with open(latin1, "wb") as f:
+            f.write(b"roles: \xe9\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(latin1)
+        self.assertEqual(caught.exception.errors, [f"{latin1}: not UTF-8 text (byte offset 7)"])
+
+
+class CollisionTests(SynchronousTestCase):
+    """Two roles may not bind one UDP address:port; 0.0.0.0 overlaps every address."""
+
+    def test_accepted_layouts(self) -> None:
+        for text in (
+            # distinct server and relay addresses on the Teredo port
+            "roles:\n  server: {bind_address: 198.18.0.1}\n  relay: {bind_address: 198.18.0.3}\n",
+            # one address, different ports
+            "roles:\n  server: {bind_address: 198.18.0.1}\n  relay: {bind_address: 198.18.0.1, bind_port: 3545}\n",
+            # a client on port 0 never collides: the kernel picks a free port
+            "roles:\n  relay:\n  client: {server_address: 198.18.0.1}\n",
+            # wildcard relay on another port than the client
+            "roles:\n  relay:\n  client: {server_address: 198.18.0.1, bind_port: 3545}\n",
+        ):
+            parse(text)
+
+    def test_rejected_layouts(self) -> None:
+        cases = [
+            (
+                "roles:\n  server: {bind_address: 198.18.0.1}\n  relay: {bind_address: 198.18.0.2}\n",
+                "teredo.yaml:3: roles.relay.bind_address: 198.18.0.2:3544 collides with"
+                " roles.server.bind_address2 198.18.0.2:3544",
+            ),
+            (
+                "roles:\n  relay: {bind_address: 198.18.0.9}\n  client: {server_address: x.example, bind_port: 3544}\n",
+                "teredo.yaml:3: roles.client.bind_address: 0.0.0.0:3544 collides with"
+                " roles.relay.bind_address 198.18.0.9:3544",
+            ),
+            (
+                "roles:\n  server: {bind_address: 198.18.0.1, bind_address2: 198.18.0.1}\n",
+                "teredo.yaml:2: roles.server.bind_address2: 198.18.0.1:3544 collides with"
+                " roles.server.bind_address 198.18.0.1:3544",
+            ),
+            (
+                "roles:\n  relay: {interface: teredo}\n  client: {server_address: x.example}\n",
+                "teredo.yaml:3: roles.client.interface: 'teredo' is also roles.relay.interface;"
+                " each role needs its own TUN device",
+            ),
+        ]
+        for text, expected in cases:
+            self.assertEqual(errors(text), [expected])

@@ -1,0 +1,128 @@
+"""`twistd teredo`: the plugin is found, its options parse, and a bad config ends it cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import types
+from unittest import mock
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from teredo_appliance import tap
+from teredo_appliance.config import load_config
+from tests.test_config import REPO, SAMPLE
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def twistd(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    """Run the venv's twistd on this source tree (the project need not be installed)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [TWISTD, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_is_found_with_tapname_teredo(self) -> None:
+        makers = [maker for maker in getPlugins(IServiceMaker) if maker.tapname == "teredo"]
+        self.assertTrue(makers)
+        self.assertIs(makers[0].options, tap.Options)
+
+    def test_options_default_and_flags(self) -> None:
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["config"], "/etc/teredo/teredo.yaml")
+        for argv in (["-c", "/tmp/x.yaml"], ["--config", "/tmp/x.yaml"], ["--config=/tmp/x.yaml"]):
+            options = tap.Options()
+            options.parseOptions(argv)
+            self.assertEqual(options["config"], "/tmp/x.yaml")
+
+    def test_help_documents_config(self) -> None:
+        help_text = str(tap.Options())
+        self.assertIn("-c, --config=", help_text)
+        self.assertIn("[default: /etc/teredo/teredo.yaml]", help_text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def make_service(self, path: str) -> tuple[object, str]:
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        options = tap.Options()
+        options.parseOptions(["-c", path])
+        try:
+            return tap.makeService(options), stderr.getvalue()
+        except SystemExit as e:
+            return e.code, stderr.getvalue()
+
+    def test_missing_file_exits_1_with_one_line(self) -> None:
+        missing = os.path.join(self.mktemp(), "teredo.yaml")
+        self.assertEqual(self.make_service(missing), (1, f"{missing}: cannot read: No such file or directory\n"))
+
+    def test_invalid_file_exits_1_with_every_error(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("roles:\n  relay:\n    mtu: 9\n    max_peers: -1\n")
+        self.assertEqual(
+            self.make_service(path),
+            (
+                1,
+                f"{path}:3: roles.relay.mtu: 9 is out of range 1280..65535\n"
+                f"{path}:4: roles.relay.max_peers: -1 must be at least 1\n",
+            ),
+        )
+
+    def test_valid_file_builds_appliance_from_path_and_config(self) -> None:
+        built = []
+        fake = types.ModuleType("teredo_appliance.appliance")
+        fake.Appliance = lambda path, config: built.append((path, config)) or "appliance"
+        with mock.patch.dict(sys.modules, {fake.__name__: fake}):
+            self.assertEqual(self.make_service(SAMPLE), ("appliance", ""))
+        self.assertEqual(built, [(SAMPLE, load_config(SAMPLE))])
+
+    def test_valid_file_builds_a_service(self) -> None:
+        if importlib.util.find_spec("teredo_appliance.appliance") is None:
+            raise SkipTest("teredo_appliance.appliance is not written yet")
+        service, err = self.make_service(SAMPLE)
+        self.assertEqual(err, "")
+        self.assertTrue(IService.providedBy(service))
+
+
+class TwistdTests(SynchronousTestCase):
+    """The real command line, in a subprocess: what an operator sees."""
+
+    def setUp(self) -> None:
+        self.cwd = os.path.abspath(self.mktemp())
+        os.mkdir(self.cwd)
+
+    def test_help_lists_teredo(self) -> None:
+        result = twistd("--help", cwd=self.cwd)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"\n\s+teredo\s+Teredo server, relay and client roles")
+
+    def test_subcommand_help_documents_config(self) -> None:
+        result = twistd("teredo", "--help", cwd=self.cwd)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("-c, --config=", result.stdout)
+        self.assertIn("[default: /etc/teredo/teredo.yaml]", result.stdout)
+
+    def assertOneCleanLine(self, result: subprocess.CompletedProcess[str], line: str) -> None:
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assertEqual((result.stdout + result.stderr).splitlines(), [line])
+
+    def test_missing_config_exits_nonzero_with_one_line(self) -> None:
+        result = twistd("-n", "--pidfile=", "teredo", "-c", "missing.yaml", cwd=self.cwd)
+        self.assertOneCleanLine(result, "missing.yaml: cannot read: No such file or directory")
+
+    def test_bad_config_names_file_line_and_key(self) -> None:
+        with open(os.path.join(self.cwd, "bad.yaml"), "w") as f:
+            f.write("roles:\n  server:\n    bind_address: 300.1.1.1\n")
+        result = twistd("-n", "--pidfile=", "teredo", "-c", "bad.yaml", cwd=self.cwd)
+        self.assertOneCleanLine(result, "bad.yaml:3: roles.server.bind_address: '300.1.1.1' is not an IPv4 address")
