@@ -1,0 +1,291 @@
+"""The list of recent Teredo peers (RFC 4380 §5.2, §5.4), shared by the relay and the client.
+
+Sans-I/O: no sockets, no timers, no clock. Every call that depends on time takes `now`
+(seconds from a clock that does not go backwards); the owning service asks
+`next_deadline()` and calls `expire()` / `due_for_retry()` when it is reached.
+
+Memory is bounded three ways: at most `max_peers` entries, at most `queue_bytes` queued
+per peer, at most `total_queue_bytes` queued in the whole table. Entries are kept in two
+insertion-ordered dicts (trusted, untrusted) in order of last reception, so expiry and
+eviction pop from the front in O(1) each, and eviction takes an untrusted entry first:
+a flood towards millions of unknown destinations churns only untrusted entries and
+leaves established (trusted) peers alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections import OrderedDict
+from itertools import islice
+from operator import attrgetter
+from typing import Any
+
+# A peer's mapped address exactly as Twisted's UDP transport gives and takes it, so the
+# per-packet paths compare and send without converting: ("198.18.0.100", 52732).
+Mapping = tuple[str, int]
+
+# RFC 4380 §5.2.4, §5.4.1: an entry is valid while its last reception is under 30 s old.
+IDLE_TIMEOUT = 30.0
+# RFC 4380 §5.2.6: no bubble less than 2 s after the previous one.
+BUBBLE_INTERVAL = 2.0
+# RFC 4380 §5.2.6: no more than 4 unanswered bubbles to a peer in 300 s.
+BUBBLE_LIMIT = 4
+BUBBLE_WINDOW = 300.0
+# RFC 4380 §5.2.4 case 5, §5.4.1 case 3: unanswered bubble repeated every 2 s up to 3 times.
+BUBBLE_RETRIES = 3
+# Per-peer queue, as Miredo: one full-MTU (1280-byte, RFC 4380 §5.1) packet or a burst of
+# small ones (a TCP SYN, a DNS query). A peer answers within one round trip, so more
+# only buys an attacker memory: the worst case is max_peers x QUEUE_BYTES.
+QUEUE_BYTES = 1280
+# Whole-table cap, so that worst case stays small even with a million entries. Peers are
+# pending for at most ~8 s; 4 MiB holds thousands of first packets. When it is full the
+# packet is dropped but the bubble still goes out, so a retransmission gets through.
+TOTAL_QUEUE_BYTES = 4 << 20
+
+
+class Peer:
+    """One entry of the list of peers (RFC 4380 §5.2): constant size, no per-peer dict."""
+
+    __slots__ = (
+        "addr",
+        "attempts",
+        "bubble_at",
+        "bubbles",
+        "last_rx",
+        "last_tx",
+        "mapping",
+        "nonce",
+        "queue",
+        "queued",
+        "trusted",
+    )
+
+    def __init__(self, addr: bytes, mapping: Mapping | None, now: float) -> None:
+        self.addr = addr  # the peer's IPv6 address, 16 bytes
+        self.mapping = mapping  # mapped IPv4 address and UDP port; None if not known yet
+        self.trusted = False
+        self.last_rx = now  # last reception (or creation): drives expiry
+        self.last_tx: float | None = None  # last transmission, None if never
+        self.queue: list[bytes] | None = None  # allocated on first enqueue
+        self.queued = 0  # bytes in queue
+        self.bubbles = 0  # bubbles sent without a reply (RFC 4380 §5.2.6)
+        self.bubble_at = 0.0  # time of the last of them
+        self.attempts = 0  # bubbles in the current discovery round; 0 = no round
+        self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
+
+
+class PeerTable:
+    """Peers keyed by 16-byte IPv6 address, bounded in entries and queued bytes.
+
+    Lifecycle of an unknown Teredo destination (relay, or client to another client):
+    `get_or_create`, `enqueue`, `try_bubble` (send the bubbles if True); the peer's
+    reply makes the caller `trust` it, which returns the queue in arrival order. Each
+    unanswered bubble is retried via `due_for_retry`; after `BUBBLE_RETRIES` the caller
+    `give_up`s, answering the returned packets with ICMPv6 unreachable. The entry stays
+    (untrusted, bubble budget spent) until it expires, so further packets are refused at
+    once instead of restarting discovery.
+
+    Methods taking a `Peer` expect one that is in the table now: look it up again after
+    any call that may have evicted or expired it.
+    """
+
+    def __init__(
+        self,
+        max_peers: int,
+        queue_bytes: int = QUEUE_BYTES,
+        idle_timeout: float = IDLE_TIMEOUT,
+        total_queue_bytes: int = TOTAL_QUEUE_BYTES,
+    ) -> None:
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, not {max_peers}")
+        self.max_peers = max_peers
+        self.queue_bytes = queue_bytes
+        self.idle_timeout = idle_timeout
+        self.total_queue_bytes = total_queue_bytes
+        # Each in order of last reception, oldest first; a peer is in exactly one.
+        self._trusted: OrderedDict[bytes, Peer] = OrderedDict()
+        self._untrusted: OrderedDict[bytes, Peer] = OrderedDict()
+        # Peers in a discovery round, in order of their last bubble (= retry deadline).
+        self._retry: OrderedDict[bytes, Peer] = OrderedDict()
+        self._queued = 0
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._trusted) + len(self._untrusted)
+
+    def get(self, addr: bytes) -> Peer | None:
+        return self._trusted.get(addr) or self._untrusted.get(addr)
+
+    def get_or_create(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
+        """The entry for `addr`, or a new untrusted one (evicting one if the table is full)."""
+        peer = self._trusted.get(addr) or self._untrusted.get(addr)
+        if peer is None:
+            peer = self._untrusted[addr] = self._new(addr, mapping, now)
+        return peer
+
+    def trust(self, addr: bytes, mapping: Mapping, now: float) -> list[bytes]:
+        """Mark `addr` trusted at `mapping` (a reply arrived from it) and hand back its queue.
+
+        Packets come back in the order they were queued (Miredo flushes them reversed).
+        Counts as a reception; ends any discovery round and resets the bubble budget.
+        """
+        peer = self._untrusted.pop(addr, None)
+        if peer is None:
+            peer = self._trusted.get(addr)
+            if peer is None:
+                peer = self._new(addr, mapping, now)
+            else:
+                self._trusted.move_to_end(addr)
+        self._trusted[addr] = peer
+        peer.trusted = True
+        peer.mapping = mapping
+        peer.last_rx = now
+        peer.bubbles = peer.attempts = 0
+        peer.nonce = None
+        self._retry.pop(addr, None)
+        return self._take_queue(peer)
+
+    def enqueue(self, peer: Peer, packet: bytes) -> bool:
+        """Queue `packet` for `peer` (which must be in the table); False if over a bound."""
+        size = len(packet)
+        if peer.queued + size > self.queue_bytes or self._queued + size > self.total_queue_bytes:
+            return False
+        if peer.queue is None:
+            peer.queue = [packet]
+        else:
+            peer.queue.append(packet)
+        peer.queued += size
+        self._queued += size
+        return True
+
+    def try_bubble(self, peer: Peer, now: float) -> bool:
+        """Whether a bubble (or the client's echo probe) may go to `peer` now; if so, count it.
+
+        RFC 4380 §5.2.6 pacing: 2 s apart, and after 4 unanswered ones, nothing until
+        300 s after the last. Measuring the 300 s from the last bubble (not from the first)
+        needs only a count and a time, and still allows at most 4 in any 300 s window.
+        An untrusted peer is (re)scheduled for `due_for_retry` 2 s from now.
+        """
+        if peer.bubbles:
+            if now < peer.bubble_at + BUBBLE_INTERVAL:
+                return False
+            if peer.bubbles >= BUBBLE_LIMIT:
+                if now < peer.bubble_at + BUBBLE_WINDOW:
+                    return False
+                peer.bubbles = 0
+        peer.bubbles += 1
+        peer.bubble_at = peer.last_tx = now
+        if not peer.trusted:
+            peer.attempts += 1
+            self._retry[peer.addr] = peer
+            self._retry.move_to_end(peer.addr)
+        return True
+
+    def due_for_retry(self, now: float) -> list[Peer]:
+        """Untrusted peers whose last bubble went unanswered for 2 s, removed from the schedule.
+
+        For each, the caller either gives up (`peer.attempts > BUBBLE_RETRIES`) or
+        bubbles again through `try_bubble`, which schedules the next retry.
+        """
+        due = []
+        for peer in self._retry.values():
+            if now < peer.bubble_at + BUBBLE_INTERVAL:
+                break
+            due.append(peer)
+        for peer in due:
+            del self._retry[peer.addr]
+        return due
+
+    def give_up(self, peer: Peer) -> list[bytes]:
+        """End `peer`'s discovery round unanswered; returns its queue, oldest first."""
+        peer.attempts = 0
+        self._retry.pop(peer.addr, None)
+        return self._take_queue(peer)
+
+    def touch_rx(self, peer: Peer, now: float) -> None:
+        """A packet from `peer` was accepted: it stays valid another `idle_timeout`."""
+        peer.last_rx = now
+        (self._trusted if peer.trusted else self._untrusted).move_to_end(peer.addr)
+
+    def touch_tx(self, peer: Peer, now: float) -> None:
+        """A packet went to `peer` (RFC 4380 §5.4.1 case 1). Does not extend its validity."""
+        peer.last_tx = now
+
+    def expire(self, now: float) -> int:
+        """Remove the peers not heard from for `idle_timeout`; returns how many.
+
+        Cost is proportional to the number removed: both lists are oldest first.
+        """
+        removed = 0
+        for peers in (self._untrusted, self._trusted):
+            stale = []
+            for peer in peers.values():
+                if now < peer.last_rx + self.idle_timeout:
+                    break
+                stale.append(peer)
+            for peer in stale:
+                self._remove(peer)
+            removed += len(stale)
+        self.expired += removed
+        return removed
+
+    def next_deadline(self) -> float | None:
+        """When `expire` or `due_for_retry` next has work, or None for an empty table."""
+        oldest = (next(iter(self._trusted.values()), None), next(iter(self._untrusted.values()), None))
+        deadlines = [peer.last_rx + self.idle_timeout for peer in oldest if peer is not None]
+        retry = next(iter(self._retry.values()), None)
+        if retry is not None:
+            deadlines.append(retry.bubble_at + BUBBLE_INTERVAL)
+        return min(deadlines, default=None)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "count": len(self),
+            "trusted": len(self._trusted),
+            "queued_bytes": self._queued,
+            "evicted": self.evicted,
+            "expired": self.expired,
+        }
+
+    def snapshot(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to `limit` peers for the admin console, most recently heard from first."""
+        recent = heapq.merge(
+            reversed(self._trusted.values()),
+            reversed(self._untrusted.values()),
+            key=attrgetter("last_rx"),
+            reverse=True,
+        )
+        return [
+            {
+                "address": str(ipaddress.IPv6Address(peer.addr)),
+                "mapping": None if peer.mapping is None else f"{peer.mapping[0]}:{peer.mapping[1]}",
+                "trusted": peer.trusted,
+                "idle": round(now - peer.last_rx, 3),
+                "queued_bytes": peer.queued,
+            }
+            for peer in islice(recent, limit)
+        ]
+
+    def _new(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
+        if len(self) >= self.max_peers:
+            # Least recently heard from, untrusted first (see the module docstring).
+            victims = self._untrusted or self._trusted
+            self._remove(next(iter(victims.values())))
+            self.evicted += 1
+        return Peer(addr, mapping, now)
+
+    def _remove(self, peer: Peer) -> None:
+        del (self._trusted if peer.trusted else self._untrusted)[peer.addr]
+        self._retry.pop(peer.addr, None)
+        self._queued -= peer.queued
+
+    def _take_queue(self, peer: Peer) -> list[bytes]:
+        queue = peer.queue
+        if queue is None:
+            return []
+        self._queued -= peer.queued
+        peer.queue = None
+        peer.queued = 0
+        return queue

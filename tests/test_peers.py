@@ -1,0 +1,357 @@
+"""peers.py: every rule of the peer table, then random operation sequences against a model."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredo_appliance.peers import (
+    BUBBLE_INTERVAL,
+    BUBBLE_RETRIES,
+    BUBBLE_WINDOW,
+    IDLE_TIMEOUT,
+    QUEUE_BYTES,
+    PeerTable,
+)
+
+MAPPING = ("198.18.0.100", 52732)
+
+
+def addr(n: int) -> bytes:
+    return bytes.fromhex("20010000c6120001") + n.to_bytes(8, "big")
+
+
+class TrustTests(SynchronousTestCase):
+    def test_flush_in_original_order(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        packets = [b"first", b"second", b"third"]
+        for packet in packets:
+            self.assertTrue(table.enqueue(peer, packet))
+        self.assertEqual(table.trust(addr(1), ("198.18.0.7", 1000), 1.0), packets)
+        self.assertTrue(peer.trusted)
+        self.assertEqual(peer.mapping, ("198.18.0.7", 1000))
+        self.assertEqual(peer.queued, 0)
+        self.assertEqual(table.stats()["queued_bytes"], 0)
+        self.assertEqual(table.trust(addr(1), MAPPING, 2.0), [])
+
+    def test_trust_unknown_creates_trusted_peer(self) -> None:
+        table = PeerTable(8)
+        self.assertEqual(table.trust(addr(2), MAPPING, 5.0), [])
+        peer = table.get(addr(2))
+        assert peer is not None
+        self.assertTrue(peer.trusted)
+        self.assertEqual(peer.last_rx, 5.0)
+        self.assertEqual(table.stats()["trusted"], 1)
+
+    def test_trust_ends_round_and_clears_nonce(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), None, 0.0)
+        peer.nonce = b"\x01" * 8
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        table.trust(addr(1), MAPPING, 1.0)
+        self.assertEqual((peer.attempts, peer.bubbles, peer.nonce), (0, 0, None))
+        self.assertEqual(table.due_for_retry(10.0), [])
+
+    def test_get_or_create_keeps_existing(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        self.assertIs(table.get_or_create(addr(1), ("198.18.0.9", 1), 1.0), peer)
+        self.assertEqual(peer.mapping, MAPPING)
+        self.assertIsNone(table.get(addr(2)))
+
+
+class QueueTests(SynchronousTestCase):
+    def test_per_peer_byte_bound(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        self.assertTrue(table.enqueue(peer, bytes(QUEUE_BYTES - 100)))
+        self.assertFalse(table.enqueue(peer, bytes(101)))
+        self.assertTrue(table.enqueue(peer, bytes(100)))
+        self.assertFalse(table.enqueue(peer, b"x"))
+        self.assertEqual(peer.queued, QUEUE_BYTES)
+        self.assertEqual(table.stats()["queued_bytes"], QUEUE_BYTES)
+
+    def test_full_mtu_packet_fits_default_queue(self) -> None:
+        table = PeerTable(8)
+        self.assertTrue(table.enqueue(table.get_or_create(addr(1), MAPPING, 0.0), bytes(1280)))
+
+    def test_total_byte_bound(self) -> None:
+        table = PeerTable(8, queue_bytes=100, total_queue_bytes=250)
+        peers = [table.get_or_create(addr(n), MAPPING, 0.0) for n in range(3)]
+        self.assertTrue(table.enqueue(peers[0], bytes(100)))
+        self.assertTrue(table.enqueue(peers[1], bytes(100)))
+        self.assertFalse(table.enqueue(peers[2], bytes(51)))
+        self.assertTrue(table.enqueue(peers[2], bytes(50)))
+        self.assertEqual(table.stats()["queued_bytes"], 250)
+
+
+class ExpiryTests(SynchronousTestCase):
+    def test_expires_exactly_at_timeout(self) -> None:
+        table = PeerTable(8)
+        table.get_or_create(addr(1), MAPPING, 10.0)
+        self.assertEqual(table.next_deadline(), 10.0 + IDLE_TIMEOUT)
+        self.assertEqual(table.expire(10.0 + IDLE_TIMEOUT - 0.001), 0)
+        self.assertEqual(len(table), 1)
+        self.assertEqual(table.expire(10.0 + IDLE_TIMEOUT), 1)
+        self.assertEqual(len(table), 0)
+        self.assertIsNone(table.next_deadline())
+        self.assertEqual(table.stats()["expired"], 1)
+
+    def test_reception_extends_transmission_does_not(self) -> None:
+        """RFC 4380 §5.4.1: an entry is valid while its last *reception* is under 30 s old."""
+        table = PeerTable(8)
+        table.trust(addr(1), MAPPING, 0.0)
+        table.trust(addr(2), MAPPING, 0.0)
+        table.touch_rx(table.get(addr(1)), 20.0)
+        table.touch_tx(table.get(addr(2)), 20.0)
+        self.assertEqual(table.expire(30.0), 1)
+        self.assertIsNone(table.get(addr(2)))
+        self.assertEqual(table.next_deadline(), 50.0)
+        self.assertEqual(table.expire(50.0), 1)
+
+    def test_expiry_drops_queue_and_retry(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        table.enqueue(peer, b"abc")
+        table.try_bubble(peer, 0.0)
+        table.expire(IDLE_TIMEOUT)
+        self.assertEqual(table.stats()["queued_bytes"], 0)
+        self.assertEqual(table.due_for_retry(IDLE_TIMEOUT), [])
+
+    def test_expire_is_oldest_first_across_lists(self) -> None:
+        table = PeerTable(8, idle_timeout=10.0)
+        for n in range(6):
+            if n % 2:
+                table.trust(addr(n), MAPPING, float(n))
+            else:
+                table.get_or_create(addr(n), MAPPING, float(n))
+        self.assertEqual(table.expire(13.0), 4)
+        self.assertEqual([table.get(addr(n)) is not None for n in range(6)], [False] * 4 + [True] * 2)
+
+
+class PacingTests(SynchronousTestCase):
+    def test_two_seconds_apart(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        self.assertFalse(table.try_bubble(peer, BUBBLE_INTERVAL - 0.01))
+        self.assertTrue(table.try_bubble(peer, BUBBLE_INTERVAL))
+        self.assertEqual(peer.last_tx, BUBBLE_INTERVAL)
+
+    def test_four_per_window_then_reset(self) -> None:
+        table = PeerTable(8, idle_timeout=1000.0)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        self.assertEqual(
+            [table.try_bubble(peer, t) for t in (0.0, 2.0, 4.0, 6.0, 8.0, 100.0)], [True] * 4 + [False] * 2
+        )
+        # The window runs from the last bubble: none until 6 + 300.
+        self.assertFalse(table.try_bubble(peer, 6.0 + BUBBLE_WINDOW - 0.01))
+        self.assertTrue(table.try_bubble(peer, 6.0 + BUBBLE_WINDOW))
+        self.assertEqual(peer.bubbles, 1)
+
+    def test_trusted_peer_is_paced_but_not_retried(self) -> None:
+        table = PeerTable(8)
+        table.trust(addr(1), MAPPING, 0.0)
+        peer = table.get(addr(1))
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        self.assertFalse(table.try_bubble(peer, 1.0))
+        self.assertEqual(peer.attempts, 0)
+        self.assertEqual(table.due_for_retry(10.0), [])
+
+
+class RetryTests(SynchronousTestCase):
+    def test_three_retries_two_seconds_apart_then_give_up(self) -> None:
+        """What the relay does: bubble, retry at +2, +4, +6, give up at +8."""
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        table.enqueue(peer, b"one")
+        table.enqueue(peer, b"two")
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        sent, gave_up = [0.0], []
+        now = 0.0
+        while now < 20.0:
+            deadline = table.next_deadline()
+            assert deadline is not None
+            now = deadline
+            for due in table.due_for_retry(now):
+                if due.attempts > BUBBLE_RETRIES:
+                    gave_up.append((now, table.give_up(due)))
+                elif table.try_bubble(due, now):
+                    sent.append(now)
+            if gave_up:
+                break
+        self.assertEqual(sent, [0.0, 2.0, 4.0, 6.0])
+        self.assertEqual(gave_up, [(8.0, [b"one", b"two"])])
+        # The entry stays, its budget spent: no new round until it expires.
+        self.assertEqual((peer.attempts, peer.queued), (0, 0))
+        self.assertFalse(table.try_bubble(peer, 9.0))
+        self.assertEqual(table.next_deadline(), IDLE_TIMEOUT)
+
+    def test_not_due_before_two_seconds(self) -> None:
+        table = PeerTable(8)
+        early = table.get_or_create(addr(1), MAPPING, 0.0)
+        late = table.get_or_create(addr(2), MAPPING, 0.0)
+        table.try_bubble(early, 0.0)
+        table.try_bubble(late, 1.0)
+        self.assertEqual(table.next_deadline(), 2.0)
+        self.assertEqual(table.due_for_retry(1.99), [])
+        self.assertEqual(table.due_for_retry(2.0), [early])
+        self.assertEqual(table.due_for_retry(2.5), [])
+        self.assertEqual(table.due_for_retry(3.0), [late])
+
+    def test_new_bubble_reschedules(self) -> None:
+        table = PeerTable(8)
+        a, b = (table.get_or_create(addr(n), MAPPING, 0.0) for n in (1, 2))
+        table.try_bubble(a, 0.0)
+        table.try_bubble(b, 1.0)
+        table.try_bubble(a, 2.5)  # a packet arrived for `a`: bubble now, next retry at 4.5
+        self.assertEqual(table.due_for_retry(3.0), [b])
+        self.assertEqual(table.due_for_retry(4.5), [a])
+        self.assertEqual(a.attempts, 2)
+
+
+class EvictionTests(SynchronousTestCase):
+    def test_len_never_exceeds_max(self) -> None:
+        table = PeerTable(4)
+        for n in range(20):
+            table.get_or_create(addr(n), MAPPING, float(n))
+            self.assertLessEqual(len(table), 4)
+        self.assertEqual([table.get(addr(n)) is not None for n in range(16, 20)], [True] * 4)
+        self.assertEqual(table.stats()["evicted"], 16)
+
+    def test_evicts_least_recently_heard_untrusted_first(self) -> None:
+        table = PeerTable(3)
+        table.trust(addr(0), MAPPING, 0.0)
+        table.get_or_create(addr(1), MAPPING, 1.0)
+        table.get_or_create(addr(2), MAPPING, 2.0)
+        table.touch_rx(table.get(addr(1)), 3.0)
+        table.get_or_create(addr(3), MAPPING, 4.0)  # evicts 2: oldest untrusted
+        self.assertIsNone(table.get(addr(2)))
+        table.get_or_create(addr(4), MAPPING, 5.0)  # evicts 1
+        table.get_or_create(addr(5), MAPPING, 6.0)  # evicts 3; trusted 0 survives
+        self.assertIsNotNone(table.get(addr(0)))
+        self.assertEqual(len(table), 3)
+
+    def test_evicts_oldest_trusted_when_all_trusted(self) -> None:
+        table = PeerTable(2)
+        table.trust(addr(0), MAPPING, 0.0)
+        table.trust(addr(1), MAPPING, 1.0)
+        table.touch_rx(table.get(addr(0)), 2.0)
+        self.assertEqual(table.trust(addr(2), MAPPING, 3.0), [])
+        self.assertIsNone(table.get(addr(1)))
+        self.assertEqual(len(table), 2)
+
+    def test_eviction_releases_queue_and_retry(self) -> None:
+        table = PeerTable(1)
+        peer = table.get_or_create(addr(0), MAPPING, 0.0)
+        table.enqueue(peer, b"abcd")
+        table.try_bubble(peer, 0.0)
+        table.get_or_create(addr(1), MAPPING, 1.0)
+        self.assertEqual(table.stats()["queued_bytes"], 0)
+        self.assertEqual(table.due_for_retry(5.0), [])
+
+    def test_rejects_empty_table(self) -> None:
+        self.assertRaises(ValueError, PeerTable, 0)
+
+
+class ReportTests(SynchronousTestCase):
+    def test_snapshot_format_and_order(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(bytes.fromhex("20010000c61200011c6b320339edff9b"), None, 1.0)
+        table.enqueue(peer, bytes(60))
+        table.trust(addr(1), MAPPING, 2.0)
+        table.get_or_create(addr(2), ("198.18.0.101", 4000), 3.0)
+        snapshot = table.snapshot(4.5)
+        self.assertEqual(
+            snapshot[0],
+            {
+                "address": "2001:0:c612:1::2",
+                "mapping": "198.18.0.101:4000",
+                "trusted": False,
+                "idle": 1.5,
+                "queued_bytes": 0,
+            },
+        )
+        self.assertEqual(snapshot[1]["address"], "2001:0:c612:1::1")
+        self.assertEqual(snapshot[1]["mapping"], "198.18.0.100:52732")
+        self.assertTrue(snapshot[1]["trusted"])
+        self.assertEqual(
+            snapshot[2],
+            {
+                "address": "2001:0:c612:1:1c6b:3203:39ed:ff9b",
+                "mapping": None,
+                "trusted": False,
+                "idle": 3.5,
+                "queued_bytes": 60,
+            },
+        )
+        self.assertEqual(len(table.snapshot(4.5, limit=2)), 2)
+
+    def test_stats(self) -> None:
+        table = PeerTable(8)
+        table.enqueue(table.get_or_create(addr(0), MAPPING, 0.0), b"12345")
+        table.trust(addr(1), MAPPING, 0.0)
+        self.assertEqual(table.stats(), {"count": 2, "trusted": 1, "queued_bytes": 5, "evicted": 0, "expired": 0})
+
+
+# Random operation sequences: (operation, peer number, size or time step).
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "enqueue", "trust", "bubble", "rx", "tx", "retry", "expire"]),
+        st.integers(0, 11),
+        st.integers(0, 700),
+    ),
+    max_size=120,
+)
+
+
+class InvariantTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(operations, st.integers(1, 6))
+    def test_random_operations_keep_invariants(self, ops: list[tuple[str, int, int]], max_peers: int) -> None:
+        table = PeerTable(max_peers, queue_bytes=1000, idle_timeout=10.0, total_queue_bytes=2500)
+        model: dict[bytes, list[bytes]] = {}  # what each present peer should have queued
+        now = 0.0
+        for op, n, arg in ops:
+            now += (arg % 7) * 0.5
+            key = addr(n)
+            peer = table.get(key)
+            if op == "create":
+                table.get_or_create(key, MAPPING, now)
+            elif op == "enqueue" and peer is not None:
+                packet = bytes([n]) * arg
+                fits = peer.queued + arg <= 1000
+                fits = fits and table.stats()["queued_bytes"] + arg <= 2500
+                self.assertEqual(table.enqueue(peer, packet), fits)
+                if fits:
+                    model.setdefault(key, []).append(packet)
+            elif op == "trust":
+                self.assertEqual(table.trust(key, MAPPING, now), model.pop(key, []))
+            elif op == "bubble" and peer is not None:
+                table.try_bubble(peer, now)
+            elif op == "rx" and peer is not None:
+                table.touch_rx(peer, now)
+            elif op == "tx" and peer is not None:
+                table.touch_tx(peer, now)
+            elif op == "retry":
+                for due in table.due_for_retry(now):
+                    self.assertFalse(due.trusted)
+                    if due.attempts > BUBBLE_RETRIES:
+                        self.assertEqual(table.give_up(due), model.pop(due.addr, []))
+                    else:
+                        self.assertTrue(table.try_bubble(due, now))
+            elif op == "expire":
+                table.expire(now)
+                for entry in table.snapshot(now, limit=max_peers):
+                    self.assertLess(entry["idle"], 10.0)
+            model = {k: v for k, v in model.items() if table.get(k) is not None}
+            self.assertLessEqual(len(table), max_peers)
+            stats = table.stats()
+            self.assertEqual(stats["queued_bytes"], sum(len(p) for q in model.values() for p in q))
+            self.assertLessEqual(stats["queued_bytes"], 2500)
+            snapshot = table.snapshot(now, limit=max_peers)
+            self.assertEqual(len(snapshot), len(table))
+            self.assertEqual(sum(e["trusted"] for e in snapshot), stats["trusted"])
+            self.assertEqual(table.next_deadline() is None, len(table) == 0)
