@@ -1,0 +1,134 @@
+"""The server role as a Twisted service: two UDP ports and a raw IPv6 socket around ServerMachine.
+
+All decisions live in `server_machine`; this module only owns the sockets, turns the
+reactor's (host, port) into the machine's ints and sends what the machine returns.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from ipaddress import IPv6Network
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+
+from teredo_appliance.config_model import ServerConfig
+from teredo_appliance.rawsock import RawIPv6Sender
+from teredo_appliance.roles.base import RoleService
+from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, Output, ServerMachine
+from teredo_appliance.roles.udp import TeredoUDP, listen_udp
+from teredo_appliance.wire.address import is_global_ipv4
+from teredo_appliance.wire.nd import TEREDO_PORT, teredo_prefix64
+
+
+class ServerService(RoleService):
+    """A stateless Teredo server (RFC 4380 §5.3) on `bind_address` and `bind_address2`."""
+
+    role = "server"
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        reactor: Any = None,
+        *,
+        port: int = TEREDO_PORT,
+        reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+    ) -> None:
+        """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544."""
+        super().__init__(config, reactor)
+        self.port = port
+        self.machine = ServerMachine(
+            int(config.bind_address),
+            int(config.bind_address2),
+            self.counters,
+            prefix32=config.prefix.network_address.packed[:4],
+            mtu=config.mtu,
+            port=port,
+            reachable_ipv4=reachable_ipv4,
+        )
+        self.raw = RawIPv6Sender(self.counters)
+        self.protocols = {
+            PRIMARY: TeredoUDP(self._receiver(PRIMARY), self.counters, "server-primary"),
+            SECONDARY: TeredoUDP(self._receiver(SECONDARY), self.counters, "server-secondary"),
+        }
+        self._ports: list[Any] = []
+        prefix64 = teredo_prefix64(int(config.bind_address), config.prefix.network_address.packed[:4])
+        self.prefix64 = str(IPv6Network((prefix64, 64)))  # what every RA advertises
+
+    def _receiver(self, which: str) -> Callable[[bytes, tuple[str, int]], None]:
+        """The per-socket datagram handler; bound once so the per-packet path does no lookups."""
+        handle = self.machine.handle
+        send = self._send
+        aton = socket.inet_aton
+        from_bytes = int.from_bytes
+
+        def receive(data: bytes, address: tuple[str, int]) -> None:
+            output = handle(data, from_bytes(aton(address[0]), "big"), address[1], which)
+            if output is not None:
+                send(output)
+
+        return receive
+
+    def _send(self, output: Output) -> None:
+        key, payload, address = output
+        if key == RAW:
+            self.raw.send(payload, address[0])
+        else:
+            self.protocols[key].send(payload, address)
+
+    def privilegedStartService(self) -> None:
+        """Bind both UDP ports and open the raw socket while still root; all or nothing."""
+        try:
+            self.raw.open()
+            for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
+                self._ports.append(listen_udp(self.reactor, self.protocols[which], str(address), self.port))
+        except Exception:
+            self._release()
+            raise
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info(
+            "Teredo server on {primary}:{port} and {secondary}:{port}, prefix {prefix}, MTU {mtu}",
+            primary=str(self.config.bind_address),
+            secondary=str(self.config.bind_address2),
+            port=self.port,
+            prefix=self.prefix64,
+            mtu=self.config.mtu,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """Close everything; the Deferred fires once both UDP ports are unbound (a reload rebinds)."""
+        super().stopService()
+        closing = self._release()
+
+        def stopped(_: object) -> None:
+            self.log.info("Teredo server stopped after answering {answered} RS", answered=self.counters[ANSWERED_RS])
+
+        return closing.addCallback(stopped)
+
+    def _release(self) -> Deferred[Any]:
+        ports, self._ports = self._ports, []
+        self.raw.close()
+        return DeferredList([maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
+    def status(self) -> dict[str, Any]:
+        report = super().status()
+        counters = self.counters
+        report.update(
+            {
+                "addresses": {
+                    "primary": f"{self.config.bind_address}:{self.port}",
+                    "secondary": f"{self.config.bind_address2}:{self.port}",
+                    "raw_ipv6": self.raw.is_open,
+                },
+                "prefix": self.prefix64,
+                "mtu": self.config.mtu,
+                "rs_answered": counters[ANSWERED_RS],
+                "forwarded": {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("forwarded.")},
+                "dropped": counters.drops(),
+            }
+        )
+        return report

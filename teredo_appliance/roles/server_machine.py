@@ -1,0 +1,202 @@
+"""The Teredo server's per-datagram decisions (RFC 4380 §5.3), with no I/O and no state.
+
+`ServerMachine.handle()` takes one UDP payload and where it came from and returns at
+most one thing to send: an RA (§5.3.2), a packet forwarded over UDP to a Teredo client
+(§5.3.1), or a packet for the native IPv6 Internet (raw socket). Everything else is a
+counted drop.
+
+A server is a packet pump, and the qualification RS is by far its most common datagram.
+It is recognised by comparing bytes with the two canonical RSs and answered from a
+precomputed RA: the nonce and the origin indication live outside the IPv6 packet, so
+the RA packet and its checksum never change for a given RS source.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.address import FLAG_CONE, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
+from teredo_appliance.wire.errors import ParseError
+from teredo_appliance.wire.ipv6 import MIN_MTU, NEXT_HEADER_ICMPV6, is_link_local, is_multicast
+from teredo_appliance.wire.nd import (
+    ALL_ROUTERS,
+    RS_SOURCE,
+    RS_SOURCE_CONE,
+    TEREDO_PORT,
+    is_router_solicitation,
+    router_advertisement,
+    router_solicitation,
+    server_link_local,
+    teredo_prefix64,
+)
+from teredo_appliance.wire.teredo import AUTH_TYPE, AuthIndicator, is_bubble, parse_datagram
+
+PRIMARY = "primary"
+SECONDARY = "secondary"
+RAW = "raw"  # the raw IPv6 socket: native destinations go by "regular IPv6 routing" (§5.3.1)
+
+# Miredo and Microsoft's servers: the largest IPv6 payload a server relays. Room for the
+# relay-finding echo; too small to make the server an open UDP relay. Bubbles carry none.
+MAX_FORWARDED_PAYLOAD = 88
+
+# Counter names; drop reasons go through Counters.drop() and read "drop.<reason>".
+ANSWERED_RS = "rs-answered"
+FORWARDED_TEREDO = "forwarded.teredo"  # to a client of ours, origin indication added
+FORWARDED_TEREDO_OTHER = "forwarded.teredo-other-server"  # another server's client (§5.3.1)
+FORWARDED_NATIVE = "forwarded.native"
+
+Address = tuple[str, int]
+Output = tuple[str, bytes, Address]  # (PRIMARY | SECONDARY | RAW, payload, destination)
+
+_AUTH_NO_ID = struct.pack("!HBB", AUTH_TYPE, 0, 0)  # auth indicator, no client id or auth value
+_NONCE_END = len(_AUTH_NO_ID) + 8
+_RS_OFFSET = _NONCE_END + 1  # after the confirmation byte
+_CONFIRMATION_AND_ORIGIN = struct.Struct("!BHHI")  # confirmation 0, then origin indication
+_ORIGIN = struct.Struct("!HHI")  # RFC 4380 §5.1.1: 00 00 | ~port | ~IPv4
+_OBFUSCATED = struct.Struct("!HI")  # ~port, ~IPv4 at offset 10 of a Teredo address
+_UNSPECIFIED_OR_LOOPBACK = bytes(15)  # the first 15 bytes of :: and ::1
+
+
+class ServerMachine:
+    """Stateless §5.3 server for one primary/secondary address pair.
+
+    There is no clock input and no timer: the server keeps no state (§5.3), so every
+    answer depends on the datagram and its source alone.
+    """
+
+    def __init__(
+        self,
+        primary: int,
+        secondary: int,
+        counters: Counters,
+        prefix32: bytes = TEREDO_PREFIX,
+        mtu: int = MIN_MTU,
+        port: int = TEREDO_PORT,
+        reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+    ) -> None:
+        """`reachable_ipv4` says which IPv4 sources and destinations are acceptable
+        (§5.3.1 rule 3, §5.3.2); only tests on loopback widen it."""
+        self.primary = primary
+        self.secondary = secondary
+        self.counters = counters
+        self.prefix32 = prefix32
+        self.port = port
+        self.reachable_ipv4 = reachable_ipv4
+        self.link_local = server_link_local(primary)
+        self._prefix64 = teredo_prefix64(primary, prefix32)
+        self._mtu = mtu
+        self._own = frozenset((primary, secondary))
+        self._our_clients = prefix32 + primary.to_bytes(4, "big")  # first 64 bits of our clients
+        # The RA packet for each canonical RS source (RFC 4380 §5.2.1): built once.
+        self._ra_packet = {
+            source: router_advertisement(primary, source, self._prefix64, mtu) for source in (RS_SOURCE, RS_SOURCE_CONE)
+        }
+        # Fast path: canonical RS packet -> (cone bit of its source, the RA packet answering it).
+        self._fast_rs = {
+            router_solicitation(cone): (cone, self._ra_packet[RS_SOURCE_CONE if cone else RS_SOURCE])
+            for cone in (False, True)
+        }
+
+    def handle(self, data: bytes, source_ip: int, source_port: int, which: str) -> Output | None:
+        """What to send in answer to `data` received on socket `which`, or None (a counted drop)."""
+        if source_port == self.port and source_ip in self._own:
+            self.counters.drop("loop")  # Miredo's fix: a datagram from ourselves would bounce forever
+            return None
+        if data[:4] == _AUTH_NO_ID:
+            fast = self._fast_rs.get(data[_RS_OFFSET:])
+            if fast is not None:  # an authenticated canonical RS: §5.3.1 rules 1, 2 and 4 hold
+                if not self.reachable_ipv4(source_ip):
+                    self.counters.drop("source-not-global")  # rule 3
+                    return None
+                self.counters[ANSWERED_RS] += 1
+                return (
+                    SECONDARY if (which == SECONDARY) != fast[0] else PRIMARY,
+                    data[:_NONCE_END]
+                    + _CONFIRMATION_AND_ORIGIN.pack(0, 0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
+                    + fast[1],
+                    (int_to_ipv4(source_ip), source_port),
+                )
+        return self._general(data, source_ip, source_port, which)
+
+    def _general(self, data: bytes, source_ip: int, source_port: int, which: str) -> Output | None:
+        """Every datagram the fast path does not take: §5.3.1 rules 1-7, then where it goes."""
+        try:
+            datagram = parse_datagram(data)  # rule 1
+        except ParseError as error:
+            self.counters.drop(error.reason)
+            return None
+        header, packet = datagram.header, datagram.packet
+        if not is_bubble(header) and header.next_header != NEXT_HEADER_ICMPV6:
+            self.counters.drop("not-bubble-or-icmpv6")  # rule 2
+            return None
+        if not self.reachable_ipv4(source_ip):
+            self.counters.drop("source-not-global")  # rule 3
+            return None
+        source, destination = header.source, header.destination
+        teredo_source = source[:4] == self.prefix32
+        if teredo_source and not self._embeds(source, source_ip, source_port):
+            self.counters.drop("teredo-source-mismatch")  # rule 5 fails, so rule 7
+            return None
+        if destination == ALL_ROUTERS or destination == self.link_local:
+            # For the server itself: only an RS from a matching Teredo source (rule 5) or a
+            # link-local one to all-routers (rule 4) is processed.
+            if not is_router_solicitation(packet, header):
+                self.counters.drop("to-server-not-rs")
+                return None
+            if not teredo_source and not (is_link_local(source) and destination == ALL_ROUTERS):
+                self.counters.drop("rs-bad-source")
+                return None
+            return self._advertise(datagram.auth, source, source_ip, source_port, which)
+        if not teredo_source and destination[:8] != self._our_clients:
+            self.counters.drop("not-our-client")  # rule 6 fails, so rule 7
+            return None
+        if is_multicast(destination) or is_link_local(destination) or destination[:15] == _UNSPECIFIED_OR_LOOPBACK:
+            self.counters.drop("destination-not-global")
+            return None
+        if header.payload_length > MAX_FORWARDED_PAYLOAD:
+            self.counters.drop("too-big")
+            return None
+        if destination[:4] != self.prefix32:
+            self.counters[FORWARDED_NATIVE] += 1
+            return RAW, packet, (socket.inet_ntop(socket.AF_INET6, destination), 0)
+        obfuscated_port, obfuscated_ip = _OBFUSCATED.unpack_from(destination, 10)
+        ip, port = obfuscated_ip ^ 0xFFFFFFFF, obfuscated_port ^ 0xFFFF
+        if not self.reachable_ipv4(ip):
+            self.counters.drop("mapped-not-global")
+            return None
+        if port == self.port and ip in self._own:
+            self.counters.drop("loop")
+            return None
+        if destination[:8] == self._our_clients:
+            self.counters[FORWARDED_TEREDO] += 1
+            origin = _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
+            return PRIMARY, origin + packet, (int_to_ipv4(ip), port)
+        self.counters[FORWARDED_TEREDO_OTHER] += 1  # no origin indication: not our client
+        return PRIMARY, packet, (int_to_ipv4(ip), port)
+
+    @staticmethod
+    def _embeds(address: bytes, ip: int, port: int) -> bool:
+        """§5.3.1 rule 5: the Teredo address carries the outer IPv4 address and UDP port."""
+        obfuscated_port, obfuscated_ip = _OBFUSCATED.unpack_from(address, 10)
+        return obfuscated_ip ^ 0xFFFFFFFF == ip and obfuscated_port ^ 0xFFFF == port
+
+    def _advertise(
+        self, auth: AuthIndicator | None, destination: bytes, source_ip: int, source_port: int, which: str
+    ) -> Output:
+        """§5.3.2: the RA, from the other address when the RS source has the cone bit."""
+        ra = self._ra_packet.get(destination) or router_advertisement(
+            self.primary, destination, self._prefix64, self._mtu
+        )
+        # Like Miredo: the nonce is echoed with confirmation 0 and no client id, since
+        # secure qualification is not offered.
+        head = b"" if auth is None else _AUTH_NO_ID + auth.nonce + b"\x00"
+        cone = bool(int.from_bytes(destination[8:10], "big") & FLAG_CONE)
+        self.counters[ANSWERED_RS] += 1
+        return (
+            SECONDARY if (which == SECONDARY) != cone else PRIMARY,
+            head + _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF) + ra,
+            (int_to_ipv4(source_ip), source_port),
+        )

@@ -1,0 +1,502 @@
+"""Server role: §5.3.1 rule by rule, Miredo's own datagrams byte for byte, fuzzing, real sockets."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from teredo_appliance.config_model import ServerConfig
+from teredo_appliance.rawsock import RawIPv6Sender
+from teredo_appliance.roles.server import ServerService
+from teredo_appliance.roles.server_machine import (
+    ANSWERED_RS,
+    FORWARDED_NATIVE,
+    FORWARDED_TEREDO,
+    FORWARDED_TEREDO_OTHER,
+    MAX_FORWARDED_PAYLOAD,
+    PRIMARY,
+    RAW,
+    SECONDARY,
+    ServerMachine,
+)
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire import ipv6, nd
+from teredo_appliance.wire.address import FLAG_CONE, TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.teredo import AuthIndicator, build_bubble, origin_indication, parse_datagram
+from tests.vectors import MIREDO
+
+SERVER = ipv4_to_int("198.18.0.1")
+SERVER2 = ipv4_to_int("198.18.0.2")
+OTHER_SERVER = ipv4_to_int("198.18.5.1")
+CLIENT_IP, CLIENT_PORT = MIREDO["rs-with-auth-nonce"].source  # 198.18.0.100:52732
+RELAY_IP, RELAY_PORT = MIREDO["bubble-relay-to-server"].source  # 198.18.0.10:49030
+CLIENT = TeredoAddress(SERVER, 0x1C6B, CLIENT_PORT, CLIENT_IP).pack()  # the client in Miredo's capture
+PEER = TeredoAddress(SERVER, 0x0402, 40000, ipv4_to_int("198.18.7.7")).pack()  # another client of ours
+FOREIGN_PEER = TeredoAddress(OTHER_SERVER, 0, 40001, ipv4_to_int("198.18.8.8")).pack()
+NATIVE = IPv6Address("2001:db8:1::2").packed
+RELAY_LINK_LOCAL = IPv6Address("fe80::f0:73c7:8d61:56a1").packed
+NONCE = bytes.fromhex("a83a134fb6ddf809")
+
+
+def make_machine(**overrides: Any) -> ServerMachine:
+    return ServerMachine(SERVER, SERVER2, Counters(), **overrides)
+
+
+AUTH = AuthIndicator(NONCE)
+
+
+def rs(cone: bool = False, auth: AuthIndicator | None = AUTH) -> bytes:
+    return (auth.pack() if auth else b"") + nd.router_solicitation(cone)
+
+
+def echo(source: bytes, destination: bytes, data: bytes = b"x" * 16) -> bytes:
+    return ipv6.build_echo(source, destination, 0x1512, 1, data)
+
+
+class VectorTests(SynchronousTestCase):
+    """Miredo 1.2.6's own exchanges: the same datagram in gives the same datagram out."""
+
+    def test_rs_gets_miredos_ra(self) -> None:
+        machine = make_machine()
+        rs_in, ra_out = MIREDO["rs-with-auth-nonce"], MIREDO["ra-with-auth-origin"]
+        self.assertEqual(
+            machine.handle(rs_in.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            (PRIMARY, ra_out.payload, ("198.18.0.100", 52732)),
+        )
+        self.assertEqual(machine.counters, {ANSWERED_RS: 1})
+
+    def test_general_path_builds_the_same_ra(self) -> None:
+        """An RS with trailing bytes misses the fast path; the answer must not change."""
+        machine = make_machine()
+        output = machine.handle(MIREDO["rs-with-auth-nonce"].payload + b"trailer", CLIENT_IP, CLIENT_PORT, PRIMARY)
+        self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, ("198.18.0.100", 52732)))
+
+    def test_relay_bubble_forwarded_with_origin(self) -> None:
+        machine = make_machine()
+        bubble = MIREDO["bubble-relay-to-server"]
+        self.assertEqual(
+            machine.handle(bubble.payload, RELAY_IP, RELAY_PORT, PRIMARY),
+            (PRIMARY, MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732)),
+        )
+        self.assertEqual(machine.counters, {FORWARDED_TEREDO: 1})
+
+    def test_relay_bubble_on_secondary_still_leaves_from_primary(self) -> None:
+        output = make_machine().handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, SECONDARY)
+        assert output is not None
+        self.assertEqual(output[0], PRIMARY)
+
+    def test_echo_test_goes_out_native(self) -> None:
+        machine = make_machine()
+        echo_test = MIREDO["echo-test-via-server"]
+        self.assertEqual(
+            machine.handle(echo_test.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            (RAW, echo_test.payload, ("2001:db8:1::2", 0)),
+        )
+        self.assertEqual(machine.counters, {FORWARDED_NATIVE: 1})
+
+
+class QualificationTests(SynchronousTestCase):
+    """§5.3.2: Router Advertisements."""
+
+    def parsed_ra(self, output: Any) -> tuple[Any, nd.RouterAdvertisement]:
+        datagram = parse_datagram(output[1])
+        return datagram, nd.parse_router_advertisement(datagram.packet, datagram.header)
+
+    def test_ra_contents(self) -> None:
+        output = make_machine().handle(rs(), CLIENT_IP, CLIENT_PORT, PRIMARY)
+        datagram, ra = self.parsed_ra(output)
+        self.assertEqual(datagram.auth, AuthIndicator(NONCE, 0))
+        self.assertEqual((datagram.origin.ip, datagram.origin.port), (CLIENT_IP, CLIENT_PORT))
+        self.assertEqual(ra.source, nd.server_link_local(SERVER))
+        self.assertEqual(ra.destination, nd.RS_SOURCE)
+        self.assertEqual(ra.prefixes, ((IPv6Address("2001:0:c612:1::").packed, 64),))
+        self.assertEqual(ra.mtu, 1280)
+
+    def test_configured_prefix_and_mtu(self) -> None:
+        machine = make_machine(prefix32=IPv6Address("3ffe:831f::").packed[:4], mtu=1400)
+        for request in (rs(), rs(cone=True), rs(auth=None)):
+            _, ra = self.parsed_ra(machine.handle(request, CLIENT_IP, CLIENT_PORT, PRIMARY))
+            self.assertEqual(ra.prefixes, ((IPv6Address("3ffe:831f:c612:1::").packed, 64),))
+            self.assertEqual(ra.mtu, 1400)
+
+    def test_rs_without_auth_gets_ra_without_auth(self) -> None:
+        output = make_machine().handle(rs(auth=None), CLIENT_IP, CLIENT_PORT, PRIMARY)
+        assert output is not None
+        self.assertEqual(output[1], MIREDO["ra-with-auth-origin"].payload[13:])
+
+    def test_nonce_echoed_with_confirmation_zero(self) -> None:
+        """A client id or a non-zero confirmation in the RS changes nothing but the nonce."""
+        auth = AuthIndicator(b"12345678", confirmation=1, client_id=b"id", auth_value=b"mac")
+        datagram, _ = self.parsed_ra(make_machine().handle(rs(auth=auth), CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertEqual(datagram.auth, AuthIndicator(b"12345678", 0))
+
+    def test_socket_choice(self) -> None:
+        """The RA leaves from the secondary iff (arrived on secondary) XOR (cone RS source)."""
+        machine = make_machine()
+        for which, cone, expected in (
+            (PRIMARY, False, PRIMARY),
+            (PRIMARY, True, SECONDARY),
+            (SECONDARY, False, SECONDARY),
+            (SECONDARY, True, PRIMARY),
+        ):
+            for auth in (AuthIndicator(NONCE), None):  # the fast path and the general path
+                output = machine.handle(rs(cone, auth), CLIENT_IP, CLIENT_PORT, which)
+                assert output is not None
+                self.assertEqual(output[0], expected, (which, cone, auth))
+                self.assertEqual(self.parsed_ra(output)[1].destination, nd.RS_SOURCE_CONE if cone else nd.RS_SOURCE)
+
+    def test_rs_from_matching_teredo_source(self) -> None:
+        """Rule 5: a qualified client may solicit from its Teredo address; the cone flag decides."""
+        cone_client = TeredoAddress(SERVER, FLAG_CONE, CLIENT_PORT, CLIENT_IP).pack()
+        for source, destination, expected in (
+            (CLIENT, nd.ALL_ROUTERS, PRIMARY),
+            (CLIENT, nd.server_link_local(SERVER), PRIMARY),
+            (cone_client, nd.ALL_ROUTERS, SECONDARY),
+        ):
+            packet = ipv6.build_icmpv6(source, destination, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
+            output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY)
+            assert output is not None
+            self.assertEqual(output[0], expected)
+            self.assertEqual(self.parsed_ra(output)[1].destination, source)
+
+    def test_rs_from_other_link_local(self) -> None:
+        """Rule 4 accepts any link-local source; the RA is built for it, checksum and all."""
+        source = IPv6Address("fe80::1234").packed
+        packet = ipv6.build_icmpv6(source, nd.ALL_ROUTERS, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
+        output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, SECONDARY)
+        assert output is not None
+        self.assertEqual(output[0], SECONDARY)
+        self.assertEqual(self.parsed_ra(output)[1].destination, source)
+
+
+class ForwardingTests(SynchronousTestCase):
+    """§5.3.1: what the server relays and where."""
+
+    def test_teredo_to_our_client_with_origin(self) -> None:
+        packet = build_bubble(CLIENT, PEER)
+        machine = make_machine()
+        self.assertEqual(
+            machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            (PRIMARY, origin_indication(CLIENT_IP, CLIENT_PORT) + packet, ("198.18.7.7", 40000)),
+        )
+        self.assertEqual(machine.counters, {FORWARDED_TEREDO: 1})
+
+    def test_teredo_to_other_servers_client_without_origin(self) -> None:
+        packet = build_bubble(CLIENT, FOREIGN_PEER)
+        machine = make_machine()
+        output = machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY)
+        self.assertEqual(output, (PRIMARY, packet, ("198.18.8.8", 40001)))
+        self.assertEqual(machine.counters, {FORWARDED_TEREDO_OTHER: 1})
+
+    def test_native_to_our_client(self) -> None:
+        """Rule 6: a relay's echo reply to a client of ours."""
+        packet = echo(NATIVE, CLIENT)
+        output = make_machine().handle(packet, RELAY_IP, RELAY_PORT, PRIMARY)
+        self.assertEqual(output, (PRIMARY, origin_indication(RELAY_IP, RELAY_PORT) + packet, ("198.18.0.100", 52732)))
+
+    def test_incoming_headers_and_trailers_are_not_forwarded(self) -> None:
+        """A forwarded packet is the IPv6 packet alone: no auth/origin from the sender, no trailer."""
+        packet = echo(CLIENT, NATIVE)
+        data = AuthIndicator(NONCE).pack() + origin_indication(1, 2) + packet + b"trailer"
+        output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY)
+        self.assertEqual(output, (RAW, packet, ("2001:db8:1::2", 0)))
+
+    def test_payload_limit_boundary(self) -> None:
+        """Miredo's 88-byte cap: an echo with 88 payload bytes passes, 89 do not."""
+        machine = make_machine()
+        at_limit = echo(CLIENT, NATIVE, bytes(MAX_FORWARDED_PAYLOAD - 8))
+        self.assertIsNotNone(machine.handle(at_limit, CLIENT_IP, CLIENT_PORT, PRIMARY))
+        over = echo(CLIENT, NATIVE, bytes(MAX_FORWARDED_PAYLOAD - 7))
+        self.assertIsNone(machine.handle(over, CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertEqual(machine.counters.drops(), {"too-big": 1})
+
+
+class DropTests(SynchronousTestCase):
+    """Every refusal: nothing sent, exactly one counted drop with its reason."""
+
+    def assertDropped(self, reason: str, data: bytes, ip: int = CLIENT_IP, port: int = CLIENT_PORT,
+                      machine: ServerMachine | None = None) -> None:
+        machine = machine or make_machine()
+        self.assertIsNone(machine.handle(data, ip, port, PRIMARY))
+        self.assertEqual(machine.counters, {"drop." + reason: 1})
+
+    def test_rule1_malformed(self) -> None:
+        self.assertDropped("ipv6-short", b"")
+        self.assertDropped("not-ipv6", b"\x45" + bytes(60))
+        self.assertDropped("ipv6-truncated", build_bubble(CLIENT, PEER)[:4] + b"\x00\x10" + bytes(34))
+        self.assertDropped("auth-truncated", b"\x00\x01\x05\x00" + bytes(10))
+        self.assertDropped("origin-truncated", b"\x00\x00\x01\x02")
+
+    def test_rule2_neither_bubble_nor_icmpv6(self) -> None:
+        self.assertDropped("not-bubble-or-icmpv6", ipv6.build_packet(CLIENT, PEER, 17, bytes(8)))
+        # next header 59 with a payload is not a bubble either
+        self.assertDropped("not-bubble-or-icmpv6", ipv6.build_packet(CLIENT, PEER, 59, bytes(8)))
+
+    def test_rule3_non_global_source(self) -> None:
+        for ip in ("10.0.0.1", "127.0.0.1", "192.168.1.1", "224.0.0.253"):
+            self.assertDropped("source-not-global", rs(), ipv4_to_int(ip))  # fast path
+            self.assertDropped("source-not-global", rs(auth=None), ipv4_to_int(ip))
+
+    def test_rule4_not_a_valid_rs(self) -> None:
+        """An RS needs hop limit 255 (RFC 4861 §6.1.1) and a link-local source to all-routers."""
+        low_hops = ipv6.build_icmpv6(nd.RS_SOURCE, nd.ALL_ROUTERS, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 64)
+        self.assertDropped("to-server-not-rs", low_hops)
+        self.assertDropped("to-server-not-rs", echo(nd.RS_SOURCE, nd.ALL_ROUTERS))
+        self.assertDropped("to-server-not-rs", echo(CLIENT, nd.server_link_local(SERVER)))
+        for source, destination in ((NATIVE, nd.ALL_ROUTERS), (nd.RS_SOURCE, nd.server_link_local(SERVER))):
+            packet = ipv6.build_icmpv6(source, destination, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
+            self.assertDropped("rs-bad-source", packet)
+
+    def test_rule5_teredo_source_must_embed_outer_address(self) -> None:
+        self.assertDropped("teredo-source-mismatch", build_bubble(CLIENT, PEER), port=CLIENT_PORT + 1)
+        self.assertDropped("teredo-source-mismatch", build_bubble(CLIENT, PEER), ip=CLIENT_IP + 1)
+        packet = ipv6.build_icmpv6(CLIENT, nd.ALL_ROUTERS, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
+        self.assertDropped("teredo-source-mismatch", packet, port=1)
+
+    def test_rule6_non_teredo_source_only_to_our_clients(self) -> None:
+        self.assertDropped("not-our-client", build_bubble(RELAY_LINK_LOCAL, FOREIGN_PEER), RELAY_IP, RELAY_PORT)
+        self.assertDropped("not-our-client", echo(NATIVE, NATIVE), RELAY_IP, RELAY_PORT)
+
+    def test_loop_from_our_own_address(self) -> None:
+        for ip in (SERVER, SERVER2):
+            self.assertDropped("loop", MIREDO["rs-with-auth-nonce"].payload, ip, 3544)
+            self.assertDropped("loop", build_bubble(RELAY_LINK_LOCAL, CLIENT), ip, 3544)
+
+    def test_loop_to_our_own_address(self) -> None:
+        ourselves = TeredoAddress(SERVER, 0, 3544, SERVER2).pack()
+        self.assertDropped("loop", build_bubble(RELAY_LINK_LOCAL, ourselves), RELAY_IP, RELAY_PORT)
+
+    def test_non_global_ipv6_destination(self) -> None:
+        for text in ("ff05::1", "fe80::1", "::1", "::"):
+            self.assertDropped("destination-not-global", echo(CLIENT, IPv6Address(text).packed))
+
+    def test_non_global_mapped_destination(self) -> None:
+        private = TeredoAddress(SERVER, 0, 40000, ipv4_to_int("10.1.2.3")).pack()
+        self.assertDropped("mapped-not-global", build_bubble(CLIENT, private))
+
+    def test_too_big(self) -> None:
+        self.assertDropped("too-big", echo(CLIENT, PEER, bytes(200)))
+
+
+# Fuzzing: arbitrary bytes, and datagrams assembled from parts that reach every rule.
+_addresses = st.sampled_from(
+    [nd.RS_SOURCE, nd.RS_SOURCE_CONE, nd.ALL_ROUTERS, nd.server_link_local(SERVER), CLIENT, PEER, FOREIGN_PEER,
+     NATIVE, RELAY_LINK_LOCAL, bytes(16), IPv6Address("::1").packed, IPv6Address("ff02::1").packed]
+) | st.binary(min_size=16, max_size=16)
+_headers = st.one_of(
+    st.just(b""),
+    st.builds(lambda a: a.pack(), st.builds(AuthIndicator, st.binary(min_size=8, max_size=8), st.integers(0, 255),
+                                            st.binary(max_size=4), st.binary(max_size=4))),
+    st.builds(origin_indication, st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF)),
+    st.binary(max_size=20),
+)
+
+
+@st.composite
+def _datagrams(draw: Any) -> bytes:
+    payload = draw(st.one_of(st.just(b""), st.just(bytes(4)), st.binary(max_size=100)))
+    if payload and draw(st.booleans()):
+        payload = bytes((draw(st.sampled_from((128, 129, 133, 134, 1))),)) + payload[1:]
+    packet = ipv6.build_packet(
+        draw(_addresses), draw(_addresses), draw(st.sampled_from((58, 59, 17, 0))), payload,
+        draw(st.sampled_from((255, 64, 0))),
+    )
+    if draw(st.booleans()):
+        packet = packet[: draw(st.integers(0, len(packet)))] + draw(st.binary(max_size=8))
+    return draw(_headers) + packet
+
+
+_sources = st.sampled_from([(CLIENT_IP, CLIENT_PORT), (RELAY_IP, RELAY_PORT), (SERVER2, 3544)]) | st.tuples(
+    st.sampled_from([CLIENT_IP, RELAY_IP, SERVER, ipv4_to_int("10.0.0.1")]) | st.integers(0, 0xFFFFFFFF),
+    st.sampled_from([CLIENT_PORT, RELAY_PORT, 3544]) | st.integers(0, 0xFFFF),
+)
+_known = st.sampled_from([v.payload for v in MIREDO.values()] + [rs(), rs(True), rs(auth=None)])
+
+
+class FuzzTests(SynchronousTestCase):
+    def assertAccounted(self, machine: ServerMachine, data: bytes, source: tuple[int, int], which: str) -> None:
+        before = machine.counters.copy()
+        output = machine.handle(data, source[0], source[1], which)
+        changed = machine.counters - before
+        self.assertEqual(sum(changed.values()), 1, changed)  # exactly one thing happened
+        (event,) = changed
+        if output is None:
+            self.assertTrue(event.startswith("drop."), event)
+        else:
+            self.assertFalse(event.startswith("drop."), event)
+            key, payload, (host, port) = output
+            self.assertIn(key, (PRIMARY, SECONDARY, RAW))
+            self.assertIsInstance(payload, bytes)
+            socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
+            self.assertTrue(0 <= port <= 0xFFFF)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=200), _sources, st.sampled_from((PRIMARY, SECONDARY)))
+    def test_arbitrary_bytes(self, data: bytes, source: tuple[int, int], which: str) -> None:
+        self.assertAccounted(make_machine(), data, source, which)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(_datagrams() | _known, _sources, st.sampled_from((PRIMARY, SECONDARY)))
+    def test_structured_datagrams(self, data: bytes, source: tuple[int, int], which: str) -> None:
+        self.assertAccounted(make_machine(), data, source, which)
+
+
+class RawSenderTests(SynchronousTestCase):
+    def test_send_never_raises(self) -> None:
+        counters = Counters()
+        sender = RawIPv6Sender(counters)
+        self.assertFalse(sender.send(echo(CLIENT, NATIVE), "2001:db8:1::2"))
+        self.assertEqual(counters.drops(), {"socket-closed": 1})
+        try:
+            sender.open()
+        except PermissionError:
+            raise SkipTest("needs CAP_NET_RAW for a raw IPv6 socket") from None
+        self.addCleanup(sender.close)
+        self.assertFalse(sender.send(bytes(70000), "::1"))  # larger than any IPv6 packet
+        self.assertEqual(counters.drops(), {"socket-closed": 1, "raw-send-emsgsize": 1})
+
+
+# Service: real UDP sockets on loopback and the real reactor.
+class _Client(DatagramProtocol):
+    """Collects datagrams with the address they came from."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.waiting: Deferred[None] | None = None
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.received.append((data, addr))
+        if self.waiting is not None:
+            waiting, self.waiting = self.waiting, None
+            waiting.callback(None)
+
+    def next(self) -> Deferred[None]:
+        self.waiting = Deferred()
+        return self.waiting.addTimeout(5, reactor)
+
+
+def _free_port() -> int:
+    """A UDP port free on both 127.0.0.1 and 127.0.0.2 right now (3544 may be taken by other tests)."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+                try:
+                    second.bind(("127.0.0.2", port))
+                except OSError:
+                    continue
+            return port
+    raise SkipTest("no free UDP port on 127.0.0.1/127.0.0.2")
+
+
+class ServiceTests(TestCase):
+    CONFIG = ServerConfig(IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"), IPv6Network("2001::/32"), 1280)
+
+    def start(self, permissive: bool = True, port: int | None = None) -> ServerService:
+        port = port or _free_port()
+        if permissive:
+            service = ServerService(self.CONFIG, reactor, port=port, reachable_ipv4=lambda ip: True)
+        else:
+            service = ServerService(self.CONFIG, reactor, port=port)
+        try:
+            service.privilegedStartService()
+        except PermissionError:
+            raise SkipTest("needs CAP_NET_RAW for the server's raw IPv6 socket") from None
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        return service
+
+    def client(self) -> tuple[_Client, Any]:
+        client = _Client()
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return client, port
+
+    @inlineCallbacks
+    def test_rs_gets_ra_from_the_right_address(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = self.start()
+        client, port = self.client()
+        client_port = port.getHost().port
+        for cone, source in ((False, "127.0.0.1"), (True, "127.0.0.2")):
+            waiting = client.next()
+            port.write(rs(cone), ("127.0.0.1", service.port))
+            yield waiting
+            data, address = client.received[-1]
+            self.assertEqual(address, (source, service.port))
+            datagram = parse_datagram(data)
+            self.assertEqual(datagram.auth, AuthIndicator(NONCE, 0))
+            self.assertEqual((datagram.origin.ip, datagram.origin.port), (ipv4_to_int("127.0.0.1"), client_port))
+            ra = nd.parse_router_advertisement(datagram.packet, datagram.header)
+            self.assertEqual(ra.prefixes, ((IPv6Address("2001:0:7f00:1::").packed, 64),))
+        self.assertEqual(service.status()["rs_answered"], 2)
+        ours = [e for e in events if e.get("log_namespace", "").startswith("teredo_appliance.roles.server")]
+        self.assertEqual(len(ours), 1, ours)  # the start line; nothing per packet
+        yield service.stopService()
+        ours = [e for e in events if e.get("log_namespace", "").startswith("teredo_appliance.roles.server")]
+        self.assertEqual(len(ours), 2, ours)
+
+    @inlineCallbacks
+    def test_non_global_source_is_a_counted_drop(self) -> Any:
+        service = self.start(permissive=False)
+        _, port = self.client()
+        port.write(rs(), ("127.0.0.2", service.port))
+        for _ in range(100):
+            if service.counters.drops():
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(service.status()["dropped"], {"source-not-global": 1})
+
+    @inlineCallbacks
+    def test_stop_frees_the_ports_for_a_restart(self) -> Any:
+        service = self.start()
+        yield service.stopService()
+        again = self.start(port=service.port)  # a reload binds the same addresses again
+        self.assertTrue(again.running)
+        self.assertTrue(again.status()["addresses"]["raw_ipv6"])
+
+    @inlineCallbacks
+    def test_start_is_all_or_nothing(self) -> Any:
+        port = _free_port()
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.2", port))
+        service = ServerService(self.CONFIG, reactor, port=port)
+        try:
+            self.assertRaises(CannotListenError, service.privilegedStartService)
+        except PermissionError:
+            raise SkipTest("needs CAP_NET_RAW for the server's raw IPv6 socket") from None
+        self.assertFalse(service.raw.is_open)
+        yield deferLater(reactor, 0.01, lambda: None)  # a UDP port closes on the next reactor turn
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as primary:
+            primary.bind(("127.0.0.1", port))  # the primary was released
+
+    def test_status(self) -> None:
+        service = ServerService(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")), reactor)
+        service.machine.handle(MIREDO["rs-with-auth-nonce"].payload, CLIENT_IP, CLIENT_PORT, PRIMARY)
+        service.machine.handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, PRIMARY)
+        service.machine.handle(b"junk", CLIENT_IP, CLIENT_PORT, PRIMARY)
+        status = service.status()
+        self.assertEqual(status["role"], "server")
+        self.assertEqual(status["addresses"], {"primary": "198.18.0.1:3544", "secondary": "198.18.0.2:3544",
+                                               "raw_ipv6": False})
+        self.assertEqual(status["prefix"], "2001:0:c612:1::/64")
+        self.assertEqual(status["rs_answered"], 1)
+        self.assertEqual(status["forwarded"], {"teredo": 1})
+        self.assertEqual(status["dropped"], {"ipv6-short": 1})
+        self.assertIsNone(status["uptime"])
+
