@@ -1,0 +1,267 @@
+"""The relay's forwarding rules (RFC 4380 §5.4), sans I/O.
+
+`RelayMachine` is fed Teredo datagrams from the UDP socket (`from_udp`) and IPv6 packets
+from the TUN device (`from_tun`), each with the current time; it answers through two
+injected callables, `send(payload, (ip, port))` and `write(packet)`, and returns the time
+it wants `on_timer` called (or None). No socket, clock or thread of its own.
+
+Both directions have a fast path for the common case (a trusted peer, a plain IPv6
+packet): a few byte comparisons and one dict lookup before the packet is handed on.
+Everything else takes the slow path, which parses fully and counts each drop by reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import IPv6Network
+from typing import Any
+
+from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.errors import ParseError
+from teredo_appliance.wire.ipv6 import (
+    HEADER_LENGTH,
+    UNREACHABLE_ADDRESS,
+    UNREACHABLE_NO_ROUTE,
+    IPv6Header,
+    build_packet_too_big,
+    build_unreachable,
+    error_allowed,
+    is_link_local,
+    is_multicast,
+    parse_header,
+)
+from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
+
+TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indirect bubbles
+# RFC 4380 §5.4: the relay's link-local on the TUN. Also the source of our bubbles: the
+# client answers an indirect bubble by bubbling back to the origin indication, whatever
+# its source (Miredo's relay uses a link-local as well), and this one is ours.
+RELAY_LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")
+# Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
+ICMP_ERRORS_PER_SECOND = 10
+
+Send = Callable[[bytes, Mapping], object]
+Write = Callable[[bytes], object]
+ErrorSource = Callable[[bytes], bytes]
+
+
+def link_local_source(destination: bytes) -> bytes:
+    """The ICMPv6 error source when nothing better is known: the TUN's own address."""
+    return RELAY_LINK_LOCAL
+
+
+class RelayMachine:
+    """Forwarding between native IPv6 (the TUN) and Teredo peers (UDP), with a peer table.
+
+    `prefix` is the Teredo /32, `mtu` the largest packet sent to a peer. `cone`: the relay
+    is reachable from anywhere (no NAT or a cone NAT), so the direct bubble that opens our
+    own NAT binding (RFC 4380 §5.4.1) is not needed. `error_source(destination)` picks the
+    source of an ICMPv6 error sent to `destination` (see RelayService for the choice).
+    """
+
+    def __init__(
+        self,
+        prefix: IPv6Network,
+        mtu: int,
+        max_peers: int,
+        send: Send,
+        write: Write,
+        counters: Counters,
+        *,
+        cone: bool = False,
+        error_source: ErrorSource = link_local_source,
+    ) -> None:
+        if prefix.prefixlen != 32:
+            raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
+        self.prefix32 = prefix.network_address.packed[:4]
+        self.mtu = mtu
+        self.cone = cone
+        self.peers = PeerTable(max_peers)
+        self.counters = counters
+        self._send = send
+        self._write = write
+        self._error_source = error_source
+        self._icmp_window = float("-inf")
+        self._icmp_budget = 0
+
+    # -- Teredo -> IPv6 (RFC 4380 §5.4.2) ----------------------------------------------
+
+    def from_udp(self, data: bytes, source: Mapping, now: float) -> float | None:
+        """A datagram from `source`; returns a new wake-up time for `on_timer`, or None."""
+        # Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at
+        # its mapping, to a unicast non-Teredo destination outside fe80::/10 and ff00::/8.
+        size = len(data)
+        if (
+            size > HEADER_LENGTH
+            and data[0] >> 4 == 6
+            and (data[4] << 8 | data[5]) + HEADER_LENGTH == size
+            and data[24] < 0xFE
+            and data[24:28] != self.prefix32
+        ):
+            peer = self.peers.get(data[8:24])
+            if peer is not None and peer.trusted and peer.mapping == source:
+                self.peers.touch_rx(peer, now)
+                self.counters["to_ipv6"] += 1
+                self._write(data)
+                return None
+        return self._from_udp_slow(data, source, now)
+
+    def _from_udp_slow(self, data: bytes, source: Mapping, now: float) -> float | None:
+        counters = self.counters
+        try:
+            datagram = parse_datagram(data)
+        except ParseError as error:
+            counters.drop("udp." + error.reason)
+            return None
+        packet, header = datagram.packet, datagram.header
+        src = header.source
+        if src[:4] != self.prefix32:
+            counters.drop("udp.source-not-teredo")
+            return None
+        wake = None
+        peer = self.peers.get(src)
+        if peer is not None and peer.trusted and peer.mapping == source:
+            self.peers.touch_rx(peer, now)
+        else:
+            # RFC 4380 §5.4.2: trusted only if the source address embeds where it came from.
+            mapped_ip, mapped_port = teredo_mapping(src)
+            if mapped_port != source[1] or int_to_ipv4(mapped_ip) != source[0]:
+                counters.drop("udp.source-mismatch")
+                return None
+            counters["peers.trusted"] += 1
+            for queued in self.peers.trust(src, source, now):  # in arrival order
+                counters["to_teredo"] += 1
+                self._send(queued, source)
+            wake = self.peers.next_deadline()
+        if is_bubble(header):
+            counters["bubbles.received"] += 1
+            return wake
+        dst = header.destination
+        if is_multicast(dst):
+            counters.drop("udp.multicast-destination")
+        elif is_link_local(dst):
+            counters.drop("udp.link-local-destination")
+        elif dst[:4] == self.prefix32:
+            counters.drop("udp.teredo-destination")  # no Teredo-to-Teredo through a relay
+        else:
+            counters["to_ipv6"] += 1
+            self._write(packet)
+        return wake
+
+    # -- IPv6 -> Teredo (RFC 4380 §5.4.1) ----------------------------------------------
+
+    def from_tun(self, packet: bytes, now: float) -> float | None:
+        """A packet the kernel routed to us; returns a new wake-up time, or None."""
+        peer = self.peers.get(packet[24:40])
+        if peer is not None and peer.trusted and len(packet) <= self.mtu:
+            peer.last_tx = now
+            self.counters["to_teredo"] += 1
+            self._send(packet, peer.mapping)
+            return None
+        return self._from_tun_slow(packet, now)
+
+    def _from_tun_slow(self, packet: bytes, now: float) -> float | None:
+        counters = self.counters
+        try:
+            header = parse_header(packet)
+        except ParseError as error:
+            counters.drop("tun." + error.reason)
+            return None
+        if len(packet) > self.mtu:
+            counters.drop("tun.too-big")
+            self._icmp_error(packet, header, now, build_packet_too_big, self.mtu)
+            return None
+        dst = header.destination
+        if is_multicast(dst):
+            counters.drop("tun.multicast")  # the kernel's own MLD and ND through the TUN
+            return None
+        if dst[:4] != self.prefix32:
+            counters.drop("tun.not-teredo")  # the route to the TUN is wider than the prefix
+            self._icmp_error(packet, header, now, build_unreachable, UNREACHABLE_NO_ROUTE)
+            return None
+        peers = self.peers
+        peer = peers.get(dst)  # not trusted: the fast path took those
+        if peer is None:
+            mapped_ip, mapped_port = teredo_mapping(dst)
+            server = teredo_server(dst)
+            if not (is_global_ipv4(mapped_ip) and is_global_ipv4(server)):
+                counters.drop("tun.not-global")  # RFC 4380 §5.4.1: MUST be silently discarded
+                return None
+            peer = peers.get_or_create(dst, (int_to_ipv4(mapped_ip), mapped_port), now)
+        wake = None
+        if not peer.attempts:  # no discovery round running: start one
+            if not peers.try_bubble(peer, now):
+                # Its bubble budget is spent (RFC 4380 §5.2.6): refuse at once.
+                counters.drop("tun.peer-unreachable")
+                self._icmp_error(packet, header, now, build_unreachable, UNREACHABLE_ADDRESS)
+                return None
+            self._bubble(peer)
+            wake = peers.next_deadline()
+        if not peers.enqueue(peer, packet):
+            counters.drop("tun.queue-full")
+        return wake
+
+    def _bubble(self, peer: Peer) -> None:
+        """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one."""
+        bubble = build_bubble(RELAY_LINK_LOCAL, peer.addr)
+        self._send(bubble, (int_to_ipv4(teredo_server(peer.addr)), TEREDO_PORT))
+        sent = 1
+        if not self.cone:
+            self._send(bubble, peer.mapping)
+            sent = 2
+        self.counters["bubbles.sent"] += sent
+
+    # -- timers --------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.peers.next_deadline()
+
+    def on_timer(self, now: float) -> float | None:
+        """Expire idle peers, repeat unanswered bubbles, give up after the last retry.
+
+        Returns the next wake-up time, or None when there is nothing left to wait for.
+        """
+        self.peers.expire(now)
+        for peer in self.peers.due_for_retry(now):
+            if peer.attempts <= BUBBLE_RETRIES and self.peers.try_bubble(peer, now):
+                self._bubble(peer)
+                continue
+            # RFC 4380 §5.4.1: no answer after the retries; tell each queued packet's sender.
+            for packet in self.peers.give_up(peer):
+                self.counters.drop("tun.peer-unreachable")
+                self._icmp_error(packet, parse_header(packet), now, build_unreachable, UNREACHABLE_ADDRESS)
+        return self.peers.next_deadline()
+
+    # -- ICMPv6 errors (RFC 4443) --------------------------------------------------------
+
+    def _icmp_error(
+        self,
+        invoking: bytes,
+        header: IPv6Header,
+        now: float,
+        build: Callable[[bytes, bytes, bytes, int], bytes],
+        parameter: int,
+    ) -> None:
+        """Report a dropped packet to its sender, at most ICMP_ERRORS_PER_SECOND per second."""
+        if not error_allowed(invoking, header):  # RFC 4443 §2.4 (e)
+            return
+        if now >= self._icmp_window + 1.0:
+            self._icmp_window = now
+            self._icmp_budget = ICMP_ERRORS_PER_SECOND
+        if not self._icmp_budget:
+            self.counters["icmp.rate-limited"] += 1
+            return
+        self._icmp_budget -= 1
+        sender = header.source
+        self.counters["icmp.sent"] += 1
+        self._write(build(self._error_source(sender), invoking, sender, parameter))
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"peers": self.peers.stats(), "drops": self.counters.drops()}
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        return self.peers.snapshot(now)

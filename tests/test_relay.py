@@ -1,0 +1,645 @@
+"""Tests for the relay role: the forwarding rules on RelayMachine, then RelayService in memory.
+
+Everything runs without root: the machine is fed bytes and a clock; the service gets
+twisted.pair.testing.MemoryIOSystem as its TUN, a fake netlink and a fake UDP port.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address as TwistedIPv4Address
+from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
+from twisted.pair import testing
+from twisted.trial import unittest
+
+from teredo_appliance.config_model import RelayConfig
+from teredo_appliance.netlink import LinkError
+from teredo_appliance.peers import IDLE_TIMEOUT, QUEUE_BYTES
+from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
+from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.ipv6 import (
+    HEADER_LENGTH,
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_PACKET_TOO_BIG,
+    build_echo,
+    build_packet,
+    checksum_ok,
+    parse_header,
+    quoted_packet,
+)
+from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
+from tests import vectors
+
+PREFIX = IPv6Network("2001::/32")
+SERVER = "198.18.0.1"
+PEER_IP, PEER_PORT = "198.18.0.100", 52732
+PEER_MAPPING = (PEER_IP, PEER_PORT)
+PEER = TeredoAddress(ipv4_to_int(SERVER), 0x1C6B, PEER_PORT, ipv4_to_int(PEER_IP)).pack()
+NATIVE = IPv6Address("2001:db8:1::2").packed
+ERROR_SOURCE = IPv6Address("2001:db8:1::1").packed
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def teredo(mapped_ip: str = PEER_IP, port: int = PEER_PORT, server: str = SERVER, flags: int = 0x1C6B) -> bytes:
+    return TeredoAddress(ipv4_to_int(server), flags, port, ipv4_to_int(mapped_ip)).pack()
+
+
+def echo(src: bytes, dst: bytes, sequence: int = 1, size: int = 8) -> bytes:
+    return build_echo(src, dst, 0x1512, sequence, bytes(size))
+
+
+class MachineHarness(unittest.SynchronousTestCase):
+    """A RelayMachine whose UDP sends and TUN writes land in lists."""
+
+    max_peers = 100
+    cone = False
+
+    def setUp(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.written: list[bytes] = []
+        self.counters = Counters()
+        self.machine = RelayMachine(
+            PREFIX,
+            1280,
+            self.max_peers,
+            lambda payload, mapping: self.sent.append((payload, mapping)),
+            self.written.append,
+            self.counters,
+            cone=self.cone,
+            error_source=lambda destination: ERROR_SOURCE,
+        )
+
+    def trust(self, peer: bytes = PEER, mapping: tuple[str, int] = PEER_MAPPING, now: float = 0.0) -> None:
+        """The peer bubbles to us from its mapping (how a Miredo client answers ours)."""
+        self.machine.from_udp(build_bubble(peer, RELAY_LINK_LOCAL), mapping, now)
+
+    def drops(self) -> dict[str, int]:
+        return self.counters.drops()
+
+
+class IPv6ToTeredoTests(MachineHarness):
+    """RFC 4380 §5.4.1: packets from the TUN towards Teredo peers."""
+
+    def test_unknown_peer_is_queued_and_bubbled_indirectly_and_directly(self) -> None:
+        wake = self.machine.from_tun(echo(NATIVE, PEER), 10.0)
+        bubble = build_bubble(RELAY_LINK_LOCAL, PEER)
+        self.assertEqual(self.sent, [(bubble, (SERVER, 3544)), (bubble, PEER_MAPPING)])
+        self.assertEqual(self.written, [])
+        self.assertEqual(wake, 12.0)  # the first retry
+        self.assertEqual(self.machine.peers.stats()["queued_bytes"], len(echo(NATIVE, PEER)))
+
+    def test_bubble_matches_miredo_relay_layout(self) -> None:
+        """Same shape as Miredo's relay bubble: bare header, next header 59, hop limit 0."""
+        self.machine.from_tun(echo(NATIVE, PEER), 0.0)
+        ours, miredo = self.sent[0][0], vectors.MIREDO["bubble-relay-to-server"].payload
+        self.assertEqual(ours[:8], miredo[:8])
+        self.assertEqual(ours[24:], miredo[24:])  # to the same client
+        self.assertEqual(ours[8:24], RELAY_LINK_LOCAL)
+
+    def test_queue_flushed_in_original_order_when_peer_bubbles_back(self) -> None:
+        packets = [echo(NATIVE, PEER, sequence) for sequence in range(5)]
+        for packet in packets:
+            self.machine.from_tun(packet, 0.0)
+        self.sent.clear()
+        self.trust(now=0.5)
+        self.assertEqual(self.sent, [(packet, PEER_MAPPING) for packet in packets])
+        self.assertEqual(self.written, [])  # a bubble is not for the kernel
+        self.assertEqual(self.machine.peers.stats()["queued_bytes"], 0)
+        self.assertEqual(self.counters["bubbles.received"], 1)
+
+    def test_miredo_clients_reply_bubble_trusts_it(self) -> None:
+        """The Miredo capture: the client answers to the link-local bubble source."""
+        peer = IPv6Address("2001:0:c612:1:1c6b:3203:39ed:ff9b").packed
+        self.machine.from_tun(echo(NATIVE, peer), 0.0)
+        self.machine.from_udp(vectors.MIREDO["bubble-client-to-relay"].payload, PEER_MAPPING, 0.3)
+        self.assertEqual(self.sent[-1], (echo(NATIVE, peer), PEER_MAPPING))
+        self.assertTrue(self.machine.peers.get(peer).trusted)
+
+    def test_data_packet_from_peer_also_trusts_and_flushes(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER, 1), 0.0)
+        reply = echo(PEER, NATIVE, 2)
+        self.machine.from_udp(reply, PEER_MAPPING, 0.2)
+        self.assertEqual(self.sent[-1], (echo(NATIVE, PEER, 1), PEER_MAPPING))
+        self.assertEqual(self.written, [reply])
+
+    def test_trusted_peer_gets_packets_directly(self) -> None:
+        self.trust()
+        packet = echo(NATIVE, PEER)
+        self.assertIsNone(self.machine.from_tun(packet, 1.0))
+        self.assertEqual(self.sent, [(packet, PEER_MAPPING)])
+        self.assertEqual(self.machine.peers.get(PEER).last_tx, 1.0)
+
+    def test_answer_from_another_port_does_not_trust(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER), 0.0)
+        self.sent.clear()
+        self.trust(mapping=(PEER_IP, PEER_PORT + 1))
+        self.assertEqual(self.sent, [])
+        self.assertFalse(self.machine.peers.get(PEER).trusted)
+        self.assertEqual(self.drops(), {"udp.source-mismatch": 1})
+
+    def test_queue_bounded_in_bytes_per_peer(self) -> None:
+        packet = echo(NATIVE, PEER, size=400)  # 456 bytes: two fit in 1280
+        for _ in range(4):
+            self.machine.from_tun(packet, 0.0)
+        self.assertEqual(self.machine.peers.stats()["queued_bytes"], 2 * len(packet))
+        self.assertLessEqual(self.machine.peers.stats()["queued_bytes"], QUEUE_BYTES)
+        self.assertEqual(self.drops(), {"tun.queue-full": 2})
+
+    def test_bubbles_retried_every_2s_three_times_then_unreachable(self) -> None:
+        packets = [echo(NATIVE, PEER, sequence) for sequence in range(3)]
+        for packet in packets:
+            self.machine.from_tun(packet, 0.0)
+        for now in (2.0, 4.0, 6.0):
+            self.assertEqual(self.machine.on_timer(now), now + 2.0)
+        self.assertEqual(self.counters["bubbles.sent"], 8)  # 4 times indirect + direct
+        self.assertEqual(self.written, [])
+        self.machine.on_timer(8.0)
+        self.assertEqual(self.counters["bubbles.sent"], 8)
+        self.assertEqual(len(self.written), 3)
+        for packet, error in zip(packets, self.written, strict=True):
+            header = parse_header(error)
+            self.assertEqual(error[HEADER_LENGTH : HEADER_LENGTH + 2], bytes((ICMPV6_DEST_UNREACHABLE, 3)))
+            self.assertEqual((header.source, header.destination), (ERROR_SOURCE, NATIVE))
+            self.assertEqual(quoted_packet(error, header), packet)  # in the original order
+            self.assertTrue(checksum_ok(error, header))
+        self.assertEqual(self.drops(), {"tun.peer-unreachable": 3})
+        self.assertEqual(self.machine.peers.stats()["queued_bytes"], 0)
+
+    def test_no_retry_before_2s(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER), 0.0)
+        self.machine.on_timer(1.9)
+        self.assertEqual(len(self.sent), 2)
+
+    def test_more_packets_during_discovery_send_no_more_bubbles(self) -> None:
+        """RFC 4380 §5.2.6: bubbles at least 2 s apart however many packets are waiting."""
+        for now in (0.0, 0.5, 1.0, 1.5, 1.99):
+            self.machine.from_tun(echo(NATIVE, PEER, size=0), now)
+        self.assertEqual(len(self.sent), 2)
+
+    def test_peer_that_never_answered_is_refused_at_once(self) -> None:
+        """After 4 unanswered bubbles (RFC 4380 §5.2.6) no bubble until the entry is gone."""
+        self.machine.from_tun(echo(NATIVE, PEER), 0.0)
+        for now in (2.0, 4.0, 6.0, 8.0):
+            self.machine.on_timer(now)
+        self.sent.clear()
+        self.written.clear()
+        self.machine.from_tun(echo(NATIVE, PEER, 9), 10.0)
+        self.assertEqual(self.sent, [])
+        self.assertEqual(len(self.written), 1)  # unreachable right away
+        self.assertEqual(self.written[0][HEADER_LENGTH + 1], 3)
+
+    def test_unreachable_rate_limited(self) -> None:
+        peers = [teredo(port=1000 + n) for n in range(ICMP_ERRORS_PER_SECOND + 5)]
+        for peer in peers:
+            self.machine.from_tun(echo(NATIVE, peer), 0.0)
+        for now in (2.0, 4.0, 6.0, 8.0):
+            self.machine.on_timer(now)
+        self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND)
+        self.assertEqual(self.counters["icmp.rate-limited"], 5)
+        self.machine.from_tun(echo(NATIVE, peers[0]), 8.5)
+        self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND)  # same second
+        self.machine.from_tun(echo(NATIVE, peers[0]), 9.0)
+        self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND + 1)
+
+    def test_no_error_about_an_error(self) -> None:
+        """RFC 4443 §2.4 (e): an ICMPv6 error that cannot be delivered is dropped silently."""
+        error = build_packet(NATIVE, PEER, 58, bytes((1, 3, 0, 0)) + bytes(4 + 48))
+        self.machine.from_tun(error, 0.0)
+        for now in (2.0, 4.0, 6.0, 8.0):
+            self.machine.on_timer(now)
+        self.assertEqual(self.written, [])
+        self.assertEqual(self.drops(), {"tun.peer-unreachable": 1})
+
+    def test_non_teredo_destination_dropped_with_unreachable(self) -> None:
+        self.machine.from_tun(echo(NATIVE, IPv6Address("2001:db9::1").packed), 0.0)
+        self.assertEqual(self.sent, [])
+        self.assertEqual(self.drops(), {"tun.not-teredo": 1})
+        self.assertEqual(self.written[0][HEADER_LENGTH : HEADER_LENGTH + 2], bytes((ICMPV6_DEST_UNREACHABLE, 0)))
+
+    def test_non_global_mapping_or_server_dropped_silently(self) -> None:
+        for destination in (teredo(mapped_ip="10.0.0.1"), teredo(server="127.0.0.1"), teredo(mapped_ip="224.0.0.1")):
+            self.machine.from_tun(echo(NATIVE, destination), 0.0)
+        self.assertEqual((self.sent, self.written), ([], []))
+        self.assertEqual(self.drops(), {"tun.not-global": 3})
+        self.assertEqual(len(self.machine.peers), 0)
+
+    def test_multicast_from_the_kernel_dropped(self) -> None:
+        self.machine.from_tun(build_packet(RELAY_LINK_LOCAL, bytes.fromhex("ff02" + "00" * 13 + "16"), 58, bytes(8)), 0)
+        self.assertEqual((self.sent, self.written), ([], []))
+        self.assertEqual(self.drops(), {"tun.multicast": 1})
+
+    def test_too_big_answered_with_packet_too_big(self) -> None:
+        self.trust()
+        big = echo(NATIVE, PEER, size=1281 - 48)
+        self.machine.from_tun(big, 1.0)
+        self.assertEqual(self.sent, [])
+        [error] = self.written
+        header = parse_header(error)
+        self.assertEqual(error[HEADER_LENGTH], ICMPV6_PACKET_TOO_BIG)
+        self.assertEqual(struct.unpack_from("!I", error, HEADER_LENGTH + 4)[0], 1280)
+        self.assertEqual(header.destination, NATIVE)
+        self.assertLessEqual(len(error), 1280)
+        self.assertEqual(self.drops(), {"tun.too-big": 1})
+
+    def test_malformed_packet_from_tun_counted(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER)[:-1], 0.0)
+        self.assertEqual(self.drops(), {"tun.ipv6-truncated": 1})
+
+
+class ConeRelayTests(MachineHarness):
+    cone = True
+
+    def test_cone_relay_sends_only_the_indirect_bubble(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER), 0.0)
+        self.assertEqual(self.sent, [(build_bubble(RELAY_LINK_LOCAL, PEER), (SERVER, 3544))])
+
+
+class TeredoToIPv6Tests(MachineHarness):
+    """RFC 4380 §5.4.2: datagrams from Teredo peers towards native IPv6."""
+
+    def test_source_embedding_outer_mapping_accepted_and_trusted(self) -> None:
+        packet = echo(PEER, NATIVE)
+        self.machine.from_udp(packet, PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [packet])
+        self.assertTrue(self.machine.peers.get(PEER).trusted)
+        self.machine.from_tun(echo(NATIVE, PEER), 0.1)
+        self.assertEqual(self.sent, [(echo(NATIVE, PEER), PEER_MAPPING)])  # no bubble needed
+
+    def test_miredo_client_data_packet_forwarded(self) -> None:
+        data = vectors.MIREDO["data-client-to-v6host"].payload
+        self.machine.from_udp(data, PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [data])
+
+    def test_trusted_peer_at_other_mapping_dropped(self) -> None:
+        self.trust()
+        self.machine.from_udp(echo(PEER, NATIVE), ("198.18.0.99", PEER_PORT), 0.0)
+        self.machine.from_udp(echo(PEER, NATIVE), (PEER_IP, 1), 0.0)
+        self.assertEqual(self.written, [])
+        self.assertEqual(self.drops(), {"udp.source-mismatch": 2})
+
+    def test_non_teredo_source_dropped(self) -> None:
+        self.machine.from_udp(echo(NATIVE, IPv6Address("2001:db8:1::3").packed), PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [])
+        self.assertEqual(self.drops(), {"udp.source-not-teredo": 1})
+        self.assertEqual(len(self.machine.peers), 0)
+
+    def test_bad_destinations_dropped_by_reason(self) -> None:
+        self.trust()
+        for destination in ("ff02::1", "fe80::1", "2001:0:c612:1::1"):
+            self.machine.from_udp(echo(PEER, IPv6Address(destination).packed), PEER_MAPPING, 1.0)
+        self.assertEqual(self.written, [])
+        self.assertEqual(
+            self.drops(),
+            {"udp.multicast-destination": 1, "udp.link-local-destination": 1, "udp.teredo-destination": 1},
+        )
+
+    def test_malformed_datagrams_dropped_by_reason(self) -> None:
+        packet = echo(PEER, NATIVE)
+        for data in (b"", b"\x00", packet[:39], b"\x50" + packet[1:], packet[:-1], b"\x00\x01\x00\x00", b"\x00\x00"):
+            self.machine.from_udp(data, PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [])
+        self.assertEqual(
+            self.drops(),
+            {
+                "udp.ipv6-short": 3,
+                "udp.not-ipv6": 1,
+                "udp.ipv6-truncated": 1,
+                "udp.auth-truncated": 1,
+                "udp.origin-truncated": 1,
+            },
+        )
+
+    def test_trailer_bytes_removed_before_the_kernel(self) -> None:
+        packet = echo(PEER, NATIVE)
+        self.machine.from_udp(packet + b"\x01\x02\x03", PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [packet])
+
+    def test_headers_in_front_of_the_packet_are_skipped(self) -> None:
+        packet = echo(PEER, NATIVE)
+        self.machine.from_udp(origin_indication(ipv4_to_int(PEER_IP), PEER_PORT) + packet, PEER_MAPPING, 0.0)
+        self.assertEqual(self.written, [packet])
+
+    def test_bubble_from_unknown_peer_creates_trusted_entry_only(self) -> None:
+        self.trust()
+        self.assertEqual((self.written, self.sent), ([], []))
+        self.assertEqual(self.machine.peers.stats()["trusted"], 1)
+
+
+class PeerTableBoundsTests(MachineHarness):
+    max_peers = 3
+
+    def test_idle_peer_expires_after_30s(self) -> None:
+        self.trust(now=0.0)
+        self.assertEqual(self.machine.next_deadline(), IDLE_TIMEOUT)
+        self.machine.on_timer(IDLE_TIMEOUT - 0.1)
+        self.assertEqual(len(self.machine.peers), 1)
+        self.assertIsNone(self.machine.on_timer(IDLE_TIMEOUT))
+        self.assertEqual(len(self.machine.peers), 0)
+        self.machine.from_tun(echo(NATIVE, PEER), IDLE_TIMEOUT + 1)  # rediscovered
+        self.assertEqual(len(self.sent), 2)
+
+    def test_traffic_from_peer_keeps_it(self) -> None:
+        self.trust(now=0.0)
+        self.machine.from_udp(echo(PEER, NATIVE), PEER_MAPPING, 20.0)
+        self.machine.on_timer(IDLE_TIMEOUT)
+        self.assertEqual(len(self.machine.peers), 1)
+
+    def test_full_table_evicts_untrusted_before_trusted(self) -> None:
+        self.trust(now=0.0)
+        others = [teredo(port=2000 + n) for n in range(4)]
+        for n, peer in enumerate(others):
+            self.machine.from_tun(echo(NATIVE, peer), 1.0 + n)
+        self.assertEqual(len(self.machine.peers), 3)
+        self.assertIsNotNone(self.machine.peers.get(PEER))
+        self.assertEqual([self.machine.peers.get(p) is not None for p in others], [False, False, True, True])
+        self.assertEqual(self.machine.peers.stats()["evicted"], 2)
+
+
+@st.composite
+def teredo_datagrams(draw: Any) -> bytes:
+    """Mostly plausible Teredo payloads (so the deep paths run), some pure noise."""
+    noise = draw(st.binary(max_size=1400))
+    if draw(st.booleans()):
+        return noise
+    payload = draw(st.binary(max_size=200))
+    src = draw(st.sampled_from([PEER, NATIVE, RELAY_LINK_LOCAL, bytes(16)]))
+    dst = draw(st.sampled_from([NATIVE, PEER, RELAY_LINK_LOCAL, bytes.fromhex("ff02" + "00" * 13 + "01")]))
+    packet = build_packet(src, dst, draw(st.sampled_from([58, 59, 6, 17])), payload)
+    if draw(st.booleans()):
+        packet = packet[: draw(st.integers(0, len(packet)))] + noise[:8]
+    prefix = draw(st.sampled_from([b"", origin_indication(1, 2), b"\x00\x01\x00\x00" + bytes(9)]))
+    return prefix + packet
+
+
+class NeverRaisesTests(MachineHarness):
+    """Arbitrary input is a counted drop or a forward, never an exception."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(teredo_datagrams(), max_size=5), st.booleans())
+    def test_arbitrary_datagrams(self, datagrams: list[bytes], trusted: bool) -> None:
+        self.setUp()
+        if trusted:
+            self.trust()
+        for data in datagrams:
+            self.machine.from_udp(data, PEER_MAPPING, 1.0)
+        self.machine.on_timer(100.0)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=1400), teredo_datagrams()), max_size=5))
+    def test_arbitrary_tun_packets(self, packets: list[bytes]) -> None:
+        self.setUp()
+        for now, packet in enumerate(packets):
+            self.machine.from_tun(packet, float(now))
+        for now in range(2, 12, 2):
+            self.machine.on_timer(float(now))
+
+    @settings(max_examples=300, deadline=None)
+    @given(teredo_datagrams())
+    def test_fast_path_agrees_with_slow_path(self, data: bytes) -> None:
+        """The shortcut for trusted peers forwards exactly what the full rules forward."""
+        self.setUp()
+        self.trust()
+        self.machine.from_udp(data, PEER_MAPPING, 1.0)
+        fast = (list(self.written), list(self.sent))
+        self.setUp()
+        self.trust()
+        self.machine._from_udp_slow(data, PEER_MAPPING, 1.0)
+        self.assertEqual(fast, (self.written, self.sent))
+
+
+# -- the service, in memory ---------------------------------------------------------------
+
+
+class BigTunnel(testing.Tunnel):
+    """MemoryIOSystem's TUN, able to carry a 1280-byte packet (the stock one stops at 1024)."""
+
+    SEND_BUFFER_SIZE = 1500
+
+
+class UDPReactor(MemoryReactorClock):
+    """MemoryReactorClock that also 'binds' UDP: the protocol gets a FakeDatagramTransport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp_ports: list[tuple[int, Any, str, _StoppablePort]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        protocol.makeConnection(FakeDatagramTransport())
+        listening = _StoppablePort(TwistedIPv4Address("UDP", interface, port or 40000))
+        self.udp_ports.append((port, protocol, interface, listening))
+        return listening
+
+
+class _StoppablePort(_FakePort):
+    stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class FakeLink:
+    """Records what the Tunnel asks of netlink."""
+
+    def __init__(self, ifname: str, calls: list[tuple], failing: set[str]) -> None:
+        self.ifname, self.calls, self.failing = ifname, calls, failing
+
+    def _do(self, *call: object) -> None:
+        if call[0] in self.failing:
+            raise LinkError(f"{self.ifname}: cannot {call[0]}: File exists")
+        self.calls.append(call)
+
+    def prepare(self) -> None:
+        self._do("prepare")
+
+    def up(self, mtu: int) -> None:
+        self._do("up", mtu)
+
+    def add_address(self, address: IPv6Interface) -> None:
+        self._do("add_address", address)
+
+    def remove_address(self, address: IPv6Interface) -> None:
+        self._do("remove_address", address)
+
+    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._do("add_route", prefix, metric)
+
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._do("remove_route", prefix, metric)
+
+
+class RelayServiceTests(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        self.system = testing.MemoryIOSystem()
+        self.system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+        self.reactor = UDPReactor()
+        self.calls: list[tuple] = []
+        self.failing: set[str] = set()
+        self.config = RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"), bind_port=3544)
+        self.service = RelayService(
+            self.config,
+            reactor=self.reactor,
+            tun_system=self.system,
+            link_factory=lambda name: FakeLink(name, self.calls, self.failing),
+            error_source=lambda destination: ERROR_SOURCE,
+        )
+
+    def start(self) -> None:
+        self.service.privilegedStartService()
+        self.service.startService()
+
+    def device(self) -> testing.Tunnel:
+        [fd] = self.system._openFiles
+        return self.system._openFiles[fd]
+
+    def from_kernel(self, *packets: bytes) -> None:
+        for packet in packets:
+            self.device().addToReadBuffer(packet)
+        [port] = self.reactor.getReaders()
+        port.doRead()
+
+    def udp_sent(self) -> list[tuple[bytes, Any]]:
+        return self.service.udp.transport.written
+
+    def test_start_creates_tun_address_route_and_port(self) -> None:
+        self.start()
+        self.assertEqual(self.device().requestedName.rstrip(b"\0"), b"trelay")
+        self.assertEqual(
+            self.calls,
+            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+        )
+        self.assertEqual(str(RELAY_INTERFACE_ADDRESS), "fe80::ffff:ffff:ffff/64")
+        [(port, protocol, interface, _)] = self.reactor.udp_ports
+        self.assertEqual((port, interface, protocol), (3544, "198.18.0.10", self.service.udp))
+
+    def test_failed_route_leaves_nothing_open(self) -> None:
+        self.failing.add("add_route")
+        self.assertRaises(LinkError, self.service.privilegedStartService)
+        self.reactor.advance(0)
+        self.assertEqual(self.system._openFiles, {})
+        self.assertEqual(self.reactor.udp_ports, [])
+
+    def test_stop_removes_route_and_device_and_closes_port(self) -> None:
+        self.start()
+        d = self.service.stopService()
+        self.reactor.advance(0)  # TuntapPort closes its descriptor on the next iteration
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.calls[-2:], [("remove_route", PREFIX, None), ("remove_address", RELAY_INTERFACE_ADDRESS)])
+        self.assertEqual(self.system._openFiles, {})
+        self.assertTrue(self.reactor.udp_ports[0][3].stopped)
+
+    def test_end_to_end_discovery_flush_and_reply(self) -> None:
+        self.start()
+        packets = [echo(NATIVE, PEER, 1, size=1280 - 48), echo(NATIVE, PEER, 2)]  # a full-MTU one first
+        self.from_kernel(*packets[:1])
+        bubble = build_bubble(RELAY_LINK_LOCAL, PEER)
+        self.assertEqual(self.udp_sent(), [(bubble, (SERVER, 3544)), (bubble, PEER_MAPPING)])
+        self.service.udp.datagramReceived(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING)
+        self.from_kernel(packets[1])
+        self.assertEqual(self.udp_sent()[2:], [(packet, PEER_MAPPING) for packet in packets])
+        reply = echo(PEER, NATIVE)
+        self.service.udp.datagramReceived(reply, PEER_MAPPING)
+        self.assertEqual(list(self.device().writeBuffer), [reply])
+
+    def test_timer_retries_then_reports_unreachable(self) -> None:
+        self.start()
+        self.from_kernel(echo(NATIVE, PEER))
+        self.reactor.advance(2.0)
+        self.assertEqual(len(self.udp_sent()), 4)
+        self.reactor.advance(2.0)
+        self.reactor.advance(2.0)
+        self.assertEqual(len(self.udp_sent()), 8)
+        self.assertEqual(list(self.device().writeBuffer), [])
+        self.reactor.advance(2.0)
+        [error] = self.device().writeBuffer
+        self.assertEqual(error[HEADER_LENGTH : HEADER_LENGTH + 2], bytes((ICMPV6_DEST_UNREACHABLE, 3)))
+        self.assertEqual(parse_header(error).source, ERROR_SOURCE)
+
+    def test_timer_follows_expiry_and_stops_when_table_empty(self) -> None:
+        self.start()
+        self.service.udp.datagramReceived(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING)
+        [call] = self.reactor.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime(), IDLE_TIMEOUT)
+        self.reactor.advance(IDLE_TIMEOUT)
+        self.assertEqual(self.service.status()["peers"]["count"], 0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_status_and_peers(self) -> None:
+        self.start()
+        self.service.udp.datagramReceived(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING)
+        self.reactor.advance(1.0)
+        self.from_kernel(echo(NATIVE, teredo(port=4000)))
+        self.service.udp.datagramReceived(b"junk", PEER_MAPPING)
+        status = self.service.status()
+        self.assertEqual(status["role"], "relay")
+        self.assertEqual(status["address"], "198.18.0.10:3544")
+        self.assertEqual(status["interface"], self.service.tunnel.name)
+        self.assertEqual(status["peers"]["count"], 2)
+        self.assertEqual(status["peers"]["trusted"], 1)
+        self.assertEqual(status["peers"]["queued_bytes"], len(echo(NATIVE, PEER)))
+        self.assertEqual(status["drops"], {"udp.ipv6-short": 1})
+        self.assertEqual(status["counters"]["bubbles.sent"], 2)
+        [first, second] = self.service.peers()
+        self.assertEqual(first["address"], str(IPv6Address(teredo(port=4000))))
+        self.assertFalse(first["trusted"])
+        self.assertEqual(second["mapping"], f"{PEER_IP}:{PEER_PORT}")
+        self.assertTrue(second["trusted"])
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.binary(max_size=1500), max_size=4), st.lists(teredo_datagrams(), max_size=4))
+    def test_arbitrary_input_never_raises(self, packets: list[bytes], datagrams: list[bytes]) -> None:
+        self.setUp()
+        self.start()
+        self.from_kernel(*packets)
+        for data in datagrams:
+            self.service.udp.datagramReceived(data, PEER_MAPPING)
+        self.reactor.advance(10.0)
+        self.assertEqual(self.service.counters["drop.internal-error"], 0)
+
+
+class KernelErrorSourceTests(unittest.TestCase):
+    def test_local_sender_gets_the_link_local(self) -> None:
+        self.assertEqual(kernel_error_source(IPv6Address("::1").packed), RELAY_LINK_LOCAL)
+
+    def test_link_local_sender_gets_the_link_local(self) -> None:
+        self.assertEqual(kernel_error_source(IPv6Address("fe80::1").packed), RELAY_LINK_LOCAL)
+
+    def test_remote_sender_gets_the_hosts_global_address(self) -> None:
+        """In a namespace of our own: the address on the interface towards the sender."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root: creates a network namespace")
+        namespace = f"trelay-{os.getpid()}"
+        if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
+            raise unittest.SkipTest("network namespaces unavailable")
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", namespace], capture_output=True)
+
+        def run(*argv: str) -> str:
+            return subprocess.run(
+                ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=True, cwd=REPO
+            ).stdout
+
+        run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        run("ip", "link", "set", "v0", "up")
+        run("ip", "addr", "add", "2001:db8:7::1/64", "dev", "v0", "nodad")
+        code = (
+            "import ipaddress as i; from teredo_appliance.roles.relay import kernel_error_source as k;"
+            "print(i.IPv6Address(k(i.IPv6Address('2001:db8:7::99').packed)))"
+        )
+        output = run(sys.executable, "-c", code)
+        self.assertEqual(output.strip(), "2001:db8:7::1")
+
+
+class MiredoVectorSanityTests(unittest.TestCase):
+    def test_vectors_are_what_the_tests_assume(self) -> None:
+        bubble = parse_datagram(vectors.MIREDO["bubble-client-to-relay"].payload)
+        self.assertTrue(is_bubble(bubble.header))
+        self.assertEqual(bubble.header.source[:4], PREFIX.network_address.packed[:4])
