@@ -1,0 +1,174 @@
+"""The lab's addresses and the plan that builds them: pure data, no I/O.
+
+Everything lives in namespaces named `<prefix>-<node>`; even the "Internet" bridge has a
+namespace of its own, so nothing touches (or routes to) the host's interfaces. Veths are
+created directly inside their namespaces and never exist in the host namespace, yet every
+interface name still carries the run prefix so listings from several labs never mix.
+Addresses come from 198.18.0.0/15 because Miredo refuses loopback and RFC 1918 as
+non-global, and from 2001:db8::/32 for native IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
+
+INTERNET = ipaddress.IPv4Network("198.18.0.0/24")
+IPV6_NET = ipaddress.IPv6Network("2001:db8:1::/64")
+TEREDO_PREFIX = ipaddress.IPv6Network("2001::/32")
+TEREDO_PORT = 3544  # RFC 4380 §2.7: where Teredo servers wait for packets
+
+SERVER_ADDRESS = "198.18.0.1"
+SERVER_ADDRESS2 = "198.18.0.2"
+SERVER_V6 = "2001:db8:1::3"
+SERVER2_ADDRESS = "198.18.0.5"
+SERVER2_ADDRESS2 = "198.18.0.6"
+SERVER2_V6 = "2001:db8:1::5"
+RELAY_ADDRESS = "198.18.0.10"
+RELAY_PORT = TEREDO_PORT
+RELAY_V6 = "2001:db8:1::1"
+IPV6_HOST = "2001:db8:1::2"
+NAT1_WAN = "198.18.0.100"
+NAT2_WAN = "198.18.0.200"
+NAT1_LAN = ipaddress.IPv4Network("198.19.0.0/24")
+NAT2_LAN = ipaddress.IPv4Network("198.19.1.0/24")
+CLIENT1_ADDRESS = "198.19.0.2"
+CLIENT2_ADDRESS = "198.19.1.2"
+
+CLIENT_INTERFACE = "teredo"  # the clients' TUN, for Miredo and ours alike
+RELAY_INTERFACE = "teredo-relay"
+
+NAT_TYPES = ("cone", "symmetric")
+
+# What a node's uplink is called inside its own namespace, after the prefix.
+WAN, LAN, ETH, BRIDGE = "wan", "lan", "eth", "br"
+
+
+def teredo_network(server: str, prefix: ipaddress.IPv6Network = TEREDO_PREFIX) -> ipaddress.IPv6Network:
+    """The /64 a server advertises: prefix(32) | server IPv4(32) (RFC 4380 §4)."""
+    value = int(prefix.network_address) | (int(ipaddress.IPv4Address(server)) << 64)
+    return ipaddress.IPv6Network((value, 64))
+
+
+@dataclass(frozen=True)
+class Options:
+    """Shape of one lab: which optional parts it has."""
+
+    second_server: bool = False  # a second server namespace at 198.18.0.5/.6
+    box: bool = False  # server and relay share one namespace (a multi-role box)
+    nat2: str = "cone"  # "symmetric": NAT 2 maps every destination to a new port
+
+    def __post_init__(self) -> None:
+        if self.nat2 not in NAT_TYPES:
+            raise ValueError(f"nat2 must be one of {', '.join(NAT_TYPES)}, not {self.nat2!r}")
+
+
+@dataclass
+class Plan:
+    """Commands per namespace, in order: `ip -batch` lines, sysctls, iptables-restore input."""
+
+    namespaces: list[str] = field(default_factory=list)
+    links: dict[str, list[str]] = field(default_factory=dict)
+    sysctls: dict[str, list[str]] = field(default_factory=dict)
+    iptables: dict[str, str] = field(default_factory=dict)
+
+
+def namespace_of(prefix: str, node: str, options: Options) -> str:
+    """Namespace of a node; in a box lab, server and relay are the node `box`."""
+    if options.box and node in ("server", "relay"):
+        node = "box"
+    return f"{prefix}-{node}"
+
+
+def nodes(options: Options) -> list[str]:
+    """Node names of a lab, the Internet first (everything else plugs into it)."""
+    core = ["box"] if options.box else ["server", "relay"]
+    extra = ["server2"] if options.second_server else []
+    return ["inet", *core, *extra, "v6host", "nat1", "nat2", "client1", "client2"]
+
+
+def _nat_rules(wan: str, symmetric: bool) -> str:
+    masquerade = "-j MASQUERADE --random-fully" if symmetric else "-j MASQUERADE"
+    # The INPUT drop is what home routers do; without it, conntrack confirms an entry for
+    # a peer's early bubble and then remaps the client's port, which breaks hole punching.
+    return (
+        "*nat\n"
+        f"-A POSTROUTING -o {wan} {masquerade}\n"
+        "COMMIT\n"
+        "*filter\n"
+        f"-A INPUT -i {wan} -m conntrack --ctstate NEW -j DROP\n"
+        "COMMIT\n"
+    )
+
+
+def build_plan(prefix: str, options: Options) -> Plan:
+    """Everything `up` does, as data, so it can be checked without root."""
+    plan = Plan()
+
+    def ns(node: str) -> str:
+        return namespace_of(prefix, node, options)
+
+    def ifname(tag: str) -> str:
+        name = f"{prefix}-{tag}"
+        if len(name) > IFNAMSIZ:
+            raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ} bytes")
+        return name
+
+    for node in nodes(options):
+        plan.namespaces.append(ns(node))
+        plan.links[ns(node)] = ["link set lo up"]
+        plan.sysctls[ns(node)] = []
+    inet = ns("inet")
+    bridge = ifname(BRIDGE)
+    plan.links[inet] += [f"link add {bridge} type bridge mcast_snooping 0", f"link set {bridge} up"]
+    plan.sysctls[inet].append("net.ipv6.conf.all.disable_ipv6=1")  # a wire, not a host
+
+    def plug(node: str, tag: str, inner: str, v4: tuple[str, ...], v6: tuple[str, ...]) -> None:
+        """A veth from the bridge into `node`, and the node's addresses on it."""
+        port = ifname(tag)
+        plan.links[inet] += [
+            f"link add {port} type veth peer name {inner} netns {ns(node)}",
+            f"link set {port} master {bridge} up",
+        ]
+        plan.links[ns(node)].append(f"link set {inner} up")
+        plan.links[ns(node)] += [f"addr add {a}/{INTERNET.prefixlen} dev {inner}" for a in v4]
+        plan.links[ns(node)] += [f"addr add {a}/{IPV6_NET.prefixlen} dev {inner} nodad" for a in v6]
+
+    eth = ifname(ETH)
+    relay_route = f"route add {TEREDO_PREFIX} via {RELAY_V6}"
+    if options.box:
+        plug("box", "box", eth, (SERVER_ADDRESS, SERVER_ADDRESS2, RELAY_ADDRESS), (RELAY_V6, SERVER_V6))
+        plan.sysctls[ns("box")].append("net.ipv6.conf.all.forwarding=1")
+    else:
+        plug("server", "srv", eth, (SERVER_ADDRESS, SERVER_ADDRESS2), (SERVER_V6,))
+        plan.links[ns("server")].append(relay_route)
+        plug("relay", "rly", eth, (RELAY_ADDRESS,), (RELAY_V6,))
+        plan.sysctls[ns("relay")].append("net.ipv6.conf.all.forwarding=1")
+    if options.second_server:
+        plug("server2", "srv2", eth, (SERVER2_ADDRESS, SERVER2_ADDRESS2), (SERVER2_V6,))
+        plan.links[ns("server2")].append(relay_route)
+    plug("v6host", "v6h", eth, (), (IPV6_HOST,))
+    plan.links[ns("v6host")].append(relay_route)
+
+    for nat, client, wan_address, lan_net, client_address, symmetric in (
+        ("nat1", "client1", NAT1_WAN, NAT1_LAN, CLIENT1_ADDRESS, False),
+        ("nat2", "client2", NAT2_WAN, NAT2_LAN, CLIENT2_ADDRESS, options.nat2 == "symmetric"),
+    ):
+        wan, lan = ifname(WAN), ifname(LAN)
+        plug(nat, nat, wan, (wan_address,), ())
+        router = next(lan_net.hosts())
+        plan.links[ns(nat)] += [
+            f"link add {lan} type veth peer name {eth} netns {ns(client)}",
+            f"link set {lan} up",
+            f"addr add {router}/{lan_net.prefixlen} dev {lan}",
+        ]
+        plan.links[ns(client)] += [
+            f"link set {eth} up",
+            f"addr add {client_address}/{lan_net.prefixlen} dev {eth}",
+            f"route add default via {router}",
+        ]
+        plan.sysctls[ns(nat)] += ["net.ipv4.ip_forward=1", f"net.ipv6.conf.{wan}.disable_ipv6=1"]
+        plan.iptables[ns(nat)] = _nat_rules(wan, symmetric)
+    return plan

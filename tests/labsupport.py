@@ -1,0 +1,86 @@
+"""Lab scenarios as trial tests: skip reasons and a mixin giving one test per check.
+
+A role's lab test is then:
+
+    class RelayInLab(ScenarioChecks, unittest.TestCase):
+        scenario = Scenario(relay="ours")
+
+The scenario runs once per class (the first test runs it), and each of the six checks is
+its own test, failing with every daemon's log attached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import ClassVar
+
+from twisted.trial import unittest
+
+from teredo_appliance.lab import checks
+from teredo_appliance.lab.lab import MIREDO
+from teredo_appliance.lab.preflight import unavailable_reason
+from teredo_appliance.lab.scenario import Scenario, ours_missing, run_scenario
+
+
+@functools.cache
+def lab_skip_reason(need_miredo: bool = True) -> str | None:
+    """Why lab tests cannot run here; computed once (it creates a probe namespace)."""
+    return unavailable_reason(need_miredo=need_miredo)
+
+
+def scenario_skip_reason(scenario: Scenario) -> str | None:
+    uses_miredo = MIREDO in {scenario.server, scenario.relay, scenario.client, scenario.client2, scenario.server2}
+    return lab_skip_reason(uses_miredo) or ours_missing(scenario.ours_roles())
+
+
+class ScenarioChecks:
+    """Mixin for a twisted.trial TestCase: set `scenario`; get test_check_1 .. test_check_6."""
+
+    scenario: ClassVar[Scenario]
+    _outcomes: ClassVar[dict[Scenario, tuple[dict[int, checks.CheckResult], str]]] = {}
+
+    def outcome(self) -> tuple[dict[int, checks.CheckResult], str]:
+        if self.scenario not in self._outcomes:
+            reason = scenario_skip_reason(self.scenario)
+            if reason:
+                raise unittest.SkipTest(reason)
+            lines: list[str] = []
+            rundir = os.path.abspath(f"lab-{self.scenario.describe().replace(' ', '_').replace('=', '-')}")
+            results = run_scenario(
+                self.scenario.server,
+                self.scenario.relay,
+                self.scenario.client,
+                self.scenario.client2,
+                self.scenario.nat2,
+                server2=self.scenario.server2,
+                box=self.scenario.box,
+                rundir=rundir,
+                echo=lines.append,
+            )
+            self._outcomes[self.scenario] = ({r.number: r for r in results}, "\n".join(lines))
+        return self._outcomes[self.scenario]
+
+    def assertCheck(self, number: int) -> None:
+        results, report = self.outcome()
+        result = results[number]
+        if not result.ok:
+            raise self.failureException(f"{result.line()}\n\nwhole run:\n{report}")
+
+    def test_check_1_qualified(self) -> None:
+        self.assertCheck(1)
+
+    def test_check_2_client1_pings_ipv6_host(self) -> None:
+        self.assertCheck(2)
+
+    def test_check_3_ipv6_host_pings_client1(self) -> None:
+        self.assertCheck(3)
+
+    def test_check_4_client1_pings_client2(self) -> None:
+        self.assertCheck(4)
+
+    def test_check_5_client2_pings_client1(self) -> None:
+        self.assertCheck(5)
+
+    def test_check_6_tcp_transfer(self) -> None:
+        self.assertCheck(6)
