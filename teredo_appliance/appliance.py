@@ -1,0 +1,285 @@
+"""The root service: one named child per configured role plus the SSH console; live reload.
+
+Reload follows Buildbot's rules: read and check the whole new file before touching
+anything, diff children by name, stop a removed or changed child and wait for its
+Deferred before its successor binds, leave unchanged children alone, serialise reloads,
+and when a new child fails to start put the old one back and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
+from twisted.python.reflect import namedAny
+
+from teredo_appliance.config import ConfigError, load_config
+from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
+from teredo_appliance.loglevel import LevelGate
+from teredo_appliance.privileges import describe_failure, preflight
+from teredo_appliance.reload import COMPONENT_ORDER, CONSOLE, components, empty_summary, plan_reload
+
+RoleFactory = Callable[..., Service]  # Factory(section_config, reactor=reactor) -> role service
+ConfigLoader = Callable[[str], Config]
+
+DEFAULT_ROLE_FACTORIES = {
+    "server": "teredo_appliance.roles.server.ServerService",
+    "relay": "teredo_appliance.roles.relay.RelayService",
+    "client": "teredo_appliance.roles.client.ClientService",
+}
+
+
+class StartError(ConfigError):
+    """Components that cannot even be built from this config (e.g. an unusable authorized_keys)."""
+
+
+class Appliance(MultiService):
+    """Runs every role of one config file in one process and applies edits of that file live."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        reactor: Any = None,
+        role_factories: Mapping[str, RoleFactory] | None = None,
+        *,
+        loader: ConfigLoader = load_config,
+        log_publisher: LogPublisher = globalLogPublisher,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config_path = config_path
+        self.config = config
+        self._reactor = reactor
+        self._factories = dict(role_factories or {})
+        self._loader = loader
+        self._lock = DeferredLock()
+        self._gate = LevelGate(log_publisher)
+        self._gate.set_level(config.log.level)
+        self._previous_sighup: Any = None
+        errors = []
+        for name, section in components(config).items():
+            try:
+                self._build(name, section).setServiceParent(self)
+            except Exception as error:
+                errors.append(self._build_error(name, error))
+        if errors:
+            raise StartError(errors)
+
+    # -- building children -------------------------------------------------------------
+
+    def _role_factory(self, name: str) -> RoleFactory:
+        if name not in self._factories:
+            # Imported on first use: a config without a relay never loads the TUN code.
+            self._factories[name] = namedAny(DEFAULT_ROLE_FACTORIES[name])
+        return self._factories[name]
+
+    def _build(self, name: str, section: Any) -> Service:
+        """A new, not yet started service for one component; opens nothing."""
+        if name == CONSOLE:
+            from teredo_appliance.admin import ManholeService
+
+            running = self.namedServices.get(CONSOLE)
+            # After twistd dropped root the host key file may be unreadable: reuse the loaded key.
+            host_key = running.host_key if running and running.config.host_key == section.host_key else None
+            service: Service = ManholeService(section, self, reactor=self._reactor, host_key=host_key)
+        else:
+            service = self._role_factory(name)(section, reactor=self._reactor)
+        service.setName(name)
+        return service
+
+    def _build_error(self, name: str, error: Exception) -> str:
+        if isinstance(error, ConfigError):
+            return "; ".join(error.errors)
+        self.log.failure("{name}: building the service failed", name=name, level=LogLevel.debug)
+        return f"{name}: {error}"
+
+    # -- service lifecycle -------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._gate.install()  # twistd has set up its log observer by now
+        self._start_all("privilegedStartService")
+
+    def startService(self) -> None:
+        Service.startService(self)
+        previous = signal.signal(signal.SIGHUP, self._on_sighup)
+        self._previous_sighup = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+        self._start_all("startService")
+
+    def _start_all(self, step: str) -> None:
+        """Start every child; if any fails, end twistd with one clear line per failure."""
+        sections = components(self.config)
+        failures = []
+        for service in list(self):
+            try:
+                getattr(service, step)()
+            except Exception as error:
+                self.log.failure("{name}: {step} failed", name=service.name, step=step,
+                                 level=LogLevel.debug)
+                failures.append(describe_failure(service.name, sections.get(service.name), error))
+        if failures:
+            raise SystemExit("\n".join(failures))
+
+    def stopService(self) -> Deferred[Any]:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        # Under the reload lock: a reload in progress finishes before the children stop.
+        d = self._lock.run(super().stopService)
+        d.addBoth(self._after_stop)
+        return d
+
+    def _after_stop(self, result: Any) -> Any:
+        self._gate.uninstall()
+        return result
+
+    # -- SIGHUP ------------------------------------------------------------------------
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        # A signal handler may interrupt the reactor anywhere: only hand the work over.
+        self._reactor.callFromThread(self._reload_on_signal)
+
+    def _reload_on_signal(self) -> None:
+        self.log.info("SIGHUP: reloading {path}", path=self.config_path)
+        self.reload().addErrback(lambda f: self.log.failure("SIGHUP reload failed", f))
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self) -> Deferred[dict[str, list[str]]]:
+        """Re-read the config file and apply the difference; fires with the summary dict.
+
+        Reloads are serialised: a second call waits until the first has finished.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._reload()))
+
+    async def _reload(self) -> dict[str, list[str]]:
+        result = empty_summary()
+        old = self.config
+        try:
+            new = self._loader(self.config_path)
+        except ConfigError as error:
+            return self._report(result, unchanged=list(components(old)), errors=error.errors)
+
+        plan = plan_reload(old, new)
+        before, after = components(old), components(new)
+        # Everything that can be checked is checked before any running service is touched.
+        built: dict[str, Service] = {}
+        for name in plan.to_start():
+            result["errors"] += preflight(name, after[name])
+            try:
+                built[name] = self._build(name, after[name])
+            except Exception as error:
+                result["errors"].append(self._build_error(name, error))
+        if result["errors"]:
+            return self._report(result, unchanged=list(before))
+
+        # Stop first, each fully (its Deferred fired): a successor may bind the same address.
+        for name in plan.to_stop():
+            await self._stop(name, result)
+        result["stopped"] += plan.stop
+
+        running = {name: after[name] for name in plan.keep}
+        for name, service in built.items():
+            failure = await self._start(service, after[name])
+            if failure is None:
+                running[name] = after[name]
+                result["restarted" if name in plan.restart else "started"].append(name)
+            elif name not in plan.restart:
+                result["errors"].append(f"{failure}; {name} was not started")
+            else:
+                not_restored = await self._restore(name, before[name])
+                if not_restored is None:
+                    running[name] = before[name]
+                    result.setdefault("restored", []).append(name)
+                    result["errors"].append(f"{failure}; the previous configuration was restored")
+                else:
+                    result["stopped"].append(name)
+                    result["errors"].append(f"{failure}; the previous configuration could not be "
+                                            f"restored either ({not_restored}); {name} is not running")
+
+        if CONSOLE in plan.keep:  # the access list may have been edited without the config
+            key_error = self.getServiceNamed(CONSOLE).reload_keys()
+            result["errors"] += [key_error] if key_error else []
+        self.config = self._running_config(new, running)
+        if self._gate.level != new.log.level:
+            self._gate.set_level(new.log.level)
+            self.log.info("log level is now {new_level}", new_level=new.log.level)
+        return self._report(result, unchanged=list(plan.keep))
+
+    async def _stop(self, name: str, result: dict[str, list[str]]) -> None:
+        try:
+            await maybeDeferred(self.getServiceNamed(name).disownServiceParent)
+        except Exception as error:
+            result["errors"].append(f"{name}: error while stopping: {error}")
+
+    async def _start(self, service: Service, section: Any) -> str | None:
+        """Attach and start `service`; on failure release what it opened and say why."""
+        try:
+            service.setServiceParent(self)  # a running parent calls privilegedStartService, startService
+        except Exception as error:
+            self.log.failure("{name}: start failed", name=service.name, level=LogLevel.debug)
+            try:
+                await maybeDeferred(service.disownServiceParent)
+            except Exception:
+                self.log.failure("{name}: releasing a service that failed to start", name=service.name)
+            return describe_failure(service.name, section, error)
+        return None
+
+    async def _restore(self, name: str, section: Any) -> str | None:
+        """Bring back the previous configuration of a component whose new one failed to start."""
+        try:
+            service = self._build(name, section)
+        except Exception as error:
+            return self._build_error(name, error)
+        return await self._start(service, section)
+
+    def _running_config(self, new: Config, running: dict[str, Any]) -> Config:
+        """The config actually in force: a failed role keeps its old section or is absent."""
+        roles = RolesConfig(**{name: running.get(name) for name in ROLE_NAMES})
+        return dataclasses.replace(new, roles=roles, manhole=running.get(CONSOLE))
+
+    def _report(self, result: dict[str, list[str]], unchanged: list[str],
+                errors: Sequence[str] = ()) -> dict[str, list[str]]:
+        result["unchanged"] = unchanged
+        result["errors"] += errors
+        self.log.emit(
+            LogLevel.warn if result["errors"] else LogLevel.info,
+            "reload of {path}: started {started}, stopped {stopped}, restarted {restarted}, "
+            "unchanged {unchanged}, errors {errors}",
+            path=self.config_path, **result,
+        )
+        return result
+
+    # -- reports -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each child's status() by name, in start order; one failing report hides no other."""
+        report: dict[str, dict[str, Any]] = {}
+        for name in COMPONENT_ORDER:
+            service = self.namedServices.get(name)
+            if service is None:
+                continue
+            try:
+                report[name] = service.status()
+            except Exception as error:
+                self.log.failure("{name}: status() failed", name=name)
+                report[name] = {"role": name, "error": f"status() failed: {error}"}
+        return report
+
+    def peers(self, role: str) -> list[dict[str, Any]]:
+        """The peer table of one running role."""
+        if role not in ROLE_NAMES or role not in self.namedServices:
+            running = ", ".join(n for n in ROLE_NAMES if n in self.namedServices) or "none"
+            raise LookupError(f"no {role!r} role is running (running: {running})")
+        return self.getServiceNamed(role).peers()

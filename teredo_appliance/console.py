@@ -1,0 +1,235 @@
+"""The console's Python prompt: the admin commands, and their reports laid out for people.
+
+The console runs in the reactor thread, so no command may block: `reload()` starts the
+reload and returns at once; its summary is printed when the reload's Deferred fires,
+above a redrawn prompt. A session whose input ends (EOF, Ctrl-D, exit()) stays until
+such pending answers are printed, so `echo 'reload()' | ssh -tt ...` shows the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch.manhole import ColoredManhole
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from teredo_appliance.config_model import ROLE_NAMES
+
+if TYPE_CHECKING:
+    from teredo_appliance.appliance import Appliance
+
+ACRONYMS = {"nat": "NAT", "mtu": "MTU", "ip": "IP", "ipv4": "IPv4", "ipv6": "IPv6", "tun": "TUN",
+            "udp": "UDP", "ra": "RA", "rs": "RS", "ssh": "SSH", "id": "ID"}
+RULE = "-" * 64
+LABEL_WIDTH = 24  # like `netsh interface teredo show state`: one aligned column of labels
+NESTED_ROWS = 10  # rows of a list shown inside status(); peers() shows whole tables
+PEER_ROWS = 50
+
+HELP = """\
+Teredo appliance console: a Python prompt inside the running daemon.
+  status()              per-role report: state, addresses, NAT type, peers, counters
+  peers(role)           peer table of 'relay' or 'client' (first {rows} rows; limit=0: all);
+                        peers() shows every role's table
+  reload()              re-read {path} and apply what changed; prints the summary when done
+  help()                this list
+  exit()                leave (Ctrl-D too)
+  appliance             the root service: appliance.status(), appliance.reload() -> Deferred
+  config                the configuration in force (frozen dataclasses)
+"""
+
+
+def label(key: str) -> str:
+    """`nat_type` -> `NAT Type`: status keys read as netsh-style labels."""
+    return " ".join(ACRONYMS.get(word.lower(), word.capitalize()) for word in key.replace("-", "_").split("_"))
+
+
+def scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(scalar(v) for v in value) or "-"
+    if isinstance(value, Mapping):  # only empty ones get here: non-empty dicts are blocks
+        return "-"
+    return str(value)
+
+
+def _row(item: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={scalar(value)}" for key, value in item.items())
+
+
+def _is_block(value: Any) -> bool:
+    return (isinstance(value, Mapping) and bool(value)) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value))
+
+
+def render_fields(fields: Mapping[str, Any], indent: str = "", pretty: bool = True) -> list[str]:
+    """Aligned `Label : value` lines; dicts become indented blocks, lists of dicts short rows."""
+    name = label if pretty else str
+    width = max([LABEL_WIDTH - len(indent), *(len(name(key)) for key in fields)])
+    lines = []
+    # Scalars first, then the blocks (counters, lists of records), so labels stay in one column.
+    for key, value in sorted(fields.items(), key=lambda item: _is_block(item[1])):
+        if isinstance(value, Mapping) and value:
+            lines.append(f"{indent}{name(key)}")
+            lines += render_fields(value, indent + "    ", pretty=False)
+        elif _is_block(value):
+            lines.append(f"{indent}{name(key):<{width}} : {len(value)}")
+            lines += [f"{indent}    {_row(item)}" for item in value[:NESTED_ROWS]]
+            if len(value) > NESTED_ROWS:
+                lines.append(f"{indent}    ... {len(value) - NESTED_ROWS} more")
+        else:
+            lines.append(f"{indent}{name(key):<{width}} : {scalar(value)}")
+    return lines
+
+
+def render_status(report: Mapping[str, Mapping[str, Any]]) -> str:
+    """One block per running component, whatever keys its status() carries."""
+    if not report:
+        return "nothing is running"
+    lines = []
+    for name, fields in report.items():
+        lines += [RULE, *render_fields({"role": name, **{k: v for k, v in fields.items() if k != "role"}})]
+    return "\n".join([*lines, RULE])
+
+
+def render_peers(role: str, peers: list[dict[str, Any]], limit: int = PEER_ROWS) -> str:
+    """A table with one column per key any peer has; long tables are cut at `limit` rows."""
+    if not peers:
+        return f"{role}: no peers"
+    shown = peers if limit <= 0 else peers[:limit]
+    columns = list(dict.fromkeys(key for peer in shown for key in peer))
+    cells = [[scalar(peer.get(c)) for c in columns] for peer in shown]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [f"{role}: {len(peers)} peer(s)",
+             "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    if len(shown) < len(peers):
+        lines.append(f"... {len(peers) - len(shown)} more: peers({role!r}, limit=0) lists all")
+    return "\n".join(lines)
+
+
+def render_summary(result: Mapping[str, list[str]]) -> str:
+    """The reload summary, one outcome per line; several errors line up under each other."""
+    lines = []
+    for key in ("started", "stopped", "restarted", "unchanged", "restored", "errors"):
+        if key == "restored" and not result.get(key):
+            continue
+        values = result.get(key) or ["-"]
+        separator = "\n" + " " * 12 if key == "errors" else ", "
+        lines.append(f"{key:<10}: {separator.join(values)}")
+    return "\n".join(lines)
+
+
+class ConsoleManhole(ColoredManhole):
+    """One admin session: a Python prompt whose namespace drives the appliance."""
+
+    log = Logger()
+
+    def __init__(self, appliance: Appliance) -> None:
+        super().__init__()
+        self.appliance = appliance
+        self._running_line = False  # output now belongs inline, before the next prompt
+        self._pending = 0  # answers still to print (reloads in progress)
+        self._ending = False  # input is over: close once nothing is pending
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        self.namespace = {
+            "appliance": self.appliance,
+            "config": self.appliance.config,
+            "status": self.status,
+            "peers": self.peers,
+            "reload": self.reload,
+            "help": self.help,
+            "exit": self.exit,
+            "quit": self.exit,  # the builtins would raise SystemExit inside the daemon
+        }
+        super().connectionMade()
+        self.say("Teredo appliance console; help() lists the commands.")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._closed = True
+        super().connectionLost(reason)
+
+    def terminalSize(self, width: int, height: int) -> None:
+        # Record only: the stock handler clears the screen on every window resize.
+        self.width, self.height = width, height
+
+    def lineReceived(self, line: bytes) -> None:
+        self.namespace["config"] = self.appliance.config  # a reload may have replaced it
+        self._running_line = True
+        try:
+            super().lineReceived(line)
+        finally:
+            self._running_line = False
+        self._close_when_done()
+
+    # -- output and the end of a session ---------------------------------------------------
+
+    def say(self, text: str) -> None:
+        """Print to this session: inline while a command runs, else above a redrawn prompt."""
+        if not self._closed:
+            self.addOutput(text.rstrip("\n").encode("utf-8") + b"\n", not self._running_line)
+
+    def hold(self, d: Deferred[Any]) -> None:
+        """Keep the session open until `d` has fired (and printed its answer)."""
+        self._pending += 1
+
+        def release(result: Any) -> Any:
+            self._pending -= 1
+            self._close_when_done()
+            return result
+
+        d.addBoth(release)
+
+    def input_ended(self) -> None:
+        """EOF from the client, Ctrl-D or exit(): leave once pending answers are printed."""
+        self._ending = True
+        self._close_when_done()
+
+    def handle_QUIT(self) -> None:
+        self.input_ended()
+
+    def _close_when_done(self) -> None:
+        if self._ending and not self._pending and not self._running_line and not self._closed:
+            self._closed = True
+            self.terminal.loseConnection()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def status(self) -> None:
+        """Per-role report: state, addresses, NAT type, peers, counters."""
+        self.say(render_status(self.appliance.status()))
+
+    def peers(self, role: str | None = None, limit: int = PEER_ROWS) -> None:
+        """The peer table of one role, or of every running role."""
+        roles = [role] if role is not None else [r for r in ROLE_NAMES if r in self.appliance.namedServices]
+        for name in roles:
+            try:
+                self.say(render_peers(name, self.appliance.peers(name), limit))
+            except LookupError as error:
+                self.say(str(error))
+
+    def reload(self) -> None:
+        """Start a reload; its summary is printed when it completes (the prompt stays usable)."""
+        self.say(f"reloading {self.appliance.config_path} ...")
+        d = self.appliance.reload()
+        d.addCallbacks(lambda result: self.say(render_summary(result)), self._reload_failed)
+        self.hold(d)
+
+    def _reload_failed(self, failure: Failure) -> None:
+        self.log.failure("console reload failed", failure)
+        self.say(f"reload failed: {failure.getErrorMessage()}")
+
+    def help(self) -> None:
+        self.say(HELP.format(path=self.appliance.config_path, rows=PEER_ROWS))
+
+    def exit(self) -> None:
+        self.input_ended()
