@@ -22,11 +22,22 @@ from teredo_appliance.lab.lab import MIREDO
 from teredo_appliance.lab.preflight import unavailable_reason
 from teredo_appliance.lab.scenario import Scenario, ours_missing, run_scenario
 
+REQUIRE_LAB = "TEREDO_REQUIRE_LAB"  # set by CI: a lab test that would skip fails instead
+
 
 @functools.cache
 def lab_skip_reason(need_miredo: bool = True) -> str | None:
     """Why lab tests cannot run here; computed once (it creates a probe namespace)."""
     return unavailable_reason(need_miredo=need_miredo)
+
+
+def skip_unless_lab(reason: str | None) -> None:
+    """Skip with the reason, or fail with it when the lab is required (CI)."""
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_LAB) == "1":
+        raise unittest.FailTest(f"{REQUIRE_LAB}=1 but the lab cannot run: {reason}")
+    raise unittest.SkipTest(reason)
 
 
 def scenario_skip_reason(scenario: Scenario) -> str | None:
@@ -42,9 +53,7 @@ class ScenarioChecks:
 
     def outcome(self) -> tuple[dict[int, checks.CheckResult], str]:
         if self.scenario not in self._outcomes:
-            reason = scenario_skip_reason(self.scenario)
-            if reason:
-                raise unittest.SkipTest(reason)
+            skip_unless_lab(scenario_skip_reason(self.scenario))
             lines: list[str] = []
             rundir = os.path.abspath(f"lab-{self.scenario.describe().replace(' ', '_').replace('=', '-')}")
             results = run_scenario(

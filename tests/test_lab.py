@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import secrets
@@ -17,10 +18,10 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import configs, state, tcpxfer, topology
+from teredo_appliance.lab import cli, configs, preflight, state, tcpxfer, topology
 from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
 from teredo_appliance.lab.scenario import Scenario, client_section, relay_section, server_section
-from tests.labsupport import ScenarioChecks, lab_skip_reason
+from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
 
@@ -137,6 +138,17 @@ class ConfigTests(unittest.SynchronousTestCase):
         self.assertRaises(ValueError, Scenario, relay="windows")
 
 
+class RootOnlyTests(unittest.SynchronousTestCase):
+    def test_not_root_is_a_clear_reason_and_exit_status(self) -> None:
+        self.patch(preflight.os, "geteuid", lambda: 1000)
+        self.assertIn("needs root", preflight.unavailable_reason())
+        self.patch(cli.os, "geteuid", lambda: 1000)
+        errors = io.StringIO()
+        self.patch(cli.sys, "stderr", errors)
+        self.assertEqual(cli.main(["run"]), 2)
+        self.assertIn("teredo-lab: must be run as root (needs root:", errors.getvalue())
+
+
 class ProcessRecordTests(unittest.SynchronousTestCase):
     def test_a_reused_pid_is_never_signalled(self) -> None:
         child = subprocess.Popen(["sleep", "30"], start_new_session=True)
@@ -183,13 +195,38 @@ class AllMiredo(ScenarioChecks, unittest.TestCase):
     scenario = Scenario(server=MIREDO, relay=MIREDO, client=MIREDO)
 
 
+class AllMiredoInABox(ScenarioChecks, unittest.TestCase):
+    """The multi-role box topology (server and relay in one namespace) works with Miredo."""
+
+    scenario = Scenario(server=MIREDO, relay=MIREDO, client=MIREDO, box=True)
+
+
+# Receives one datagram on each server address and prints the source port it came from.
+UDP_LISTEN = """
+import socket, sys
+socks = []
+for address in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((address, 4000))
+    s.settimeout(5)
+    socks.append(s)
+print("ready", flush=True)
+print(" ".join(str(s.recvfrom(100)[1][1]) for s in socks), flush=True)
+"""
+UDP_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40000))
+for address in sys.argv[1:]:
+    s.sendto(b"x", (address, 4000))
+"""
+
+
 class LabFixtureTests(unittest.TestCase):
     """The hooks later tests use: one daemon at a time, its config, its log, commands."""
 
     def setUp(self) -> None:
-        reason = lab_skip_reason(True)
-        if reason:
-            raise unittest.SkipTest(reason)
+        skip_unless_lab(lab_skip_reason(need_miredo=True))
 
     def test_hooks_and_clean_removal(self) -> None:
         lab = Lab(rundir=self.mktemp())
@@ -224,14 +261,33 @@ class LabFixtureTests(unittest.TestCase):
         self.assertNotEqual(inbound.returncode, 0)
         self.assertNotEqual(lab.run("server", ["ping", "-c", "1", "-W", "1", "198.19.0.2"], check=False).returncode, 0)
 
+    def mapped_ports(self, nat2: str) -> list[int]:
+        """The public source ports NAT 2 gives one client socket toward two destinations."""
+        lab = Lab(topology.Options(nat2=nat2))
+        self.addCleanup(lab.down)
+        lab.up()
+        targets = [topology.SERVER_ADDRESS, topology.SERVER_ADDRESS2]
+        with lab.background("server", [sys.executable, "-c", UDP_LISTEN, *targets]) as listener:
+            self.assertEqual(listener.stdout.readline().strip(), "ready")
+            lab.run("client2", [sys.executable, "-c", UDP_SEND, *targets])
+            out, err = listener.communicate(timeout=10)
+        self.assertEqual(listener.returncode, 0, err)
+        return [int(port) for port in out.split()]
+
+    def test_nat2_cone_keeps_one_mapping(self) -> None:
+        first, second = self.mapped_ports("cone")
+        self.assertEqual(first, second)
+
+    def test_nat2_symmetric_maps_each_destination_apart(self) -> None:
+        first, second = self.mapped_ports("symmetric")
+        self.assertNotEqual(first, second)
+
 
 class CrashTeardownTests(unittest.TestCase):
     """A run killed in the middle leaves nothing once `teredo-lab down` has run."""
 
     def setUp(self) -> None:
-        reason = lab_skip_reason(True)
-        if reason:
-            raise unittest.SkipTest(reason)
+        skip_unless_lab(lab_skip_reason(need_miredo=True))
 
     def cli(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -177,6 +177,9 @@ def run_scenario(
                 (result,) = runner.run((number,))
                 say(result.line())
                 results.append(result)
+        for name, daemon in lab.daemons.items():
+            if not lab.is_running(name):
+                say(f"daemon {name} ({daemon.impl}) is no longer running (see its log)")
         if not all(r.ok for r in results):
             for name, text in lab.logs().items():
                 say(f"----- log of {name} ({lab.daemons[name].impl}): {lab.daemons[name].log} -----\n{text}")
