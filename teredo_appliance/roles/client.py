@@ -1,0 +1,261 @@
+"""The client role as a Twisted service: UDP port, TUN, resolver, netlink watch, hook, one timer.
+
+Decisions live in `client_qualify` (qualification, NAT type, refresh, failover) and
+`client_peers` (the data path); this module wires them to the reactor. What it puts on
+the TUN once qualified is what Miredo's client does: the Teredo address /32, the
+link-local fe80::ffff:ffff:ffff/64 and a default route of metric 1029, so that any
+native IPv6 default route wins. All of it goes when connectivity is lost or on stop.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
+
+from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.hook import Hook, hook_environment
+from teredo_appliance.netlink import Link, LinkError
+from teredo_appliance.netwatch import NetWatch
+from teredo_appliance.roles.base import RoleService
+from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
+from teredo_appliance.roles.client_qualify import Qualification, Qualifier
+from teredo_appliance.roles.udp import TeredoUDP, listen_udp
+from teredo_appliance.tunnel import Tunnel
+from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
+from teredo_appliance.wire.errors import ParseError
+from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
+
+DEFAULT_ROUTE = IPv6Network("::/0")
+DEFAULT_ROUTE_METRIC = 1029  # Miredo's: above the kernel's 1024, so native IPv6 wins
+LINK_LOCAL_INTERFACE = IPv6Interface((LINK_LOCAL, 64))
+TIMER_GRANULARITY = 0.1  # batch peer retries and expiries, as the relay does
+DISCARD_PORT = 9  # connect() on a UDP socket only picks a route and a source address
+
+
+def route_source(destination: int) -> int | None:
+    """The local IPv4 address the kernel would use towards `destination` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((int_to_ipv4(destination), DISCARD_PORT))
+            return ipv4_to_int(probe.getsockname()[0])
+    except OSError:
+        return None
+
+
+class ClientService(RoleService):
+    """A Teredo client (RFC 4380 §5.2, RFC 5991) on UDP bind_address:bind_port and TUN `interface`.
+
+    Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`, a
+    `netwatch` factory and a `rng`, so the whole service runs without root.
+    """
+
+    role = "client"
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        reactor: Any = None,
+        *,
+        tun_system: Any = None,
+        link_factory: Callable[[str], Link] = Link,
+        netwatch: Callable[[Callable[[], None], Any], Any] = NetWatch,
+        local_address: Callable[[int], int | None] | None = None,
+        rng: Any = None,
+    ) -> None:
+        super().__init__(config, reactor)
+        self._seconds = self.reactor.seconds
+        self.udp = TeredoUDP(self._on_datagram, self.counters, "client")
+        self.tunnel = Tunnel(
+            config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
+            system=tun_system, link_factory=link_factory,
+        )
+        self.qualifier = Qualifier(
+            config, self._send_to, self._resolve, self._on_qualification,
+            local_address=local_address or self._local_address, counters=self.counters, rng=rng,
+        )
+        self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng)
+        self.netwatch = netwatch(self._on_network_change, self.reactor)
+        self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
+        self._hook_old: dict[str, str] | None = None
+        self._port: Any = None
+        self._timer: IDelayedCall | None = None
+        self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
+        self._route = False
+
+    # -- packets ---------------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        now = self._seconds()
+        if address == self._server:
+            self.qualifier.heard_from_server(now)
+        if len(data) > 1 and data[0] == 0 and data[1] == AUTH_TYPE:  # only RAs carry one for a client
+            try:
+                datagram = parse_datagram(data)
+            except ParseError as error:
+                self.counters.drop(error.reason)
+                return
+            self.qualifier.receive(datagram, ipv4_to_int(address[0]), address[1], now)
+            self._reschedule()
+            return
+        if self.data.from_udp(data, address[0], address[1], now):
+            self._reschedule()
+
+    def _on_packet(self, packet: bytes) -> None:
+        if self.data.from_tun(packet, self._seconds()):
+            self._reschedule()
+
+    def _send_to(self, payload: bytes, ip: int, port: int) -> None:
+        self.udp.send(payload, (int_to_ipv4(ip), port))
+
+    # -- qualification -------------------------------------------------------------------
+
+    def _on_qualification(self, qualification: Qualification | None) -> None:
+        """Reconfigure the TUN and data path for a new (or no) Teredo address; run the hook."""
+        if qualification is None:
+            self._server = None
+            self.data.attach(None)
+            self._configure([], route=False)
+            self._run_hook("down", None)
+            return
+        self._server = (int_to_ipv4(qualification.server), 3544)
+        self.data.attach(qualification.address, qualification.server)
+        address = IPv6Interface((qualification.address, 32))
+        self._configure([LINK_LOCAL_INTERFACE, address], route=True)
+        self._run_hook("up", str(address.ip))
+
+    def _configure(self, addresses: list[IPv6Interface], route: bool) -> None:
+        try:
+            if not route and self._route:
+                self.tunnel.remove_route(DEFAULT_ROUTE, DEFAULT_ROUTE_METRIC)
+                self._route = False
+            self.tunnel.set_addresses(addresses)
+            if route and not self._route:
+                self.tunnel.add_route(DEFAULT_ROUTE, DEFAULT_ROUTE_METRIC)
+                self._route = True
+        except (LinkError, RuntimeError) as error:
+            self.counters["client.link_error"] += 1
+            self.log.error("cannot configure {interface}: {error}", interface=self.tunnel.name, error=str(error))
+
+    def _run_hook(self, state: str, address: str | None) -> None:
+        if self.hook is None:
+            return
+        lladdress = str(IPv6Address(LINK_LOCAL))
+        self.hook.run(hook_environment(state, self.tunnel.name, lladdress, self.config.mtu, address, self._hook_old))
+        if state == "up":
+            self._hook_old = {"ADDRESS": address or "", "LLADDRESS": lladdress, "MTU": str(self.config.mtu)}
+
+    def _resolve(self, name: str) -> None:
+        d = self.reactor.resolve(name)
+        d.addCallbacks(lambda ip: ipv4_to_int(ip), lambda failure: None)
+        d.addCallback(self._resolved, name)
+
+    def _resolved(self, ip: int | None, name: str) -> None:
+        self.qualifier.resolved(name, ip, self._seconds())
+        self._reschedule()
+
+    def _on_network_change(self) -> None:
+        self.log.info("Host IPv4 address or default route changed: re-qualifying now")
+        self.qualifier.network_changed(self._seconds())
+        self._reschedule()
+
+    def _local_address(self, server: int) -> int | None:
+        bound = self.config.bind_address
+        return int(bound) if bound != IPv4Address(0) else route_source(server)
+
+    # -- the one timer -----------------------------------------------------------------------
+
+    def _reschedule(self) -> None:
+        deadlines = [d for d in (self.qualifier.next_deadline(), self.data.next_deadline()) if d is not None]
+        if not deadlines:
+            return
+        when = min(deadlines)
+        timer = self._timer
+        if timer is not None:
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+        self._timer = self.reactor.callLater(max(when - self._seconds(), TIMER_GRANULARITY), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._seconds()
+        self.qualifier.on_timer(now)
+        self.data.on_timer(now)
+        self._reschedule()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Open the TUN and bind UDP; all or nothing."""
+        self.tunnel.open()
+        try:
+            self._port = listen_udp(self.reactor, self.udp, str(self.config.bind_address), self.config.bind_port)
+        except Exception:
+            self.tunnel.close()
+            raise
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.netwatch.start()
+        except OSError as error:
+            self.log.warn("cannot watch netlink ({error}): network changes wait for the next refresh",
+                          error=str(error))
+        self.log.info(
+            "Teredo client on {address}:{port}, TUN {interface} (MTU {mtu}), server {server}",
+            address=str(self.config.bind_address), port=self.bound_port, interface=self.tunnel.name,
+            mtu=self.config.mtu, server=", ".join([self.config.server_address, *self.config.fallback_servers]),
+        )
+        self.qualifier.start(self._seconds())
+        self._reschedule()
+
+    def stopService(self) -> Deferred[None]:
+        """Forget the qualification, close port and TUN (its addresses and route go with it)."""
+        super().stopService()
+        self.netwatch.stop()
+        if self.qualifier.qualification is not None:
+            self._run_hook("down", None)
+        self._run_hook("destroy", None)
+        self.qualifier.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        port, self._port = self._port, None
+        closing = [self.tunnel.close()]
+        if port is not None:
+            closing.append(maybeDeferred(port.stopListening))
+        if self.hook is not None:
+            closing.append(self.hook.wait())
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    @property
+    def bound_port(self) -> int | None:
+        return None if self._port is None else self._port.getHost().port
+
+    def status(self) -> dict[str, Any]:
+        report = super().status()
+        report.update(self.qualifier.status())
+        server_ip = self.qualifier.server.ip
+        local = None if server_ip is None else self._local_address(server_ip)
+        report.update(
+            {
+                "local": None if local is None else f"{int_to_ipv4(local)}:{self.bound_port}",
+                "interface": self.tunnel.name,
+                "mtu": self.config.mtu,
+                "refresh_interval": self.config.refresh_interval,
+                "peers": self.data.stats(),
+                "drops": self.counters.drops(),
+            }
+        )
+        return report
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.data.table.snapshot(self._seconds())

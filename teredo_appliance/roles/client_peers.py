@@ -1,0 +1,324 @@
+"""The client's data path (RFC 4380 §5.2.3-§5.2.9): who may send us packets, and how we reach peers.
+
+Sans-I/O: fed TUN packets and Teredo datagrams with `now`; acts through `send(payload,
+(host, port))` and `write_tun(packet)`. The list of peers is the shared `PeerTable`
+(bounds, pacing, retries); this module decides what goes in it.
+
+Out (TUN -> UDP):
+- a trusted peer: straight to its mapping (the hot path: one dict lookup);
+- another Teredo client: queue, bubble directly and through its server (RFC 4380 §5.2.4
+  case 5; we always send the direct bubble too, as §5.2.4 allows), until its bubble or
+  traffic arrives from the mapping in its address;
+- native IPv6: queue, send an ICMPv6 echo with an unguessable payload through our server
+  (§5.2.9); the relay nearest the peer returns the reply, and its mapping becomes trusted.
+  An ICMPv6 error quoting our echo identifies that relay as well.
+Unanswered after the retries: the queue is answered with ICMPv6 address unreachable.
+
+In (UDP -> TUN), only packets for our Teredo address, and only:
+- from a trusted peer at its mapping (the hot path);
+- from a Teredo address that embeds the outer IPv4 address and port (§5.2.3 case 3);
+- from our server: indirect bubbles, answered with a direct bubble to the origin, which
+  opens our NAT for the peer (a relay or a Teredo client) that wants to reach us;
+- a native source arriving through a relay we do not trust yet is held (bounded, as the
+  outgoing queue) while the echo test runs towards it (§5.2.3 case 6), and delivered only
+  if the echo reply comes back through that same relay. Everything else is dropped and
+  counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.errors import ParseError
+from teredo_appliance.wire.ipv6 import (
+    HEADER_LENGTH,
+    ICMPV6_ECHO_REQUEST,
+    NEXT_HEADER_ICMPV6,
+    NEXT_HEADER_NONE,
+    UNREACHABLE_ADDRESS,
+    build_echo,
+    build_unreachable,
+    error_allowed,
+    parse_echo,
+    parse_header,
+    quoted_packet,
+)
+from teredo_appliance.wire.nd import RS_SOURCE, TEREDO_PORT
+from teredo_appliance.wire.teredo import build_bubble, parse_datagram
+
+LINK_LOCAL = RS_SOURCE  # fe80::ffff:ffff:ffff, as Miredo's client (its LLADDRESS)
+MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
+ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
+ICMP_ERRORS_PER_SECOND = 10  # to the local stack, as Miredo
+TOUCH_GRANULARITY = 1.0  # refresh a busy peer's reception time at most once a second
+
+
+class ClientPeers:
+    """Packets between our TUN and Teredo peers, for one qualification at a time."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes, Mapping], Any],
+        write_tun: Callable[[bytes], None],
+        counters: Counters,
+        *,
+        max_peers: int = MAX_PEERS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._send = send
+        self._write_tun = write_tun
+        self.counters = counters
+        self._max_peers = max_peers
+        self._rng = rng or random.SystemRandom()
+        self.table = PeerTable(max_peers)
+        self.address: bytes | None = None  # our Teredo address; None while not qualified
+        self._prefix = b""
+        self._server: Mapping = ("", 0)
+        self._icmp_second = 0.0
+        self._icmp_sent = 0
+        # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
+        self.tx_packets = self.rx_packets = 0
+
+    def attach(self, address: bytes | None, server_ip: int = 0) -> None:
+        """Use a new Teredo address (None: offline). Trust was bound to the old one: start afresh."""
+        if address == self.address and (address is None or self._server[0] == int_to_ipv4(server_ip)):
+            return
+        self.address = address
+        self._prefix = b"" if address is None else address[:4]
+        self._server = ("", 0) if address is None else (int_to_ipv4(server_ip), TEREDO_PORT)
+        self.table = PeerTable(self._max_peers)
+
+    # -- out -------------------------------------------------------------------------------
+
+    def from_tun(self, packet: bytes, now: float) -> bool:
+        """An IPv6 packet the kernel routed to our TUN; True if the timers may have moved."""
+        peer = self.table.get(packet[24:40])
+        if peer is not None and peer.trusted:
+            self.tx_packets += 1
+            self._send(packet, peer.mapping)  # type: ignore[arg-type]  # trusted => mapped
+            return False
+        address = self.address
+        if address is None:
+            self.counters.drop("tun.offline")
+            return False
+        if packet[8:24] != address:
+            self.counters.drop("tun.source")  # the kernel's link-local chatter, or a stale address
+            return False
+        destination = packet[24:40]
+        if destination[0] == 0xFF or destination[0] == 0xFE or destination == bytes(16):
+            self.counters.drop("tun.destination")  # multicast, link-local, unspecified
+            return False
+        if destination[:4] == self._prefix:
+            ip, port = teredo_mapping(destination)
+            if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(destination))):
+                self.counters.drop("tun.non-global-peer")  # RFC 4380 §5.2.4: MUST discard
+                return False
+            peer = self.table.get_or_create(destination, (int_to_ipv4(ip), port), now)
+        else:
+            peer = self.table.get_or_create(destination, None, now)
+        if not self.table.enqueue(peer, packet):
+            self.counters.drop("queue-full")
+        if self.table.try_bubble(peer, now):
+            self._discover(peer)
+        elif peer.attempts == 0:
+            self._unreachable(self.table.give_up(peer), now)  # budget spent: refuse at once
+        return True
+
+    def _discover(self, peer: Peer) -> None:
+        """One round of discovery: bubbles for a Teredo peer, the echo test for a native one."""
+        address = self.address
+        assert address is not None
+        destination = peer.addr
+        if destination[:4] == self._prefix:
+            bubble = build_bubble(address, destination)
+            assert peer.mapping is not None
+            self.counters["client.bubble"] += 2
+            self._send(bubble, peer.mapping)
+            self._send(bubble, (int_to_ipv4(teredo_server(destination)), TEREDO_PORT))
+            return
+        if peer.nonce is None:
+            peer.nonce = self._rng.getrandbits(8 * ECHO_NONCE_LENGTH).to_bytes(ECHO_NONCE_LENGTH, "big")
+        identifier, sequence = self._rng.getrandbits(16), self._rng.getrandbits(16)
+        self.counters["client.echo_test"] += 1
+        self._send(build_echo(address, destination, identifier, sequence, peer.nonce), self._server)
+
+    # -- in --------------------------------------------------------------------------------
+
+    def from_udp(self, data: bytes, host: str, port: int, now: float) -> bool:
+        """A Teredo datagram without an authentication indicator (those are RAs); True if
+        the timers may have moved."""
+        if data and data[0] >> 4 == 6 and len(data) >= HEADER_LENGTH:
+            end = HEADER_LENGTH + ((data[4] << 8) | data[5])
+            if end > len(data):
+                self.counters.drop("ipv6-truncated")
+                return False
+            packet = data if end == len(data) else data[:end]
+            peer = self.table.get(packet[8:24])
+            if peer is not None and peer.trusted and peer.mapping == (host, port) and packet[24:40] == self.address:
+                if now - peer.last_rx >= TOUCH_GRANULARITY:
+                    self.table.touch_rx(peer, now)
+                if end == HEADER_LENGTH and packet[6] == NEXT_HEADER_NONE:
+                    self.counters["client.bubble_in"] += 1
+                else:
+                    self.rx_packets += 1
+                    self._write_tun(packet)
+                return False
+            origin = None
+        else:
+            try:
+                datagram = parse_datagram(data)
+            except ParseError as error:
+                self.counters.drop(error.reason)
+                return False
+            packet, origin = datagram.packet, datagram.origin
+        self._slow_in(packet, origin, host, port, now)
+        return True
+
+    def _slow_in(self, packet: bytes, origin: Any, host: str, port: int, now: float) -> None:
+        address = self.address
+        if address is None:
+            self.counters.drop("offline")
+            return
+        try:
+            header = parse_header(packet)
+        except ParseError as error:
+            self.counters.drop(error.reason)
+            return
+        if header.destination != address:
+            self.counters.drop("not-for-us")
+            return
+        source = header.source
+        bubble = header.payload_length == 0 and header.next_header == NEXT_HEADER_NONE
+        if (host, port) == self._server:
+            if bubble and origin is not None:
+                self._answer_indirect_bubble(source, origin.ip, origin.port)
+            else:
+                self.counters.drop("from-server")  # our server relays bubbles and nothing else to us
+            return
+        if source[:4] == self._prefix:
+            # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
+            if teredo_mapping(source) != (ipv4_to_int(host), port):
+                self.counters.drop("teredo-mapping-mismatch")
+                return
+            self._trust(source, (host, port), now)
+            if bubble:
+                self.counters["client.bubble_in"] += 1
+            else:
+                self.rx_packets += 1
+                self._write_tun(packet)
+            return
+        if self._relay_answer(packet, header, host, port, now):
+            return
+        if bubble or source[0] in (0xFF, 0xFE) or source == bytes(16):
+            self.counters.drop("untrusted-source")
+            return
+        peer = self.table.get_or_create(source, (host, port), now)
+        if peer.trusted:
+            self.counters.drop("wrong-mapping")  # trusted through another relay
+            return
+        # §5.2.3 case 6: a native host through a relay we do not know. Hold the packet and
+        # run the echo test towards that host; deliver only if the reply comes this way.
+        peer.mapping = (host, port)
+        if not self.table.enqueue(peer, packet):
+            self.counters.drop("queue-full")
+        if self.table.try_bubble(peer, now):
+            self._discover(peer)
+
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int) -> None:
+        """A peer (relay or client) bubbled us through our server: open our NAT towards it."""
+        if not is_global_ipv4(ip):
+            self.counters.drop("origin-non-global")
+            return
+        assert self.address is not None
+        self.counters["client.bubble_reply"] += 1
+        self._send(build_bubble(self.address, source), (int_to_ipv4(ip), port))
+
+    def _relay_answer(self, packet: bytes, header: Any, host: str, port: int, now: float) -> bool:
+        """Our echo test's reply, or an ICMPv6 error quoting our echo: trust that relay."""
+        if header.next_header != NEXT_HEADER_ICMPV6:
+            return False
+        echo = parse_echo(packet, header)
+        if echo is not None:
+            peer = self.table.get(header.source)
+            if not echo.reply or peer is None or peer.nonce is None or echo.data != peer.nonce:
+                return False
+            self.counters["client.relay_found"] += 1
+            self._trust(header.source, (host, port), now)
+            return True
+        quoted = quoted_packet(packet, header)
+        if quoted is None or len(quoted) < HEADER_LENGTH + 8 or quoted[8:24] != self.address:
+            return False
+        target = quoted[24:40]
+        peer = self.table.get(target)
+        if (
+            peer is None or peer.nonce is None or quoted[6] != NEXT_HEADER_ICMPV6
+            or quoted[HEADER_LENGTH] != ICMPV6_ECHO_REQUEST
+            or quoted[HEADER_LENGTH + 8 : HEADER_LENGTH + 8 + ECHO_NONCE_LENGTH] != peer.nonce
+        ):
+            return False
+        self.counters["client.relay_found_by_error"] += 1
+        self._trust(target, (host, port), now)
+        return True
+
+    def _trust(self, addr: bytes, mapping: Mapping, now: float) -> None:
+        """Trust `addr` at `mapping` and flush what waited for it, in order.
+
+        Outgoing packets go to the mapping; held incoming ones reach the TUN only if they
+        arrived through this very mapping.
+        """
+        peer = self.table.get(addr)
+        held_from = None if peer is None or peer.trusted else peer.mapping
+        address = self.address
+        for packet in self.table.trust(addr, mapping, now):
+            if packet[8:24] == address:
+                self.tx_packets += 1
+                self._send(packet, mapping)
+            elif held_from == mapping:
+                self.rx_packets += 1
+                self._write_tun(packet)
+            else:
+                self.counters.drop("held-from-other-relay")
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.table.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Expire idle peers; repeat discovery for the unanswered, or give up on them."""
+        self.table.expire(now)
+        for peer in self.table.due_for_retry(now):
+            if peer.attempts <= BUBBLE_RETRIES and self.address is not None and self.table.try_bubble(peer, now):
+                self._discover(peer)
+            else:
+                self.counters["client.peer_unreachable"] += 1
+                peer.nonce = None
+                self._unreachable(self.table.give_up(peer), now)
+
+    def _unreachable(self, packets: list[bytes], now: float) -> None:
+        """Tell the local stack its packets cannot be delivered (RFC 4443 §3.1), at most 10/s."""
+        address = self.address
+        for packet in packets:
+            if packet[8:24] != address:
+                self.counters.drop("held-unconfirmed")  # held incoming from a relay never confirmed
+                continue
+            self.counters.drop("peer-unreachable")
+            if now >= self._icmp_second + 1.0:
+                self._icmp_second, self._icmp_sent = now, 0
+            if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
+                continue
+            try:
+                header = parse_header(packet)
+            except ParseError:
+                continue
+            if error_allowed(packet, header):
+                self._icmp_sent += 1
+                self._write_tun(build_unreachable(LINK_LOCAL, packet, header.source, UNREACHABLE_ADDRESS))
+
+    def stats(self) -> dict[str, int]:
+        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats()}
