@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from teredo_appliance.config_model import ServerConfig
 from teredo_appliance.rawsock import RawIPv6Sender
-from teredo_appliance.roles.server import ServerService
+from teredo_appliance.roles.server import DirectSendUDP, ServerService
 from teredo_appliance.roles.server_machine import (
     ANSWERED_RS,
     FORWARDED_NATIVE,
@@ -27,6 +27,7 @@ from teredo_appliance.roles.server_machine import (
     MAX_FORWARDED_PAYLOAD,
     PRIMARY,
     RAW,
+    REPLY,
     SECONDARY,
     ServerMachine,
 )
@@ -72,7 +73,7 @@ class VectorTests(SynchronousTestCase):
         rs_in, ra_out = MIREDO["rs-with-auth-nonce"], MIREDO["ra-with-auth-origin"]
         self.assertEqual(
             machine.handle(rs_in.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
-            (PRIMARY, ra_out.payload, ("198.18.0.100", 52732)),
+            (PRIMARY, ra_out.payload, REPLY),
         )
         self.assertEqual(machine.counters, {ANSWERED_RS: 1})
 
@@ -80,7 +81,7 @@ class VectorTests(SynchronousTestCase):
         """An RS with trailing bytes misses the fast path; the answer must not change."""
         machine = make_machine()
         output = machine.handle(MIREDO["rs-with-auth-nonce"].payload + b"trailer", CLIENT_IP, CLIENT_PORT, PRIMARY)
-        self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, ("198.18.0.100", 52732)))
+        self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, REPLY))
 
     def test_relay_bubble_forwarded_with_origin(self) -> None:
         machine = make_machine()
@@ -335,11 +336,15 @@ class FuzzTests(SynchronousTestCase):
             self.assertTrue(event.startswith("drop."), event)
         else:
             self.assertFalse(event.startswith("drop."), event)
-            key, payload, (host, port) = output
+            key, payload, destination = output
             self.assertIn(key, (PRIMARY, SECONDARY, RAW))
             self.assertIsInstance(payload, bytes)
-            socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
-            self.assertTrue(0 <= port <= 0xFFFF)
+            if destination is REPLY:
+                self.assertEqual(event, ANSWERED_RS)  # only an RA goes back to the sender
+            else:
+                host, port = destination
+                socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
+                self.assertTrue(0 <= port <= 0xFFFF)
 
     @settings(max_examples=400, deadline=None)
     @given(st.binary(max_size=200), _sources, st.sampled_from((PRIMARY, SECONDARY)))
@@ -350,6 +355,18 @@ class FuzzTests(SynchronousTestCase):
     @given(_datagrams() | _known, _sources, st.sampled_from((PRIMARY, SECONDARY)))
     def test_structured_datagrams(self, data: bytes, source: tuple[int, int], which: str) -> None:
         self.assertAccounted(make_machine(), data, source, which)
+
+
+class DirectSendTests(TestCase):
+    def test_send_never_raises(self) -> None:
+        counters = Counters()
+        protocol = DirectSendUDP(lambda data, source: None, counters, "test")
+        self.assertFalse(protocol.send(b"x", ("127.0.0.1", 9)))  # not listening yet
+        port = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertTrue(protocol.send(b"x", ("127.0.0.1", 9)))
+        self.assertFalse(protocol.send(bytes(70000), ("127.0.0.1", 9)))  # larger than a UDP datagram
+        self.assertEqual(counters.drops(), {"socket-closed": 1, "send-emsgsize": 1})
 
 
 class RawSenderTests(SynchronousTestCase):

@@ -13,6 +13,7 @@ the RA packet and its checksum never change for a given RS source.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections.abc import Callable
@@ -41,6 +42,7 @@ RAW = "raw"  # the raw IPv6 socket: native destinations go by "regular IPv6 rout
 # Miredo and Microsoft's servers: the largest IPv6 payload a server relays. Room for the
 # relay-finding echo; too small to make the server an open UDP relay. Bubbles carry none.
 MAX_FORWARDED_PAYLOAD = 88
+REACHABLE_CACHE_SIZE = 1 << 14  # IPv4 verdicts remembered (about 2 MB at most)
 
 # Counter names; drop reasons go through Counters.drop() and read "drop.<reason>".
 ANSWERED_RS = "rs-answered"
@@ -49,7 +51,8 @@ FORWARDED_TEREDO_OTHER = "forwarded.teredo-other-server"  # another server's cli
 FORWARDED_NATIVE = "forwarded.native"
 
 Address = tuple[str, int]
-Output = tuple[str, bytes, Address]  # (PRIMARY | SECONDARY | RAW, payload, destination)
+REPLY = None  # destination "back to the datagram's source": saves turning it into text per RA
+Output = tuple[str, bytes, Address | None]  # (PRIMARY | SECONDARY | RAW, payload, destination or REPLY)
 
 _AUTH_NO_ID = struct.pack("!HBB", AUTH_TYPE, 0, 0)  # auth indicator, no client id or auth value
 _NONCE_END = len(_AUTH_NO_ID) + 8
@@ -78,13 +81,14 @@ class ServerMachine:
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
     ) -> None:
         """`reachable_ipv4` says which IPv4 sources and destinations are acceptable
-        (§5.3.1 rule 3, §5.3.2); only tests on loopback widen it."""
+        (§5.3.1 rule 3, §5.3.2); only tests on loopback widen it. Its verdicts are
+        memoised (bounded): the check runs for every datagram."""
         self.primary = primary
         self.secondary = secondary
         self.counters = counters
         self.prefix32 = prefix32
         self.port = port
-        self.reachable_ipv4 = reachable_ipv4
+        self.reachable_ipv4 = functools.lru_cache(maxsize=REACHABLE_CACHE_SIZE)(reachable_ipv4)
         self.link_local = server_link_local(primary)
         self._prefix64 = teredo_prefix64(primary, prefix32)
         self._mtu = mtu
@@ -117,7 +121,7 @@ class ServerMachine:
                     data[:_NONCE_END]
                     + _CONFIRMATION_AND_ORIGIN.pack(0, 0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
                     + fast[1],
-                    (int_to_ipv4(source_ip), source_port),
+                    REPLY,
                 )
         return self._general(data, source_ip, source_port, which)
 
@@ -198,5 +202,5 @@ class ServerMachine:
         return (
             SECONDARY if (which == SECONDARY) != cone else PRIMARY,
             head + _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF) + ra,
-            (int_to_ipv4(source_ip), source_port),
+            REPLY,
         )
