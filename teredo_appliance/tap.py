@@ -21,11 +21,12 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     try:
         config = load_config(path)
+        # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.
+        from teredo_appliance.appliance import Appliance
+
+        # Building the appliance can fail too (e.g. an unusable authorized_keys): same one-line errors.
+        return Appliance(path, config)
     except ConfigError as e:
         for error in e.errors:
             sys.stderr.write(error + "\n")
         raise SystemExit(1) from None
-    # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.
-    from teredo_appliance.appliance import Appliance
-
-    return Appliance(path, config)

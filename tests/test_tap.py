@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import subprocess
@@ -12,7 +11,7 @@ from unittest import mock
 
 from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import getPlugins
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance import tap
 from teredo_appliance.config import load_config
@@ -86,12 +85,38 @@ class MakeServiceTests(SynchronousTestCase):
             self.assertEqual(self.make_service(SAMPLE), ("appliance", ""))
         self.assertEqual(built, [(SAMPLE, load_config(SAMPLE))])
 
+    def _sample_with_keys(self, keys: str | None) -> str:
+        """The shipped sample, its console pointed at files of this test."""
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        keys_path = os.path.join(directory, "admin_keys")
+        if keys is not None:
+            with open(keys_path, "w") as f:
+                f.write(keys)
+            os.chmod(keys_path, 0o600)
+        with open(SAMPLE) as f:
+            text = f.read()
+        text = text.replace("/etc/teredo/admin_keys", keys_path)
+        text = text.replace("/var/lib/teredo/ssh_host_ed25519_key", os.path.join(directory, "host_key"))
+        path = os.path.join(directory, "teredo.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def test_valid_file_builds_a_service(self) -> None:
-        if importlib.util.find_spec("teredo_appliance.appliance") is None:
-            raise SkipTest("teredo_appliance.appliance is not written yet")
-        service, err = self.make_service(SAMPLE)
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb1N3CzKPTs2Hw0hLuH/0ZsJ0v0rWUw8DtK2s3iCVcj admin@test\n"
+        service, err = self.make_service(self._sample_with_keys(key))
         self.assertEqual(err, "")
         self.assertTrue(IService.providedBy(service))
+        self.assertEqual(sorted(child.name for child in service), ["client", "manhole", "relay", "server"])
+
+    def test_unusable_console_keys_exit_1_with_one_line(self) -> None:
+        path = self._sample_with_keys(None)
+        service, err = self.make_service(path)
+        self.assertEqual(service, 1)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("authorized_keys file", err)
+        self.assertIn("does not exist", err)
 
 
 class TwistdTests(SynchronousTestCase):
