@@ -18,7 +18,7 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import cli, configs, preflight, state, tcpxfer, topology
+from teredo_appliance.lab import cli, configs, preflight, scenario, state, tcpxfer, topology
 from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
 from teredo_appliance.lab.scenario import Scenario, client_section, relay_section, server_section
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
@@ -147,6 +147,13 @@ class RootOnlyTests(unittest.SynchronousTestCase):
         self.patch(cli.sys, "stderr", errors)
         self.assertEqual(cli.main(["run"]), 2)
         self.assertIn("teredo-lab: must be run as root (needs root:", errors.getvalue())
+
+
+class OursMissingTests(unittest.SynchronousTestCase):
+    def test_a_role_without_its_service_class_is_named(self) -> None:
+        self.patch(scenario, "ROLE_CLASSES", {"server": "NoSuchService"})
+        self.assertEqual(scenario.ours_missing({"server"}), "teredo_appliance.roles.server has no NoSuchService yet")
+        self.assertIsNone(scenario.ours_missing(set()))
 
 
 class ProcessRecordTests(unittest.SynchronousTestCase):
