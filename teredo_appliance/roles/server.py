@@ -31,6 +31,8 @@ class DirectSendUDP(TeredoUDP):
     address a role sends to is a numeric literal, so the check buys nothing here.
     """
 
+    noisy = False  # the service logs its own start and stop line
+
     def send(self, payload: bytes, addr: tuple[str, int]) -> bool:
         transport = self.transport
         if transport is None:
