@@ -13,7 +13,7 @@ is bounded, and a hook that hangs is killed after HOOK_TIMEOUT so the next one c
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -41,9 +41,11 @@ def hook_environment(
 
 
 class _HookProcess(ProcessProtocol):
-    def __init__(self, done: Deferred[Failure]) -> None:
-        self.done = done
+    def __init__(self, ended: Callable[[_HookProcess, Failure], None], state: str) -> None:
+        self.ended = ended
+        self.state = state
         self.output = b""
+        self.timer: Any = None
 
     def outReceived(self, data: bytes) -> None:
         self.output = (self.output + data)[-OUTPUT_LIMIT:]
@@ -51,7 +53,7 @@ class _HookProcess(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
-        self.done.callback(reason)
+        self.ended(self, reason)
 
 
 class Hook:
@@ -91,8 +93,7 @@ class Hook:
                 d.callback(None)
             return
         env = self._backlog.popleft()
-        done: Deferred[Failure] = Deferred()
-        protocol = _HookProcess(done)
+        protocol = _HookProcess(self._ended, env["STATE"])
         try:
             self._current = self.reactor.spawnProcess(protocol, self.path, [self.path], env=env, path="/")
         except OSError as error:
@@ -102,8 +103,7 @@ class Hook:
             self._next()
             return
         self.runs += 1
-        timer = self.reactor.callLater(HOOK_TIMEOUT, self._kill)
-        done.addCallback(self._ended, env["STATE"], protocol, timer)
+        protocol.timer = self.reactor.callLater(HOOK_TIMEOUT, self._kill)
 
     def _kill(self) -> None:
         if self._current is not None:
@@ -111,15 +111,16 @@ class Hook:
                           t=HOOK_TIMEOUT)
             self._current.signalProcess("KILL")
 
-    def _ended(self, reason: Failure, state: str, protocol: _HookProcess, timer: Any) -> None:
-        if timer.active():
-            timer.cancel()
+    def _ended(self, protocol: _HookProcess, reason: Failure) -> None:
+        if protocol.timer is not None and protocol.timer.active():
+            protocol.timer.cancel()
         self._current = None
         if not reason.check(ProcessDone):
             self.failures += 1
             code = reason.value.exitCode if reason.check(ProcessTerminated) else None
             self.log.warn(
                 "client hook {path} ({state}) failed (exit {code}): {output}",
-                path=self.path, state=state, code=code, output=protocol.output.decode(errors="replace").strip(),
+                path=self.path, state=protocol.state, code=code,
+                output=protocol.output.decode(errors="replace").strip(),
             )
         self._next()

@@ -74,9 +74,10 @@ class ClientService(RoleService):
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
             system=tun_system, link_factory=link_factory,
         )
+        self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
-            local_address=local_address or self._local_address, counters=self.counters, rng=rng,
+            local_address=self._local, counters=self.counters, rng=rng,
         )
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng)
         self.netwatch = netwatch(self._on_network_change, self.reactor)
@@ -244,7 +245,7 @@ class ClientService(RoleService):
         report = super().status()
         report.update(self.qualifier.status())
         server_ip = self.qualifier.server.ip
-        local = None if server_ip is None else self._local_address(server_ip)
+        local = None if server_ip is None else self._local(server_ip)
         report.update(
             {
                 "local": None if local is None else f"{int_to_ipv4(local)}:{self.bound_port}",

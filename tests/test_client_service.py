@@ -1,0 +1,252 @@
+"""roles/client.py: the service in memory (fake TUN system, netlink, UDP and clock)."""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address as TwistedIPv4Address
+from twisted.internet.defer import fail, succeed
+from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
+from twisted.pair import testing
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
+from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
+from teredo_appliance.wire.address import ipv4_to_int
+from teredo_appliance.wire.ipv6 import build_packet, parse_header
+from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
+from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
+
+SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
+MAPPED = ("198.18.0.100", 52732)
+LOCAL = "198.19.0.2"
+LINK_LOCAL = IPv6Interface("fe80::ffff:ffff:ffff/64")
+DEFAULT = IPv6Network("::/0")
+V6HOST = IPv6Address("2001:db8:1::2").packed
+
+
+class BigTunnel(testing.Tunnel):
+    SEND_BUFFER_SIZE = 1500  # the stock fake stops at 1024 bytes
+
+
+class Reactor(MemoryReactorClock):
+    """A clock that also binds UDP, resolves names and 'spawns' hooks, all in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp_ports: list[tuple[int, Any, str]] = []
+        self.spawned: list[tuple[str, dict[str, str]]] = []
+        self.names: dict[str, str] = {}
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        protocol.makeConnection(FakeDatagramTransport())
+        self.udp_ports.append((port, protocol, interface))
+        listening = _FakePort(TwistedIPv4Address("UDP", interface, port or 40000))
+        listening.stopListening = lambda: None  # type: ignore[method-assign]
+        return listening
+
+    def resolve(self, name: str, timeout: Any = None) -> Any:
+        return succeed(self.names[name]) if name in self.names else fail(OSError("no such name"))
+
+    def spawnProcess(self, protocol: Any, executable: str, args: Any, env: dict[str, str], path: str) -> Any:
+        self.spawned.append((executable, env))
+        from twisted.internet.error import ProcessDone
+        from twisted.python.failure import Failure
+
+        self.callLater(0, protocol.processEnded, Failure(ProcessDone(0)))
+        return object()
+
+
+class FakeLink:
+    def __init__(self, calls: list[tuple]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: self.calls.append((name, *args))
+
+
+class NoNetWatch:
+    def __init__(self, on_change: Any, reactor: Any) -> None:
+        self.on_change = on_change
+        self.started = self.stopped = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+class ClientServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.system = testing.MemoryIOSystem()
+        self.system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+        self.reactor = Reactor()
+        self.calls: list[tuple] = []
+        self.watchers: list[NoNetWatch] = []
+
+    def service(self, **settings: Any) -> ClientService:
+        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
+
+        def watch(on_change: Any, reactor: Any) -> NoNetWatch:
+            self.watchers.append(NoNetWatch(on_change, reactor))
+            return self.watchers[-1]
+
+        service = ClientService(
+            config, self.reactor, tun_system=self.system, link_factory=lambda name: FakeLink(self.calls),
+            netwatch=watch, local_address=lambda server: ipv4_to_int(LOCAL), rng=random.Random(1),
+        )
+        service.privilegedStartService()
+        service.startService()
+        return service
+
+    def sent(self, service: ClientService) -> list[tuple[bytes, tuple[str, int]]]:
+        written = service.udp.transport.written  # type: ignore[union-attr]
+        out, written[:] = list(written), []
+        return out
+
+    def answer_rs(self, service: ClientService, mapped: tuple[str, int] = MAPPED) -> None:
+        """Answer every plain RS sent so far, as a restricted NAT lets through."""
+        for payload, (host, _port) in self.sent(service):
+            d = parse_datagram(payload)
+            if d.auth is None or d.header.source != RS_SOURCE:
+                continue
+            ra = (AuthIndicator(d.auth.nonce).pack() + origin_indication(ipv4_to_int(mapped[0]), mapped[1])
+                  + router_advertisement(ipv4_to_int(SERVER), RS_SOURCE, teredo_prefix64(ipv4_to_int(SERVER)), 1280))
+            service.udp.datagramReceived(ra, (host, 3544))
+
+    def qualify(self, service: ClientService) -> None:
+        self.answer_rs(service)  # primary: sends the secondary probe
+        self.answer_rs(service)  # secondary: same mapping
+
+    def device(self) -> testing.Tunnel:
+        [fd] = self.system._openFiles
+        return self.system._openFiles[fd]
+
+    def test_start_binds_opens_and_solicits(self) -> None:
+        service = self.service(bind_address=IPv4Address("198.19.0.2"), bind_port=3545, mtu=1400)
+        self.assertEqual(self.reactor.udp_ports[0][0::2], (3545, "198.19.0.2"))
+        self.assertEqual(self.device().requestedName.rstrip(b"\0"), b"tclient")
+        self.assertEqual(self.calls, [("prepare",), ("up", 1400)])
+        self.assertEqual({to for _, to in self.sent(service)}, {(SERVER, 3544)})
+        self.assertEqual(service.status()["state"], "probe")
+        self.assertEqual(self.watchers[0].started, 1)
+
+    def test_qualified_tun_gets_miredos_addresses_and_route(self) -> None:
+        service = self.service()
+        self.calls.clear()
+        self.qualify(service)
+        status = service.status()
+        address = IPv6Interface((status["address"], 32))
+        self.assertEqual(
+            self.calls,
+            [("add_address", LINK_LOCAL), ("add_address", address), ("add_route", DEFAULT, DEFAULT_ROUTE_METRIC)],
+        )
+        self.assertEqual(status["state"], "qualified")
+        self.assertEqual(status["nat_type"], "restricted")
+        self.assertEqual(status["mapped"], "198.18.0.100:52732")
+        self.assertEqual(status["local"], f"{LOCAL}:40000")
+        self.assertEqual(status["server"], SERVER)
+        self.assertIsNotNone(status["last_qualified"])
+
+    def test_lost_connectivity_removes_route_and_addresses(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        address = IPv6Interface((service.status()["address"], 32))
+        self.calls.clear()
+        self.reactor.advance(30)
+        self.reactor.pump([QUALIFICATION_TIMEOUT + 0.1] * 3)
+        self.assertEqual(
+            self.calls,
+            [("remove_route", DEFAULT, DEFAULT_ROUTE_METRIC), ("remove_address", LINK_LOCAL),
+             ("remove_address", address)],
+        )
+        self.assertEqual(service.status()["state"], "offline")
+
+    def test_new_mapping_replaces_the_address(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        old = IPv6Interface((service.status()["address"], 32))
+        self.calls.clear()
+        self.reactor.advance(30)
+        self.answer_rs(service, ("198.18.0.100", 40000))
+        new = IPv6Interface((service.status()["address"], 32))
+        self.assertNotEqual(old, new)
+        self.assertEqual(self.calls, [("remove_address", old), ("add_address", new)])
+
+    def test_stop_closes_everything(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        d = service.stopService()
+        self.reactor.advance(0)  # TuntapPort closes on the next turn
+        self.successResultOf(d)
+        self.assertIn(("remove_route", DEFAULT, DEFAULT_ROUTE_METRIC), self.calls)
+        self.assertEqual(self.system._openFiles, {})
+        self.assertEqual(self.watchers[0].stopped, 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_packets_flow_between_tun_and_udp(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        me = IPv6Address(service.status()["address"]).packed
+        packet = build_packet(me, V6HOST, 17, b"x" * 20)
+        self.device().addToReadBuffer(packet)
+        [port] = self.reactor.getReaders()
+        port.doRead()
+        [(echo, to)] = self.sent(service)
+        self.assertEqual((to, parse_header(echo).destination), ((SERVER, 3544), V6HOST))
+        self.assertEqual(service.peers()[0]["address"], "2001:db8:1::2")
+
+    def test_network_change_requalifies(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        self.watchers[0].on_change()
+        self.assertEqual([to for _, to in self.sent(service)], [(SERVER, 3544)] * 2)
+        self.assertEqual(service.counters["client.network_change"], 1)
+
+    def test_names_resolve_through_the_reactor(self) -> None:
+        self.reactor.names["teredo.test"] = SERVER
+        service = self.service(server_address="teredo.test")
+        self.assertEqual({to for _, to in self.sent(service)}, {(SERVER, 3544)})
+
+    def test_unresolvable_name_goes_offline(self) -> None:
+        service = self.service(server_address="nowhere.test")
+        self.assertEqual(service.status()["state"], "offline")
+        self.assertEqual(service.counters["client.resolve_failed"], 1)
+
+    def test_hook_runs_up_down_destroy_with_miredo_variables(self) -> None:
+        service = self.service(hook="/etc/teredo/client-hook")
+        self.qualify(service)
+        self.reactor.advance(0)
+        address = service.status()["address"]
+        self.reactor.advance(30)
+        self.reactor.pump([QUALIFICATION_TIMEOUT + 0.1] * 3)
+        d = service.stopService()
+        self.reactor.pump([0] * 3)
+        self.successResultOf(d)
+        states = [env["STATE"] for _, env in self.reactor.spawned]
+        self.assertEqual(states, ["up", "down", "destroy"])
+        up, down, _ = (env for _, env in self.reactor.spawned)
+        self.assertEqual(
+            {k: up[k] for k in ("IFACE", "ADDRESS", "LLADDRESS", "MTU")},
+            {"IFACE": service.tunnel.name, "ADDRESS": address, "LLADDRESS": "fe80::ffff:ffff:ffff", "MTU": "1280"},
+        )
+        self.assertNotIn("ADDRESS", down)
+        self.assertEqual(down["OLD_ADDRESS"], address)
+        self.assertEqual({path for path, _ in self.reactor.spawned}, {"/etc/teredo/client-hook"})
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=160), st.sampled_from([(SERVER, 3544), (SERVER2, 3544), ("198.18.0.10", 3544)]))
+    def test_arbitrary_datagrams_never_raise(self, payload: bytes, source: tuple[str, int]) -> None:
+        service = self.__dict__.get("_fuzzed")
+        if service is None:
+            service = self._fuzzed = self.service()
+            self.qualify(service)
+        for data in (payload, b"\x00\x01" + payload, b"\x00\x00" + payload):
+            service._on_datagram(data, source)
+        self.assertEqual(service.counters["drop.internal-error"], 0)
