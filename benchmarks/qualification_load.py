@@ -1,16 +1,19 @@
 """Qualification load: RAs per second from miredo-server and from ours, same box, same load.
 
-    needs root:  .venv/bin/python benchmarks/qualification_load.py [--duration 5] [--profile out.pstats]
+    needs root:  .venv/bin/python benchmarks/qualification_load.py [--rounds 3] [--duration 5]
+                 .venv/bin/python benchmarks/qualification_load.py --servers ours --profile ours.pstats
 
 Builds one network namespace (198.18.0.1 and .2 for the server, .100 for the load, all
-on its loopback), then for each server in turn: starts it pinned to one CPU, floods it
-with authenticated RSs from many ports with `rs_loadgen.py` (pinned to the other CPU)
-for a fixed time, and reads its peak RSS (VmHWM) before stopping it. Prints RA/s for
-each, the ratio ours/miredo-server, the generator's send rate (it must exceed both
-servers' RA rates, and the server socket's overflow count shows that it did).
+on its loopback). Then, alternating servers for `--rounds` rounds (a fairer comparison on
+a busy machine): start the server pinned to one CPU, flood it from the other CPU with
+authenticated RSs from many ports (`rs_loadgen.py`) for a fixed time, read its peak RSS
+(VmHWM) and its user/kernel CPU split, stop it. Prints one line per run, each server's
+median RA/s and the ratio ours/miredo-server. Each line also shows the generator's send
+rate and the datagrams the server's socket had to drop: both prove that the load, not
+the generator, was the limit ("RA lost" counts RAs our own receiver failed to read).
 
 Ours runs as `qualification_load.py serve`: the ServerService on the default (epoll)
-reactor, exactly as the appliance runs it, without the rest of the appliance.
+reactor, as the appliance runs it, without the rest of the appliance.
 """
 
 from __future__ import annotations
@@ -58,18 +61,38 @@ def _pinned(cpus: set[int] | None) -> Any:
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
-def peak_rss_kib(pid: int) -> int:
-    """Largest VmHWM in `pid`'s process tree (miredo-server does its work in a child)."""
-    peak, pending = 0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (miredo-server does its work in a child)."""
+    found, pending = [], [pid]
     while pending:
         current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Largest VmHWM in the process tree."""
+    peak = 0
+    for current in process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]))
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
     return peak
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the process tree: how kernel-bound a server is."""
+    user = system = 0
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return user / ticks, system / ticks
 
 
 def start_server(impl: str, ns: str, rundir: Path, cpus: set[int] | None, profile: str | None) -> subprocess.Popen:
@@ -112,6 +135,7 @@ def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[
     proc = start_server(impl, ns, rundir, server_cpus, args.profile if impl == "ours" else None)
     try:
         drops_before = udp_sockets(proc.pid).get((PRIMARY, 3544), 0)
+        user_before, system_before = cpu_seconds(proc.pid)
         load = [sys.executable, str(HERE / "rs_loadgen.py"), PRIMARY, "--source", LOAD_SOURCE,
                 "--ports", str(args.ports), "--senders", str(args.senders), "--batch", str(args.batch),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
@@ -120,6 +144,9 @@ def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[
         result = json.loads(done.stdout)
         result["server_socket_drops"] = udp_sockets(proc.pid).get((PRIMARY, 3544), 0) - drops_before
         result["peak_rss_kib"] = peak_rss_kib(proc.pid)
+        user, system = cpu_seconds(proc.pid)
+        user, system = user - user_before, system - system_before
+        result["server_user_share"] = round(user / max(user + system, 1e-9), 2)  # the rest is the kernel
     finally:
         stop(proc)
     return result
@@ -148,11 +175,12 @@ def serve(primary: str, secondary: str, profile: str | None) -> int:
 
 def report(rounds: dict[str, list[dict[str, Any]]]) -> None:
     """One line per run, then each server's median RA/s (runs alternate servers: fairer on a busy box)."""
-    print(f"{'server':<8} {'RA/s':>9} {'load sent/s':>12} {'server drops':>13} {'RA lost':>8} {'peak RSS':>10}")
+    print(f"{'server':<8} {'RA/s':>9} {'load sent/s':>12} {'server drops':>13} {'RA lost':>8} {'peak RSS':>10}"
+          f" {'user CPU':>9}")
     for impl, runs in rounds.items():
         for r in runs:
             print(f"{impl:<8} {r['ra_rate']:>9,} {r['send_rate']:>12,} {r['server_socket_drops']:>13,} "
-                  f"{r['receiver_drops']:>8,} {r['peak_rss_kib'] / 1024:>7.1f} MiB")
+                  f"{r['receiver_drops']:>8,} {r['peak_rss_kib'] / 1024:>7.1f} MiB {r['server_user_share']:>9.0%}")
             if r["send_rate"] <= r["ra_rate"] * 1.05 or not r["server_socket_drops"]:
                 print(f"  warning: the load did not saturate {impl}: that figure is the generator's")
     medians = {impl: statistics.median(r["ra_rate"] for r in runs) for impl, runs in rounds.items()}
@@ -175,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server, alternating")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of load first")
     parser.add_argument("--ports", type=int, default=64, help="source ports of the load")
-    parser.add_argument("--senders", type=int, default=1, help="load-sending processes")
+    parser.add_argument("--senders", type=int, default=2, help="load-sending processes (share the load CPU)")
     parser.add_argument("--batch", type=int, default=64, help="datagrams per sendmmsg call")
     parser.add_argument("--server-cpu", type=int, default=1, help="CPU for the server (-1: unpinned)")
     parser.add_argument("--load-cpu", type=int, default=0, help="CPU for the load (-1: unpinned)")
