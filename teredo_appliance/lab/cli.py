@@ -7,6 +7,7 @@ import os
 import sys
 
 from teredo_appliance.lab import state, topology
+from teredo_appliance.lab.demo import run_demo
 from teredo_appliance.lab.lab import IMPLS, MIREDO, Lab, LabError
 from teredo_appliance.lab.preflight import unavailable_reason
 from teredo_appliance.lab.scenario import Scenario, run_scenario, start
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     _scenario_arguments(run, default=MIREDO)
     run.add_argument("--keep", action="store_true", help="leave the lab up after the checks")
     sub.add_parser("list", help="show recorded labs")
+    demo = sub.add_parser(
+        "demo", help="every role ours (server + relay in one process): six checks, status() over SSH, tear down"
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the lab up, its SSH consoles reachable")
+    demo.add_argument("--prefix", help="lab prefix (default: tl + 4 random hex digits)")
+    demo.add_argument("--rundir", help="keep configs, logs and console keys here (default: the lab's state directory)")
     return parser
 
 
@@ -134,7 +141,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "run": cmd_run, "list": cmd_list}
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(keep=args.keep, prefix=args.prefix, rundir=args.rundir, echo=lambda line: print(line, flush=True))
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "run": cmd_run, "list": cmd_list, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

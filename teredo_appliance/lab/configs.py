@@ -16,12 +16,18 @@ ROLES = ("server", "relay", "client")
 MIREDO_PROGRAMS = {"server": "miredo-server", "relay": "miredo", "client": "miredo"}
 
 
-def teredo_yaml(roles: dict[str, dict[str, Any]], log_level: str = "info") -> str:
-    """Our daemon's file: every role given, in one process."""
+def teredo_yaml(
+    roles: dict[str, dict[str, Any]], log_level: str = "info", manhole: dict[str, Any] | None = None
+) -> str:
+    """Our daemon's file: every role given, in one process, and the SSH console if asked."""
     unknown = set(roles) - set(ROLES)
     if not roles or unknown:
         raise ValueError(f"roles must be a non-empty subset of {ROLES}, not {sorted(roles)}")
-    return yaml.safe_dump({"roles": roles, "log": {"level": log_level}}, sort_keys=False)
+    document: dict[str, Any] = {"roles": roles}
+    if manhole is not None:
+        document["manhole"] = manhole
+    document["log"] = {"level": log_level}
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def miredo_conf(role: str, section: dict[str, Any]) -> str:

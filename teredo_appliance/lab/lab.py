@@ -54,6 +54,7 @@ class Daemon:
     config: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    manhole: dict[str, Any] | None = None  # ours only: the yaml's `manhole` section (SSH console)
 
 
 class Lab:
@@ -186,19 +187,30 @@ class Lab:
         """Rewrite a running daemon's configuration (for reload tests); returns its path."""
         daemon = self.daemons[name]
         daemon.roles = roles
-        daemon.config.write_text(_config_text(daemon.impl, roles))
+        daemon.config.write_text(_config_text(daemon))
         return daemon.config
 
-    def start_daemon(self, name: str, impl: str, node: str, roles: dict[str, dict[str, Any]]) -> Daemon:
+    def start_daemon(
+        self,
+        name: str,
+        impl: str,
+        node: str,
+        roles: dict[str, dict[str, Any]],
+        *,
+        manhole: dict[str, Any] | None = None,
+    ) -> Daemon:
         """Write the daemon's configuration and start it in the node's namespace.
 
         Miredo runs one role per process (`miredo` or `miredo-server`, in the foreground);
-        ours runs every role given in one `twistd -n teredo -c <yaml>`.
+        ours runs every role given in one `twistd -n teredo -c <yaml>`, with the SSH
+        console when `manhole` (the yaml section) is given; rewrites keep it.
         """
         if impl not in IMPLS:
             raise LabError(f"unknown implementation {impl!r} (use {' or '.join(IMPLS)})")
         if impl == MIREDO and len(roles) != 1:
             raise LabError(f"Miredo runs one role per process, not {sorted(roles)}")
+        if impl == MIREDO and manhole is not None:
+            raise LabError("Miredo has no SSH console")
         if name in self.daemons and self.is_running(name):
             raise LabError(f"daemon {name} is already running")
         rundir = self._rundir()
@@ -214,8 +226,8 @@ class Lab:
             config = rundir / f"{name}.yaml"
             argv = [_twistd(), "-n", "--pidfile=", f"--logfile={rundir / name}.log", "teredo", "-c", str(config)]
             env = _ours_environment()
-        daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log")
-        daemon.config.write_text(_config_text(impl, roles))
+        daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log", manhole=manhole)
+        daemon.config.write_text(_config_text(daemon))
         log = daemon.log.open("ab")
         self._logs.append(log)
         log.write(f"=== teredo-lab: starting {name} ({impl}) in {self.ns(node)}: {' '.join(argv)}\n".encode())
@@ -257,7 +269,7 @@ class Lab:
         """Stop a daemon and start it again with its current configuration."""
         daemon = self.daemons[name]
         self.stop_daemon(name)
-        return self.start_daemon(name, daemon.impl, daemon.node, daemon.roles)
+        return self.start_daemon(name, daemon.impl, daemon.node, daemon.roles, manhole=daemon.manhole)
 
     def signal_daemon(self, name: str, signum: int = signal.SIGHUP) -> None:
         """Send a signal to a running daemon (SIGHUP: reload)."""
@@ -389,10 +401,10 @@ def _links(pid: int) -> set[str]:
     return {line.split(":")[0].strip() for line in text.splitlines()[2:]}
 
 
-def _config_text(impl: str, roles: dict[str, dict[str, Any]]) -> str:
-    if impl == OURS:
-        return configs.teredo_yaml(roles)
-    ((role, section),) = roles.items()
+def _config_text(daemon: Daemon) -> str:
+    if daemon.impl == OURS:
+        return configs.teredo_yaml(daemon.roles, manhole=daemon.manhole)
+    ((role, section),) = daemon.roles.items()
     return configs.miredo_conf(role, section)
 
 

@@ -119,15 +119,23 @@ def ours_missing(roles: set[str]) -> str | None:
     return None
 
 
-def start(lab: Lab, scenario: Scenario) -> None:
-    """Start the servers and relay, wait until they listen, then start the clients."""
+def start(lab: Lab, scenario: Scenario, manhole: Callable[[str], dict[str, Any]] | None = None) -> None:
+    """Start the servers and relay, wait until they listen, then start the clients.
+
+    `manhole(daemon name)`, if given, is the `manhole` section each of our daemons gets.
+    """
+
+    def launch(spec: DaemonSpec) -> None:
+        console = manhole(spec.name) if manhole is not None and spec.impl == OURS else None
+        lab.start_daemon(spec.name, spec.impl, spec.node, spec.roles, manhole=console)
+
     infrastructure = scenario.infrastructure()
     for spec in infrastructure:
-        lab.start_daemon(spec.name, spec.impl, spec.node, spec.roles)
+        launch(spec)
     for spec in infrastructure:
         lab.wait_ready(spec.name)
     for spec in scenario.clients():
-        lab.start_daemon(spec.name, spec.impl, spec.node, spec.roles)
+        launch(spec)
 
 
 @contextmanager
