@@ -375,10 +375,8 @@ class RawSenderTests(SynchronousTestCase):
         sender = RawIPv6Sender(counters)
         self.assertFalse(sender.send(echo(CLIENT, NATIVE), "2001:db8:1::2"))
         self.assertEqual(counters.drops(), {"socket-closed": 1})
-        try:
-            sender.open()
-        except PermissionError:
-            raise SkipTest("needs CAP_NET_RAW for a raw IPv6 socket") from None
+        require_raw_socket()
+        sender.open()
         self.addCleanup(sender.close)
         self.assertFalse(sender.send(bytes(70000), "::1"))  # larger than any IPv6 packet
         self.assertEqual(counters.drops(), {"socket-closed": 1, "raw-send-emsgsize": 1})
@@ -403,6 +401,14 @@ class _Client(DatagramProtocol):
         return self.waiting.addTimeout(5, reactor)
 
 
+def require_raw_socket() -> None:
+    """Skip unless this process may open the server's raw IPv6 socket (CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW).close()
+    except PermissionError:
+        raise SkipTest("needs CAP_NET_RAW for the server's raw IPv6 socket") from None
+
+
 def _free_port() -> int:
     """A UDP port free on both 127.0.0.1 and 127.0.0.2 right now (3544 may be taken by other tests)."""
     for _ in range(20):
@@ -422,15 +428,13 @@ class ServiceTests(TestCase):
     CONFIG = ServerConfig(IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"), IPv6Network("2001::/32"), 1280)
 
     def start(self, permissive: bool = True, port: int | None = None) -> ServerService:
+        require_raw_socket()
         port = port or _free_port()
         if permissive:
             service = ServerService(self.CONFIG, reactor, port=port, reachable_ipv4=lambda ip: True)
         else:
             service = ServerService(self.CONFIG, reactor, port=port)
-        try:
-            service.privilegedStartService()
-        except PermissionError:
-            raise SkipTest("needs CAP_NET_RAW for the server's raw IPv6 socket") from None
+        service.privilegedStartService()
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
         return service
@@ -488,15 +492,13 @@ class ServiceTests(TestCase):
 
     @inlineCallbacks
     def test_start_is_all_or_nothing(self) -> Any:
+        require_raw_socket()
         port = _free_port()
         blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(blocker.close)
         blocker.bind(("127.0.0.2", port))
         service = ServerService(self.CONFIG, reactor, port=port)
-        try:
-            self.assertRaises(CannotListenError, service.privilegedStartService)
-        except PermissionError:
-            raise SkipTest("needs CAP_NET_RAW for the server's raw IPv6 socket") from None
+        self.assertRaises(CannotListenError, service.privilegedStartService)
         self.assertFalse(service.raw.is_open)
         yield deferLater(reactor, 0.01, lambda: None)  # a UDP port closes on the next reactor turn
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as primary:
