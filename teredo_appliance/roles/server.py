@@ -20,7 +20,7 @@ from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
 from teredo_appliance.roles.udp import TeredoUDP, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
-from teredo_appliance.wire.nd import TEREDO_PORT, teredo_prefix64
+from teredo_appliance.wire.nd import TEREDO_PORT
 
 
 class DirectSendUDP(TeredoUDP):
@@ -76,8 +76,7 @@ class ServerService(RoleService):
         for which in (PRIMARY, SECONDARY):
             self.protocols[which] = DirectSendUDP(self._receiver(which), self.counters, "server-" + which)
         self._ports: list[Any] = []
-        prefix64 = teredo_prefix64(int(config.bind_address), config.prefix.network_address.packed[:4])
-        self.prefix64 = str(IPv6Network((prefix64, 64)))  # what every RA advertises
+        self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
 
     def _receiver(self, which: str) -> Callable[[bytes, tuple[str, int]], None]:
         """The per-socket datagram handler, with everything it needs bound once."""

@@ -90,13 +90,13 @@ class ServerMachine:
         self.port = port
         self.reachable_ipv4 = functools.lru_cache(maxsize=REACHABLE_CACHE_SIZE)(reachable_ipv4)
         self.link_local = server_link_local(primary)
-        self._prefix64 = teredo_prefix64(primary, prefix32)
+        self.prefix64 = teredo_prefix64(primary, prefix32)  # the /64 every RA advertises
         self._mtu = mtu
         self._own = frozenset((primary, secondary))
         self._our_clients = prefix32 + primary.to_bytes(4, "big")  # first 64 bits of our clients
         # The RA packet for each canonical RS source (RFC 4380 §5.2.1): built once.
         self._ra_packet = {
-            source: router_advertisement(primary, source, self._prefix64, mtu) for source in (RS_SOURCE, RS_SOURCE_CONE)
+            source: router_advertisement(primary, source, self.prefix64, mtu) for source in (RS_SOURCE, RS_SOURCE_CONE)
         }
         # Fast path: canonical RS packet -> (cone bit of its source, the RA packet answering it).
         self._fast_rs = {
@@ -192,7 +192,7 @@ class ServerMachine:
     ) -> Output:
         """§5.3.2: the RA, from the other address when the RS source has the cone bit."""
         ra = self._ra_packet.get(destination) or router_advertisement(
-            self.primary, destination, self._prefix64, self._mtu
+            self.primary, destination, self.prefix64, self._mtu
         )
         # Like Miredo: the nonce is echoed with confirmation 0 and no client id, since
         # secure qualification is not offered.
