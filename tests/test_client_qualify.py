@@ -485,6 +485,8 @@ class RefreshTests(SynchronousTestCase):
 
 
 class FailoverTests(SynchronousTestCase):
+    interval = 30.0
+
     def harness(self) -> Harness:
         h = Harness(self, fallback_servers=("198.18.0.5",))
         h.start()
@@ -535,6 +537,30 @@ class FailoverTests(SynchronousTestCase):
         h.advance(30)
         # Refreshes to the first server, and no more probing.
         self.assertEqual({(parse_datagram(p).header.source, ip) for p, ip, _ in h.sent}, {(RS_SOURCE, SERVER)})
+
+    def test_answered_refreshes_on_the_fallback_do_not_postpone_the_probe(self) -> None:
+        h = self.harness()
+        h.qualify()
+        h.advance(30)
+        h.answer(h.rs()[0])  # one answered refresh: the next interval is randomised, shorter
+        h.take()
+        while not h.take():
+            h.advance(0.5)
+        h.advance(3 * QUALIFICATION_TIMEOUT)  # the first server died
+        failed_over = h.now
+        h.qualify(server=FALLBACK, secondary=FALLBACK2)
+        h.take()
+        probed = None
+        while probed is None and h.now < failed_over + 3 * self.interval:
+            h.advance(0.5)
+            for payload, ip, _ in h.take():
+                d = parse_datagram(payload)
+                if ip == FALLBACK:
+                    assert d.auth is not None
+                    h.answer(d.auth.nonce, source=(FALLBACK, PORT), server=FALLBACK)
+                elif ip == SERVER:
+                    probed = h.now
+        self.assertEqual(probed, failed_over + self.interval)
 
     def test_every_server_silent_starts_over_from_the_first(self) -> None:
         h = self.harness()

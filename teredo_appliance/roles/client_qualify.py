@@ -429,7 +429,10 @@ class Qualifier:
         self._refresh_at = now + self._randomized_refresh
         self._retry_at = None
         self._backoff = RETRY_BACKOFF_MIN
-        self._return_at = now + self.config.refresh_interval if round_.index else None
+        if not round_.index:
+            self._return_at = None
+        elif self._return_at is None and self._return is None:  # a refresh must not postpone it
+            self._return_at = now + self.config.refresh_interval
         if new != old:
             self.counters["client.qualified"] += 1
             self.log.info(
