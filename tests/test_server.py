@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from teredo_appliance.config_model import ServerConfig
 from teredo_appliance.rawsock import RawIPv6Sender
-from teredo_appliance.roles.server import DirectSendUDP, ServerService
+from teredo_appliance.roles.server import ServerService
 from teredo_appliance.roles.server_machine import (
     ANSWERED_RS,
     FORWARDED_NATIVE,
@@ -355,18 +355,6 @@ class FuzzTests(SynchronousTestCase):
     @given(_datagrams() | _known, _sources, st.sampled_from((PRIMARY, SECONDARY)))
     def test_structured_datagrams(self, data: bytes, source: tuple[int, int], which: str) -> None:
         self.assertAccounted(make_machine(), data, source, which)
-
-
-class DirectSendTests(TestCase):
-    def test_send_never_raises(self) -> None:
-        counters = Counters()
-        protocol = DirectSendUDP(lambda data, source: None, counters, "test")
-        self.assertFalse(protocol.send(b"x", ("127.0.0.1", 9)))  # not listening yet
-        port = reactor.listenUDP(0, protocol, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.assertTrue(protocol.send(b"x", ("127.0.0.1", 9)))
-        self.assertFalse(protocol.send(bytes(70000), ("127.0.0.1", 9)))  # larger than a UDP datagram
-        self.assertEqual(counters.drops(), {"socket-closed": 1, "send-emsgsize": 1})
 
 
 class RawSenderTests(SynchronousTestCase):

@@ -6,7 +6,6 @@ reactor's (host, port) into the machine's ints and sends what the machine return
 
 from __future__ import annotations
 
-import errno
 import socket
 from collections.abc import Callable
 from ipaddress import IPv6Network
@@ -21,29 +20,6 @@ from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SEC
 from teredo_appliance.roles.udp import TeredoUDP, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
 from teredo_appliance.wire.nd import TEREDO_PORT
-
-
-class DirectSendUDP(TeredoUDP):
-    """TeredoUDP that hands datagrams straight to the socket.
-
-    Twisted's `Port.write` re-parses the destination text three times per datagram to
-    reject host names: about a third of the server's Python time under load. Every
-    address a role sends to is a numeric literal, so the check buys nothing here.
-    """
-
-    noisy = False  # the service logs its own start and stop line
-
-    def send(self, payload: bytes, addr: tuple[str, int]) -> bool:
-        transport = self.transport
-        if transport is None:
-            self.counters.drop("socket-closed")
-            return False
-        try:
-            transport.socket.sendto(payload, addr)
-        except OSError as error:
-            self.counters.drop("send-" + errno.errorcode.get(error.errno or 0, "error").lower())
-            return False
-        return True
 
 
 class ServerService(RoleService):
@@ -74,7 +50,7 @@ class ServerService(RoleService):
         self.raw = RawIPv6Sender(self.counters)
         self.protocols: dict[str, TeredoUDP] = {}
         for which in (PRIMARY, SECONDARY):
-            self.protocols[which] = DirectSendUDP(self._receiver(which), self.counters, "server-" + which)
+            self.protocols[which] = TeredoUDP(self._receiver(which), self.counters, "server-" + which)
         self._ports: list[Any] = []
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
 
