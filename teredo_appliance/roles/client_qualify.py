@@ -292,12 +292,8 @@ class Qualifier:
                               name=self.servers[pending.index].name, t=RESOLVE_TIMEOUT)
                 self.counters["client.resolve_failed"] += 1
                 self._round_failed(pending.purpose, pending.index, now)
-        for round_ in (self._main, self._return):
-            if round_ is not None and now >= round_.deadline:
-                if round_.sent < round_.tries:
-                    self._solicit(round_, now)
-                else:
-                    self._timed_out(round_, now)
+        self._tick(self._main, now)
+        self._tick(self._return, now)  # read after the main round's outcome, which may end it
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             self._new_pass(now)
@@ -307,6 +303,13 @@ class Qualifier:
         if self._return_at is not None and now >= self._return_at:
             self._return_at = None
             self._begin(_RETURN, 0, now)
+
+    def _tick(self, round_: _Round | None, now: float) -> None:
+        if round_ is not None and now >= round_.deadline:
+            if round_.sent < round_.tries:
+                self._solicit(round_, now)
+            else:
+                self._timed_out(round_, now)
 
     # -- rounds -----------------------------------------------------------------------------
 
