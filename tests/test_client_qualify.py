@@ -6,6 +6,8 @@ import random
 import struct
 from ipaddress import IPv4Address
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,6 +29,7 @@ from teredo_appliance.roles.client_qualify import (
     Qualifier,
 )
 from teredo_appliance.wire.address import FLAG_RANDOM_MASK, TEREDO_PREFIX, TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import build_icmpv6
 from teredo_appliance.wire.nd import (
     ALL_ROUTERS,
@@ -636,3 +639,22 @@ class ResolverTests(SynchronousTestCase):
         h.start()
         h.q.stop()
         self.assertIsNone(h.q.next_deadline())
+
+
+class RobustnessTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=200), st.booleans(), st.integers(0, 3))
+    def test_arbitrary_answers_with_our_nonce_never_raise(self, tail: bytes, origin: bool, mutate: int) -> None:
+        h = Harness(self)
+        h.start()
+        nonce, _ = h.rs()
+        packet = bytearray(ra_packet())
+        if mutate:
+            packet[-mutate * 7 % len(packet)] ^= 0xFF
+        for body in (tail, bytes(packet) + tail, b"\x60" + tail):
+            data = AuthIndicator(nonce).pack() + (origin_indication(*MAPPED) if origin else b"") + body
+            try:
+                datagram = parse_datagram(data)
+            except ParseError:
+                continue
+            self.assertTrue(h.q.receive(datagram, SERVER, PORT, h.now))
