@@ -91,7 +91,7 @@ def run_demo(
             if not lab.is_running(name):
                 problems.append(f"{name} is no longer running")
     except LabError as error:
-        echo(f"teredo-lab demo: {error}")
+        echo(f"teredo-lab demo: {str(error).splitlines()[0]}")  # the daemons' logs follow
         problems.append("the lab did not come up")
     finally:
         if problems and lab.prefix:
