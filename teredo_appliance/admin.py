@@ -24,6 +24,7 @@ from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole_ssh import TerminalRealm, TerminalSession
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -202,10 +203,25 @@ class ConsoleRealm(TerminalRealm):
         self.chainedProtocolFactory = partial(insults.ServerProtocol, ConsoleManhole, appliance)
 
 
+class ConsoleTransport(SSHServerTransport):
+    """Conch logs every client's ordinary "disconnected by user" at error level: say it at info."""
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        if reasonCode == DISCONNECT_BY_APPLICATION:
+            log.info("manhole: console session closed by the client")
+        else:
+            super().receiveError(reasonCode, description)
+
+
 class ConsoleSSHFactory(SSHFactory):
     """An SSH server factory with its own host key and portal (nothing shared at class level)."""
 
     noisy = False  # ManholeService logs one line with the address and host key fingerprint
+    protocol = ConsoleTransport
+    # Conch says, per connection, that without a moduli file it disables the dynamic
+    # Diffie-Hellman groups; that is our choice (curve25519 and the fixed groups remain),
+    # stated once when the console starts, so its per-connection line is not wanted.
+    _log = Logger(observer=lambda event: None)
 
     def __init__(self, portal: Portal, host_key: keys.Key) -> None:
         self.portal = portal
@@ -247,7 +263,8 @@ class ManholeService(Service):
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
         self._port = outcome[0]
-        log.info("manhole: SSH console on {address} (host key {fingerprint})",
+        log.info("manhole: SSH console on {address} (host key {fingerprint}; key exchange: curve25519 "
+                 "and fixed Diffie-Hellman groups)",
                  address=self.address(), fingerprint=fingerprint(self.host_key))
 
     def stopService(self) -> Deferred[None] | None:

@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessDone
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import LogPublisher
+from twisted.logger import LogLevel, LogPublisher, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -336,10 +336,20 @@ class RealSSHTests(TestCase):
         return collect.done
 
     async def test_status_and_reload_over_ssh(self) -> None:
+        loud: list[dict] = []
+
+        def observe(event: dict) -> None:
+            if event["log_level"] >= LogLevel.warn:
+                loud.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         out, err, code = await self.run_ssh(b"status()\nreload()\n", "-tt", "-i", f"{self.files.dir}/admin",
                                             user="anyone")
         text = plain(out)
         self.assertEqual(code, 0, err + text)
+        # An ordinary login and logout is not a warning or an error in the daemon's log.
+        self.assertEqual([formatEvent(event) for event in loud], [])
         self.assertIn("Role                     : server\nRunning                  : yes\n"
                       "NAT Type                 : cone\nCounters\n    rx.rs                : 3\n", text)
         self.assertIn("Role                     : manhole\n", text)
