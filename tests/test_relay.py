@@ -6,10 +6,12 @@ twisted.pair.testing.MemoryIOSystem as its TUN, a fake netlink and a fake UDP po
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
@@ -606,6 +608,68 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(self.service.counters["drop.internal-error"], 0)
 
 
+def in_namespace(test: unittest.TestCase) -> Callable[..., str]:
+    """A fresh network namespace (removed on cleanup) and a runner for commands inside it."""
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root: creates a network namespace")
+    namespace = f"trelay-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
+        raise unittest.SkipTest("network namespaces unavailable")
+    test.addCleanup(subprocess.run, ["ip", "netns", "delete", namespace], capture_output=True)
+
+    def run(*argv: str) -> str:
+        return subprocess.run(
+            ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout
+
+    run("ip", "link", "set", "lo", "up")
+    return run
+
+
+# Runs inside the namespace: start the service on the real reactor, look, stop, look again.
+_LIFECYCLE = """
+import json, socket, subprocess
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from teredo_appliance.config_model import RelayConfig
+from teredo_appliance.roles.relay import RelayService
+
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+async def main(reactor):
+    service = RelayService(RelayConfig(interface="trly0", bind_address=IPv4Address("127.0.0.1"), bind_port=0))
+    service.privilegedStartService()
+    service.startService()
+    port = service.bound_port
+    up = {"link": sh("ip", "-o", "link", "show", "trly0"), "addr": sh("ip", "-6", "-o", "addr", "show", "dev", "trly0"),
+          "route": sh("ip", "-6", "route", "show", "2001::/32"), "udp": sh("ss", "-uln")}
+    await service.stopService()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", port))  # fails if the relay still holds it
+    down = {"link": sh("ip", "-o", "link", "show"), "route": sh("ip", "-6", "route", "show", "2001::/32")}
+    print(json.dumps({"port": port, "up": up, "down": down}))
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+class RealTunnelLifecycleTests(unittest.TestCase):
+    def test_start_creates_device_address_route_and_stop_removes_them(self) -> None:
+        run = in_namespace(self)
+        report = json.loads(run(sys.executable, "-c", _LIFECYCLE))
+        up, down = report["up"], report["down"]
+        self.assertIn("mtu 1280", up["link"])
+        self.assertIn("fe80::ffff:ffff:ffff/64", up["addr"])
+        self.assertEqual(up["addr"].count("inet6"), 1)  # no kernel-made link-local beside ours
+        self.assertIn("2001::/32 dev trly0", up["route"])
+        self.assertIn(f"127.0.0.1:{report['port']}", up["udp"])
+        self.assertNotIn("trly0", down["link"])
+        self.assertEqual(down["route"].strip(), "")
+
+
 class KernelErrorSourceTests(unittest.TestCase):
     def test_local_sender_gets_the_link_local(self) -> None:
         self.assertEqual(kernel_error_source(IPv6Address("::1").packed), RELAY_LINK_LOCAL)
@@ -615,18 +679,7 @@ class KernelErrorSourceTests(unittest.TestCase):
 
     def test_remote_sender_gets_the_hosts_global_address(self) -> None:
         """In a namespace of our own: the address on the interface towards the sender."""
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("needs root: creates a network namespace")
-        namespace = f"trelay-{os.getpid()}"
-        if subprocess.run(["ip", "netns", "add", namespace], capture_output=True).returncode:
-            raise unittest.SkipTest("network namespaces unavailable")
-        self.addCleanup(subprocess.run, ["ip", "netns", "delete", namespace], capture_output=True)
-
-        def run(*argv: str) -> str:
-            return subprocess.run(
-                ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=True, cwd=REPO
-            ).stdout
-
+        run = in_namespace(self)
         run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
         run("ip", "link", "set", "v0", "up")
         run("ip", "addr", "add", "2001:db8:7::1/64", "dev", "v0", "nodad")
