@@ -163,7 +163,17 @@ class RelayService(RoleService):
         closing = [self.tunnel.close()]
         if port is not None:
             closing.append(maybeDeferred(port.stopListening))
-        done: Deferred[None] = DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        counters = self.counters
+
+        def stopped(_: object) -> None:
+            self.log.info(
+                "Teredo relay stopped: {to_ipv6} packets to IPv6, {to_teredo} to Teredo peers, {dropped} dropped",
+                to_ipv6=counters["to_ipv6"],
+                to_teredo=counters["to_teredo"],
+                dropped=sum(counters.drops().values()),
+            )
+
+        done: Deferred[None] = DeferredList(closing, consumeErrors=True).addCallback(stopped)
         return done
 
     # -- reporting -----------------------------------------------------------------------

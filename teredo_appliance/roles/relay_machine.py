@@ -260,8 +260,5 @@ class RelayMachine:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        return {"peers": self.peers.stats(), "drops": self.counters.drops()}
-
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         return self.peers.snapshot(now)
