@@ -40,7 +40,7 @@ class Link:
 
         - addr_gen_mode none: a TUN is ARPHRD_NONE, for which the kernel would otherwise add a
           random fe80:: address on up. The role's own link-local (the relay's
-          fe80::ffff:ffff:ffff, the client's mapping-derived one) must be the only one, or
+          fe80::ffff:ffff:ffff, which the client uses too, as Miredo's does) must be the only one, or
           the kernel may pick the random one as source for what it sends through the tunnel.
         - disable_ipv6=0: a host or namespace with IPv6 disabled by default would refuse
           our addresses.
