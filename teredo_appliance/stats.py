@@ -12,7 +12,8 @@ class Counters(Counter):
         self["drop." + reason] += 1
 
     def drops(self) -> dict[str, int]:
-        return {k[5:]: v for k, v in self.items() if k.startswith("drop.")}
+        return {k[5:]: v for k, v in sorted(self.items()) if k.startswith("drop.")}
 
-    def snapshot(self) -> dict[str, int]:
-        return dict(sorted(self.items()))
+    def events(self) -> dict[str, int]:
+        """Everything counted that is not a drop."""
+        return {k: v for k, v in sorted(self.items()) if not k.startswith("drop.")}

@@ -452,7 +452,7 @@ class ServiceTests(TestCase):
             self.assertEqual((datagram.origin.ip, datagram.origin.port), (ipv4_to_int("127.0.0.1"), client_port))
             ra = nd.parse_router_advertisement(datagram.packet, datagram.header)
             self.assertEqual(ra.prefixes, ((IPv6Address("2001:0:7f00:1::").packed, 64),))
-        self.assertEqual(service.status()["rs_answered"], 2)
+        self.assertEqual(service.status()["counters"]["rs-answered"], 2)
         ours = [e for e in events if e.get("log_namespace", "").startswith("teredo_appliance.roles.server")]
         self.assertEqual(len(ours), 1, ours)  # the start line; nothing per packet
         yield service.stopService()
@@ -468,7 +468,7 @@ class ServiceTests(TestCase):
             if service.counters.drops():
                 break
             yield deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(service.status()["dropped"], {"source-not-global": 1})
+        self.assertEqual(service.status()["drops"], {"source-not-global": 1})
 
     @inlineCallbacks
     def test_stop_frees_the_ports_for_a_restart(self) -> Any:
@@ -502,8 +502,7 @@ class ServiceTests(TestCase):
         self.assertEqual(status["addresses"], {"primary": "198.18.0.1:3544", "secondary": "198.18.0.2:3544",
                                                "raw_ipv6": False})
         self.assertEqual(status["prefix"], "2001:0:c612:1::/64")
-        self.assertEqual(status["rs_answered"], 1)
-        self.assertEqual(status["forwarded"], {"teredo": 1})
-        self.assertEqual(status["dropped"], {"ipv6-short": 1})
+        self.assertEqual(status["counters"], {"forwarded.teredo": 1, "rs-answered": 1})
+        self.assertEqual(status["drops"], {"ipv6-short": 1})
         self.assertIsNone(status["uptime"])
 

@@ -38,13 +38,14 @@ class RoleService(Service):
         self.started_at = time.time()
 
     def status(self) -> dict[str, Any]:
-        """A JSON-friendly report: role, state, addresses, counters; subclasses extend it."""
+        """A JSON-friendly report: role, uptime, counters and drops by reason; subclasses add the rest."""
         uptime = None if self.started_at is None else round(time.time() - self.started_at, 1)
         return {
             "role": self.role,
             "running": bool(self.running),
             "uptime": uptime,
-            "counters": self.counters.snapshot(),
+            "counters": self.counters.events(),
+            "drops": self.counters.drops(),
         }
 
     def peers(self) -> list[dict[str, Any]]:

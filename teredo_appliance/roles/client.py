@@ -244,6 +244,8 @@ class ClientService(RoleService):
     def status(self) -> dict[str, Any]:
         report = super().status()
         report.update(self.qualifier.status())
+        last = self.qualifier.last_qualified
+        report["last_qualified"] = None if last is None else f"{self._seconds() - last:.0f} s ago"
         server_ip = self.qualifier.server.ip
         local = None if server_ip is None else self._local(server_ip)
         report.update(
@@ -253,7 +255,6 @@ class ClientService(RoleService):
                 "mtu": self.config.mtu,
                 "refresh_interval": self.config.refresh_interval,
                 "peers": self.data.stats(),
-                "drops": self.counters.drops(),
             }
         )
         return report

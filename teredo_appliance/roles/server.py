@@ -112,7 +112,6 @@ class ServerService(RoleService):
 
     def status(self) -> dict[str, Any]:
         report = super().status()
-        counters = self.counters
         report.update(
             {
                 "addresses": {
@@ -122,9 +121,6 @@ class ServerService(RoleService):
                 },
                 "prefix": self.prefix64,
                 "mtu": self.config.mtu,
-                "rs_answered": counters[ANSWERED_RS],
-                "forwarded": {k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("forwarded.")},
-                "dropped": counters.drops(),
             }
         )
         return report
