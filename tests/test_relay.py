@@ -394,6 +394,9 @@ class NeverRaisesTests(MachineHarness):
             self.trust()
         for data in datagrams:
             self.machine.from_udp(data, PEER_MAPPING, 1.0)
+        # Each datagram is forwarded, a bubble, or a drop with a reason: exactly one.
+        outcomes = self.counters["to_ipv6"] + self.counters["bubbles.received"] + sum(self.drops().values())
+        self.assertEqual(outcomes, len(datagrams) + trusted)
         self.machine.on_timer(100.0)
 
     @settings(max_examples=400, deadline=None)
@@ -402,6 +405,7 @@ class NeverRaisesTests(MachineHarness):
         self.setUp()
         for now, packet in enumerate(packets):
             self.machine.from_tun(packet, float(now))
+        self.assertEqual(self.counters["queued"] + sum(self.drops().values()), len(packets))
         for now in range(2, 12, 2):
             self.machine.on_timer(float(now))
 

@@ -199,7 +199,9 @@ class RelayMachine:
                 return None
             self._bubble(peer)
             wake = peers.next_deadline()
-        if not peers.enqueue(peer, packet):
+        if peers.enqueue(peer, packet):
+            counters["queued"] += 1
+        else:
             counters.drop("tun.queue-full")
         return wake
 
