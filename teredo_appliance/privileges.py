@@ -16,8 +16,11 @@ from typing import Any
 
 from twisted.internet.error import CannotListenError
 
+from teredo_appliance.config_model import ServerConfig
+
 CAP_NET_BIND_SERVICE = 10  # linux/capability.h
 CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
 FIRST_UNPRIVILEGED_PORT = 1024
 DENIED = (errno.EPERM, errno.EACCES)
 
@@ -55,6 +58,11 @@ def port_refusal(name: str, port: int) -> str:
             f"(ports below {FIRST_UNPRIVILEGED_PORT} need CAP_NET_BIND_SERVICE)")
 
 
+def raw_socket_refusal(name: str) -> str:
+    return (f"{name}: cannot open its raw IPv6 socket after privileges were dropped "
+            "(needs CAP_NET_RAW)")
+
+
 def preflight(name: str, section: Any) -> list[str]:
     """Why (re)starting this component cannot work now; empty while running as root."""
     if not privileges_dropped():
@@ -66,6 +74,8 @@ def preflight(name: str, section: Any) -> list[str]:
     port = getattr(section, "bind_port", 0)
     if 0 < port < FIRST_UNPRIVILEGED_PORT and not has_capability(CAP_NET_BIND_SERVICE):
         problems.append(port_refusal(name, port))
+    if isinstance(section, ServerConfig) and not has_capability(CAP_NET_RAW):
+        problems.append(raw_socket_refusal(name))
     return problems
 
 

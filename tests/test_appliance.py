@@ -440,6 +440,13 @@ class PrivilegeTests(SynchronousTestCase):
             "relay: cannot bind port 443 after privileges were dropped "
             "(ports below 1024 need CAP_NET_BIND_SERVICE)"])
 
+    def test_server_needs_net_raw_for_its_raw_socket(self) -> None:
+        self.dropped()
+        self.assertEqual(privileges.preflight("server", SERVER), [
+            "server: cannot open its raw IPv6 socket after privileges were dropped (needs CAP_NET_RAW)"])
+        self.dropped({privileges.CAP_NET_RAW})
+        self.assertEqual(privileges.preflight("server", SERVER), [])
+
     def test_permission_errors_at_start_name_the_missing_right(self) -> None:
         self.dropped()
         tun = CannotListenError(None, "tr-test", OSError(errno.EPERM, "Operation not permitted"))
