@@ -193,7 +193,6 @@ class RelayService(RoleService):
                 "mtu": self.config.mtu,
                 "max_peers": self.config.max_peers,
                 "peers": self.machine.peers.stats(),
-                "drops": self.counters.drops(),
             }
         )
         return report
