@@ -5,11 +5,14 @@ Sans-I/O: no sockets, no timers, no clock. Every call that depends on time takes
 `next_deadline()` and calls `expire()` / `due_for_retry()` when it is reached.
 
 Memory is bounded three ways: at most `max_peers` entries, at most `queue_bytes` queued
-per peer, at most `total_queue_bytes` queued in the whole table. Entries are kept in two
+per peer, at most `total_queue_bytes` queued in the whole table. Entries are kept in
 insertion-ordered dicts (trusted, untrusted) in order of last reception, so expiry and
 eviction pop from the front in O(1) each, and eviction takes an untrusted entry first:
 a flood towards millions of unknown destinations churns only untrusted entries and
-leaves established (trusted) peers alone.
+leaves established (trusted) peers alone. A third dict keeps "spent" entries: untrusted
+peers that used their 4 bubbles and went idle, held until their 300 s window closes so
+that expiry cannot hand a silent destination a fresh bubble budget (RFC 4380 §5.2.6);
+they are the first evicted when the table is full.
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ class PeerTable:
         # Each in order of last reception, oldest first; a peer is in exactly one.
         self._trusted: OrderedDict[bytes, Peer] = OrderedDict()
         self._untrusted: OrderedDict[bytes, Peer] = OrderedDict()
+        # Idle untrusted peers whose bubble budget is spent, in the order they went idle
+        # (close to the order of their last bubble, so of their window's end).
+        self._spent: OrderedDict[bytes, Peer] = OrderedDict()
         # Peers in a discovery round, in order of their last bubble (= retry deadline).
         self._retry: OrderedDict[bytes, Peer] = OrderedDict()
         self._queued = 0
@@ -113,14 +119,14 @@ class PeerTable:
         self.expired = 0
 
     def __len__(self) -> int:
-        return len(self._trusted) + len(self._untrusted)
+        return len(self._trusted) + len(self._untrusted) + len(self._spent)
 
     def get(self, addr: bytes) -> Peer | None:
-        return self._trusted.get(addr) or self._untrusted.get(addr)
+        return self._trusted.get(addr) or self._untrusted.get(addr) or self._spent.get(addr)
 
     def get_or_create(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
         """The entry for `addr`, or a new untrusted one (evicting one if the table is full)."""
-        peer = self._trusted.get(addr) or self._untrusted.get(addr)
+        peer = self.get(addr)
         if peer is None:
             peer = self._untrusted[addr] = self._new(addr, mapping, now)
         return peer
@@ -131,7 +137,7 @@ class PeerTable:
         Packets come back in the order they were queued (Miredo flushes them reversed).
         Counts as a reception; ends any discovery round and resets the bubble budget.
         """
-        peer = self._untrusted.pop(addr, None)
+        peer = self._untrusted.pop(addr, None) or self._spent.pop(addr, None)
         if peer is None:
             peer = self._trusted.get(addr)
             if peer is None:
@@ -207,7 +213,12 @@ class PeerTable:
     def touch_rx(self, peer: Peer, now: float) -> None:
         """A packet from `peer` was accepted: it stays valid another `idle_timeout`."""
         peer.last_rx = now
-        (self._trusted if peer.trusted else self._untrusted).move_to_end(peer.addr)
+        if peer.trusted:
+            self._trusted.move_to_end(peer.addr)
+        else:
+            self._spent.pop(peer.addr, None)
+            self._untrusted[peer.addr] = peer
+            self._untrusted.move_to_end(peer.addr)
 
     def touch_tx(self, peer: Peer, now: float) -> None:
         """A packet went to `peer` (RFC 4380 §5.4.1 case 1). Does not extend its validity."""
@@ -226,15 +237,36 @@ class PeerTable:
                     break
                 stale.append(peer)
             for peer in stale:
-                self._remove(peer)
-            removed += len(stale)
+                if not peer.trusted and self._spent_until(peer) > now:
+                    del self._untrusted[peer.addr]
+                    self._retry.pop(peer.addr, None)
+                    self._spent[peer.addr] = peer
+                else:
+                    self._remove(peer)
+                    removed += 1
+        spent = []
+        for peer in self._spent.values():
+            if now < self._spent_until(peer):
+                break
+            spent.append(peer)
+        for peer in spent:
+            self._remove(peer)
+        removed += len(spent)
         self.expired += removed
         return removed
+
+    @staticmethod
+    def _spent_until(peer: Peer) -> float:
+        """When a peer's bubble budget renews (RFC 4380 §5.2.6); 0 while it has bubbles left."""
+        return peer.bubble_at + BUBBLE_WINDOW if peer.bubbles >= BUBBLE_LIMIT else 0.0
 
     def next_deadline(self) -> float | None:
         """When `expire` or `due_for_retry` next has work, or None for an empty table."""
         oldest = (next(iter(self._trusted.values()), None), next(iter(self._untrusted.values()), None))
         deadlines = [peer.last_rx + self.idle_timeout for peer in oldest if peer is not None]
+        spent = next(iter(self._spent.values()), None)
+        if spent is not None:
+            deadlines.append(self._spent_until(spent))
         retry = next(iter(self._retry.values()), None)
         if retry is not None:
             deadlines.append(retry.bubble_at + BUBBLE_INTERVAL)
@@ -244,6 +276,7 @@ class PeerTable:
         return {
             "count": len(self),
             "trusted": len(self._trusted),
+            "spent": len(self._spent),
             "queued_bytes": self._queued,
             "evicted": self.evicted,
             "expired": self.expired,
@@ -254,6 +287,7 @@ class PeerTable:
         recent = heapq.merge(
             reversed(self._trusted.values()),
             reversed(self._untrusted.values()),
+            reversed(self._spent.values()),
             key=attrgetter("last_rx"),
             reverse=True,
         )
@@ -270,14 +304,17 @@ class PeerTable:
 
     def _new(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
         if len(self) >= self.max_peers:
-            # Least recently heard from, untrusted first (see the module docstring).
-            victims = self._untrusted or self._trusted
+            # Spent first, then least recently heard from untrusted, then trusted (module docstring).
+            victims = self._spent or self._untrusted or self._trusted
             self._remove(next(iter(victims.values())))
             self.evicted += 1
         return Peer(addr, mapping, now)
 
     def _remove(self, peer: Peer) -> None:
-        del (self._trusted if peer.trusted else self._untrusted)[peer.addr]
+        if peer.trusted:
+            del self._trusted[peer.addr]
+        elif self._untrusted.pop(peer.addr, None) is None:
+            del self._spent[peer.addr]
         self._retry.pop(peer.addr, None)
         self._queued -= peer.queued
 

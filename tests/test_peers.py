@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import (
     BUBBLE_INTERVAL,
+    BUBBLE_LIMIT,
     BUBBLE_RETRIES,
     BUBBLE_WINDOW,
     IDLE_TIMEOUT,
@@ -151,6 +154,44 @@ class PacingTests(SynchronousTestCase):
         self.assertTrue(table.try_bubble(peer, 6.0 + BUBBLE_WINDOW))
         self.assertEqual(peer.bubbles, 1)
 
+    def test_expiry_does_not_renew_a_spent_budget(self) -> None:
+        """RFC 4380 §5.2.6 MUST: 4 unanswered bubbles in 300 s, even across the 30 s expiry."""
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        for t in (0.0, 2.0, 4.0, 6.0):
+            self.assertTrue(table.try_bubble(peer, t))
+        table.give_up(peer)
+        self.assertEqual(table.expire(IDLE_TIMEOUT + 1), 0)
+        self.assertEqual(table.stats()["spent"], 1)
+        again = table.get_or_create(addr(1), MAPPING, IDLE_TIMEOUT + 1)
+        self.assertIs(again, peer)
+        self.assertFalse(table.try_bubble(again, IDLE_TIMEOUT + 1))
+        self.assertEqual(table.next_deadline(), 6.0 + BUBBLE_WINDOW)
+        self.assertEqual(table.expire(6.0 + BUBBLE_WINDOW), 1)
+        fresh = table.get_or_create(addr(1), MAPPING, 6.0 + BUBBLE_WINDOW)
+        self.assertTrue(table.try_bubble(fresh, 6.0 + BUBBLE_WINDOW))
+
+    def test_a_spent_peer_that_answers_is_trusted(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        for t in (0.0, 2.0, 4.0, 6.0):
+            table.try_bubble(peer, t)
+        table.expire(IDLE_TIMEOUT)
+        table.trust(addr(1), MAPPING, 40.0)
+        self.assertEqual(table.stats()["spent"], 0)
+        self.assertTrue(table.get(addr(1)).trusted)
+
+    def test_spent_peers_are_evicted_first(self) -> None:
+        table = PeerTable(2)
+        spent = table.get_or_create(addr(1), MAPPING, 0.0)
+        for t in (0.0, 2.0, 4.0, 6.0):
+            table.try_bubble(spent, t)
+        table.get_or_create(addr(2), MAPPING, 25.0)
+        table.expire(IDLE_TIMEOUT)
+        table.get_or_create(addr(3), MAPPING, 31.0)
+        self.assertIsNone(table.get(addr(1)))
+        self.assertIsNotNone(table.get(addr(2)))
+
     def test_trusted_peer_is_paced_but_not_retried(self) -> None:
         table = PeerTable(8)
         table.trust(addr(1), MAPPING, 0.0)
@@ -293,7 +334,8 @@ class ReportTests(SynchronousTestCase):
         table = PeerTable(8)
         table.enqueue(table.get_or_create(addr(0), MAPPING, 0.0), b"12345")
         table.trust(addr(1), MAPPING, 0.0)
-        self.assertEqual(table.stats(), {"count": 2, "trusted": 1, "queued_bytes": 5, "evicted": 0, "expired": 0})
+        self.assertEqual(table.stats(), {"count": 2, "trusted": 1, "spent": 0, "queued_bytes": 5, "evicted": 0,
+                                         "expired": 0})
 
 
 # Random operation sequences: (operation, peer number, size or time step).
@@ -345,7 +387,11 @@ class InvariantTests(SynchronousTestCase):
             elif op == "expire":
                 table.expire(now)
                 for entry in table.snapshot(now, limit=max_peers):
-                    self.assertLess(entry["idle"], 10.0)
+                    if entry["idle"] >= 10.0:  # only a spent entry outlives its idle time
+                        kept = table.get(ip_address(entry["address"]).packed)
+                        self.assertFalse(kept.trusted)
+                        self.assertGreaterEqual(kept.bubbles, BUBBLE_LIMIT)
+                        self.assertLess(now, kept.bubble_at + BUBBLE_WINDOW)
             model = {k: v for k, v in model.items() if table.get(k) is not None}
             self.assertLessEqual(len(table), max_peers)
             stats = table.stats()
