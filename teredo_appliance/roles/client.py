@@ -14,18 +14,15 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred
 
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.netwatch import NetWatch
-from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
 from teredo_appliance.roles.client_qualify import Qualification, Qualifier
-from teredo_appliance.roles.udp import TeredoUDP, listen_udp
-from teredo_appliance.tunnel import Tunnel
+from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
@@ -33,21 +30,15 @@ from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
 DEFAULT_ROUTE = IPv6Network("::/0")
 DEFAULT_ROUTE_METRIC = 1029  # Miredo's: above the kernel's 1024, so native IPv6 wins
 LINK_LOCAL_INTERFACE = IPv6Interface((LINK_LOCAL, 64))
-TIMER_GRANULARITY = 0.1  # batch peer retries and expiries, as the relay does
-DISCARD_PORT = 9  # connect() on a UDP socket only picks a route and a source address
 
 
 def route_source(destination: int) -> int | None:
     """The local IPv4 address the kernel would use towards `destination` (no packet is sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((int_to_ipv4(destination), DISCARD_PORT))
-            return ipv4_to_int(probe.getsockname()[0])
-    except OSError:
-        return None
+    source = kernel_source(socket.AF_INET, int_to_ipv4(destination))
+    return None if source is None else ipv4_to_int(source)
 
 
-class ClientService(RoleService):
+class ClientService(TunneledRole):
     """A Teredo client (RFC 4380 §5.2, RFC 5991) on UDP bind_address:bind_port and TUN `interface`.
 
     Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`, a
@@ -67,13 +58,7 @@ class ClientService(RoleService):
         local_address: Callable[[int], int | None] | None = None,
         rng: Any = None,
     ) -> None:
-        super().__init__(config, reactor)
-        self._seconds = self.reactor.seconds
-        self.udp = TeredoUDP(self._on_datagram, self.counters, "client")
-        self.tunnel = Tunnel(
-            config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
-            system=tun_system, link_factory=link_factory,
-        )
+        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory)
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
@@ -83,8 +68,6 @@ class ClientService(RoleService):
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
-        self._port: Any = None
-        self._timer: IDelayedCall | None = None
         self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
         self._route = False
 
@@ -172,34 +155,15 @@ class ClientService(RoleService):
 
     def _reschedule(self) -> None:
         deadlines = [d for d in (self.qualifier.next_deadline(), self.data.next_deadline()) if d is not None]
-        if not deadlines:
-            return
-        when = min(deadlines)
-        timer = self._timer
-        if timer is not None:
-            if timer.getTime() <= when:
-                return
-            timer.cancel()
-        self._timer = self.reactor.callLater(max(when - self._seconds(), TIMER_GRANULARITY), self._on_timer)
+        if deadlines:
+            self._wake(min(deadlines))
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self._seconds()
+    def _on_timer_due(self, now: float) -> None:
         self.qualifier.on_timer(now)
         self.data.on_timer(now)
         self._reschedule()
 
     # -- life cycle ------------------------------------------------------------------------
-
-    def privilegedStartService(self) -> None:
-        """Open the TUN and bind UDP; all or nothing."""
-        self.tunnel.open()
-        try:
-            self._port = listen_udp(self.reactor, self.udp, str(self.config.bind_address), self.config.bind_port)
-        except Exception:
-            self.tunnel.close()
-            raise
-        super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
@@ -218,28 +182,17 @@ class ClientService(RoleService):
 
     def stopService(self) -> Deferred[None]:
         """Forget the qualification, close port and TUN (its addresses and route go with it)."""
-        super().stopService()
         self.netwatch.stop()
         if self.qualifier.qualification is not None:
             self._run_hook("down", None)
         self._run_hook("destroy", None)
         self.qualifier.stop()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        port, self._port = self._port, None
-        closing = [self.tunnel.close()]
-        if port is not None:
-            closing.append(maybeDeferred(port.stopListening))
-        if self.hook is not None:
-            closing.append(self.hook.wait())
-        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+        return super().stopService()
+
+    def _closing(self) -> list[Deferred[Any]]:
+        return [] if self.hook is None else [self.hook.wait()]
 
     # -- reporting -------------------------------------------------------------------------
-
-    @property
-    def bound_port(self) -> int | None:
-        return None if self._port is None else self._port.getHost().port
 
     def status(self) -> dict[str, Any]:
         report = super().status()

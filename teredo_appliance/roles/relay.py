@@ -2,7 +2,7 @@
 
 All forwarding decisions live in `relay_machine`; this module owns the TUN device (the
 route to the Teredo prefix points at it), the UDP socket and the one timer, and feeds
-the machine the reactor's clock.
+the machine the reactor's clock (the I/O itself is the shared TunneledRole).
 """
 
 from __future__ import annotations
@@ -12,24 +12,15 @@ from collections.abc import Callable
 from ipaddress import IPv6Address, IPv6Interface
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall
-
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import Link
-from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
-from teredo_appliance.roles.udp import TeredoUDP, listen_udp
-from teredo_appliance.tunnel import Tunnel
+from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.wire.ipv6 import is_link_local
 
 # The TUN's only address (RFC 4380 §5.4, as Miredo): link-local, so the kernel never
 # sources packets for the Internet from it.
 RELAY_INTERFACE_ADDRESS = IPv6Interface((RELAY_LINK_LOCAL, 64))
-# Timer coalescing: under a flood every peer has its own retry deadline; waking at most
-# every 100 ms batches them, and delays a 2 s bubble retry by at most that much.
-TIMER_GRANULARITY = 0.1
-DISCARD_PORT = 9  # any port: connect() on a UDP socket only picks a route and a source
 
 
 def kernel_error_source(destination: bytes) -> bytes:
@@ -43,18 +34,16 @@ def kernel_error_source(destination: bytes) -> bytes:
     host itself (or one the kernel has no global route to) gets the link-local, which
     works locally. Errors are rate-limited, so one routing lookup each costs nothing.
     """
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.connect((socket.inet_ntop(socket.AF_INET6, destination), DISCARD_PORT))
-            chosen = socket.inet_pton(socket.AF_INET6, probe.getsockname()[0])
-    except OSError:  # no route, or a scoped (link-local) address
+    source = kernel_source(socket.AF_INET6, socket.inet_ntop(socket.AF_INET6, destination))
+    if source is None:
         return RELAY_LINK_LOCAL
+    chosen = socket.inet_pton(socket.AF_INET6, source)
     if chosen == destination or is_link_local(chosen):
         return RELAY_LINK_LOCAL
     return chosen
 
 
-class RelayService(RoleService):
+class RelayService(TunneledRole):
     """A Teredo relay (RFC 4380 §5.4): native IPv6 on `interface`, Teredo on UDP `bind_port`.
 
     `tun_system` (twisted.pair.testing.MemoryIOSystem) and `link_factory` let the tests
@@ -72,18 +61,7 @@ class RelayService(RoleService):
         link_factory: Callable[[str], Link] = Link,
         error_source: Callable[[bytes], bytes] = kernel_error_source,
     ) -> None:
-        super().__init__(config, reactor)
-        self._seconds = self.reactor.seconds
-        self.udp = TeredoUDP(self._on_datagram, self.counters, "relay")
-        self.tunnel = Tunnel(
-            config.interface,
-            config.mtu,
-            self._on_packet,
-            counters=self.counters,
-            reactor=self.reactor,
-            system=tun_system,
-            link_factory=link_factory,
-        )
+        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory)
         self.machine = RelayMachine(
             config.prefix,
             config.mtu,
@@ -93,10 +71,6 @@ class RelayService(RoleService):
             self.counters,
             error_source=error_source,
         )
-        self._port: Any = None
-        self._timer: IDelayedCall | None = None
-
-    # -- packets -------------------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         wake = self.machine.from_udp(data, address, self._seconds())
@@ -108,38 +82,14 @@ class RelayService(RoleService):
         if wake is not None:
             self._wake(wake)
 
-    # -- the one timer -------------------------------------------------------------------
-
-    def _wake(self, when: float) -> None:
-        """Make sure on_timer runs by `when` (a little later, see TIMER_GRANULARITY)."""
-        timer = self._timer
-        if timer is not None:
-            if timer.getTime() <= when:
-                return
-            timer.cancel()
-        delay = max(when - self._seconds(), TIMER_GRANULARITY)
-        self._timer = self.reactor.callLater(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        wake = self.machine.on_timer(self._seconds())
+    def _on_timer_due(self, now: float) -> None:
+        wake = self.machine.on_timer(now)
         if wake is not None:
             self._wake(wake)
 
-    # -- life cycle ----------------------------------------------------------------------
-
-    def privilegedStartService(self) -> None:
-        """Create and configure the TUN, route the prefix to it, bind UDP; all or nothing."""
-        config = self.config
-        self.tunnel.open()
-        try:
-            self.tunnel.set_addresses([RELAY_INTERFACE_ADDRESS])
-            self.tunnel.add_route(config.prefix)
-            self._port = listen_udp(self.reactor, self.udp, str(config.bind_address), config.bind_port)
-        except Exception:
-            self.tunnel.close()
-            raise
-        super().privilegedStartService()
+    def _configure_link(self) -> None:
+        self.tunnel.set_addresses([RELAY_INTERFACE_ADDRESS])
+        self.tunnel.add_route(self.config.prefix)
 
     def startService(self) -> None:
         super().startService()
@@ -153,34 +103,14 @@ class RelayService(RoleService):
             peers=self.config.max_peers,
         )
 
-    def stopService(self) -> Deferred[None]:
-        """Close the port and remove the TUN (and its route); fires once both are gone."""
-        super().stopService()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        port, self._port = self._port, None
-        closing = [self.tunnel.close()]
-        if port is not None:
-            closing.append(maybeDeferred(port.stopListening))
+    def _stopped(self) -> None:
         counters = self.counters
-
-        def stopped(_: object) -> None:
-            self.log.info(
-                "Teredo relay stopped: {to_ipv6} packets to IPv6, {to_teredo} to Teredo peers, {dropped} dropped",
-                to_ipv6=counters["to_ipv6"],
-                to_teredo=counters["to_teredo"],
-                dropped=sum(counters.drops().values()),
-            )
-
-        done: Deferred[None] = DeferredList(closing, consumeErrors=True).addCallback(stopped)
-        return done
-
-    # -- reporting -----------------------------------------------------------------------
-
-    @property
-    def bound_port(self) -> int | None:
-        return None if self._port is None else self._port.getHost().port
+        self.log.info(
+            "Teredo relay stopped: {to_ipv6} packets to IPv6, {to_teredo} to Teredo peers, {dropped} dropped",
+            to_ipv6=counters["to_ipv6"],
+            to_teredo=counters["to_teredo"],
+            dropped=sum(counters.drops().values()),
+        )
 
     def status(self) -> dict[str, Any]:
         report = super().status()
