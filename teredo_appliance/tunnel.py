@@ -34,6 +34,7 @@ from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import TuntapPort
 from zope.interface import implementer
 
+from teredo_appliance.guard import PacketGuard
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import Counters
 
@@ -57,6 +58,7 @@ class _IPv6Packets(AbstractDatagramProtocol):
     def __init__(self, on_packet: Callable[[bytes], None], counters: Counters) -> None:
         self.on_packet = on_packet
         self.counters = counters
+        self._guard = PacketGuard(counters, "tun")
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
         if len(datagram) < IPV6_HEADER_LEN:
@@ -64,7 +66,10 @@ class _IPv6Packets(AbstractDatagramProtocol):
         elif datagram[0] >> 4 != 6:
             self.counters.drop("tun.not_ipv6")
         else:
-            self.on_packet(datagram)
+            try:
+                self.on_packet(datagram)
+            except Exception:
+                self._guard.failed()
 
 
 class Tunnel:

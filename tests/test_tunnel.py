@@ -15,6 +15,7 @@ from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.pair import testing
 from twisted.pair.tuntap import TunnelFlags
 from twisted.trial import unittest
@@ -260,6 +261,23 @@ class PacketFilterTests(unittest.SynchronousTestCase):
         delivered = len(data) >= 40 and data[0] >> 4 == 6
         self.assertEqual(received, [data] if delivered else [])
         self.assertEqual(sum(counters.drops().values()), 0 if delivered else 1)
+
+
+    def test_a_failing_handler_costs_a_drop_and_one_log_line(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        counters = Counters()
+
+        def broken(packet: bytes) -> None:
+            raise KeyError("bug")
+
+        packets = _IPv6Packets(broken, counters)
+        for _ in range(3):
+            packets.datagramReceived(ipv6_packet())
+        self.assertEqual(counters.drops(), {"internal-error": 3})
+        self.assertEqual(len([event for event in events if event.get("log_failure")]), 1)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
 
 class LinkErrorTests(unittest.SynchronousTestCase):

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
+from teredo_appliance.guard import PacketGuard
 from teredo_appliance.stats import Counters
 
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
@@ -32,14 +32,13 @@ class TeredoUDP(DatagramProtocol):
     Python time under load, and every address a role sends to is a numeric literal.
     """
 
-    log = Logger()
     noisy = False  # each role service logs its own start and stop line
 
     def __init__(self, deliver: Deliver, counters: Counters, label: str = "udp") -> None:
         self.deliver = deliver
         self.counters = counters
         self.label = label
-        self._logged_failure = False
+        self._guard = PacketGuard(counters, label)
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
 
     def startProtocol(self) -> None:
@@ -58,11 +57,7 @@ class TeredoUDP(DatagramProtocol):
         try:
             self.deliver(data, addr)
         except Exception:
-            self.counters.drop("internal-error")
-            if not self._logged_failure:  # once per socket: a bug, not a per-packet log flood
-                self._logged_failure = True
-                self.log.failure("{label}: unexpected error handling a datagram (further ones only counted)",
-                                 label=self.label)
+            self._guard.failed()
 
     def stopProtocol(self) -> None:
         self._sendto = None
