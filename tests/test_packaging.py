@@ -1,0 +1,52 @@
+"""What a plain install ships: the twistd plugin (the `packages = find:` trap) and every module.
+
+The other twistd tests run on the checkout; these prove the installed artefact itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN = "twisted/plugins/teredo_appliance_plugin.py"
+
+
+class WheelTests(SynchronousTestCase):
+    def test_wheel_ships_the_plugin_and_every_module(self) -> None:
+        # From a clean copy: setuptools reuses a checkout's build/lib, whose stale files
+        # would hide exactly the packaging mistakes this test is for.
+        source = Path(self.mktemp()) / "src"
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "_trial_temp*", "__pycache__", ".hypothesis"))
+        out = Path(self.mktemp())
+        out.mkdir()
+        build = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        self.assertEqual(build.returncode, 0, build.stderr)
+        [wheel] = out.glob("teredo_appliance-*.whl")
+        names = set(zipfile.ZipFile(wheel).namelist())
+        self.assertIn(PLUGIN, names)
+        self.assertFalse([name for name in names if name.endswith("dropin.cache")])
+        self.assertFalse([name for name in names if name.startswith("tests/")])
+        modules = {str(path.relative_to(REPO)) for path in (REPO / "teredo_appliance").rglob("*.py")}
+        self.assertEqual(modules - names, set())
+
+
+class InstalledTwistdTests(SynchronousTestCase):
+    def test_installed_twistd_lists_teredo_without_the_checkout(self) -> None:
+        """Run from elsewhere with no PYTHONPATH: only what is installed in the venv counts."""
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        result = subprocess.run([twistd, "--help"], cwd="/", env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"\n\s+teredo\s+Teredo server, relay and client roles")
