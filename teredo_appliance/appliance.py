@@ -80,7 +80,6 @@ class Appliance(MultiService):
 
     def _role_factory(self, name: str) -> RoleFactory:
         if name not in self._factories:
-            # Imported on first use: a config without a relay never loads the TUN code.
             self._factories[name] = namedAny(DEFAULT_ROLE_FACTORIES[name])
         return self._factories[name]
 
@@ -109,6 +108,10 @@ class Appliance(MultiService):
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
         self._gate.install()  # twistd has set up its log observer by now
+        # Import every role's code while still root: a reload after `twistd -u` may add
+        # a role, and the Python install need not be readable by that user.
+        for name in ROLE_NAMES:
+            self._role_factory(name)
         self._start_all("privilegedStartService")
 
     def startService(self) -> None:

@@ -31,10 +31,14 @@ def privileges_dropped() -> bool:
 
 
 def has_capability(capability: int, status_path: str = "/proc/self/status") -> bool:
-    """Whether `capability` is in this process's effective set."""
-    with open(status_path, encoding="ascii") as status:
+    """Whether `capability` is in this process's effective set.
+
+    Read as bytes: after the drop, a text codec not imported yet may be unloadable
+    (the Python install need not be readable by the -u user).
+    """
+    with open(status_path, "rb") as status:
         for line in status:
-            if line.startswith("CapEff:"):
+            if line.startswith(b"CapEff:"):
                 return bool(int(line.split()[1], 16) >> capability & 1)
     return False
 
@@ -42,7 +46,7 @@ def has_capability(capability: int, status_path: str = "/proc/self/status") -> b
 def tun_owned_by_me(ifname: str, sys_class_net: str = "/sys/class/net") -> bool:
     """Whether `ifname` is a persistent TUN device this user may attach to without privileges."""
     try:
-        with open(os.path.join(sys_class_net, ifname, "owner"), encoding="ascii") as owner:
+        with open(os.path.join(sys_class_net, ifname, "owner"), "rb") as owner:
             return int(owner.read()) == os.geteuid()
     except (OSError, ValueError):
         return False

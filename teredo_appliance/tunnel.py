@@ -55,6 +55,8 @@ class _IPv6Packets(AbstractDatagramProtocol):
     TuntapPort calls nothing but datagramReceived.
     """
 
+    noisy = False  # the Tunnel logs one line when the device opens
+
     def __init__(self, on_packet: Callable[[bytes], None], counters: Counters) -> None:
         self.on_packet = on_packet
         self.counters = counters
@@ -198,10 +200,14 @@ class Tunnel:
         self._port = self._link = None
         if port is None or link is None:
             return succeed(None)
-        for prefix, metric in reversed(self._routes):
-            self._best_effort(link.remove_route, prefix, metric)
-        for address in reversed(self._addresses):
-            self._best_effort(link.remove_address, address)
+        failures = [
+            *(self._try(link.remove_route, prefix, metric) for prefix, metric in reversed(self._routes)),
+            *(self._try(link.remove_address, address) for address in reversed(self._addresses)),
+        ]
+        failures = [failure for failure in failures if failure]
+        if failures:  # typical after `twistd -u`: netlink needs CAP_NET_ADMIN, closing does not
+            self.log.info("{name}: {failures}; closing the device removes them", name=self.name,
+                          failures="; ".join(failures))
         self._routes.clear()
         self._addresses.clear()
         return port.stopListening()
@@ -221,8 +227,11 @@ class Tunnel:
             raise RuntimeError(f"{self.name}: cannot {operation}: TUN device not open")
         return self._link
 
-    def _best_effort(self, remove: Callable[..., None], *args: Any) -> None:
+    @staticmethod
+    def _try(remove: Callable[..., None], *args: Any) -> str | None:
+        """Run one removal; its error message, or None."""
         try:
             remove(*args)
         except LinkError as e:
-            self.log.warn("{error}", error=str(e))
+            return str(e).split(": ", 1)[-1]
+        return None
