@@ -13,6 +13,13 @@ leaves established (trusted) peers alone. A third dict keeps "spent" entries: un
 peers that used their 4 bubbles and went idle, held until their 300 s window closes so
 that expiry cannot hand a silent destination a fresh bubble budget (RFC 4380 §5.2.6);
 they are the first evicted when the table is full.
+
+A relay's table also keeps at most one trusted address per mapping: a Teredo client's
+socket has one mapping and one address (a new server gives a new address that
+supersedes the old), while a forger on one IPv4:port can mint 2^48 valid-looking
+Teredo sources that embed it; without this each would become a trusted entry and
+push real peers out. A client's table must not do this: every native IPv6 host it
+reaches shares its relay's mapping.
 """
 
 from __future__ import annotations
@@ -99,6 +106,7 @@ class PeerTable:
         queue_bytes: int = QUEUE_BYTES,
         idle_timeout: float = IDLE_TIMEOUT,
         total_queue_bytes: int = TOTAL_QUEUE_BYTES,
+        one_address_per_mapping: bool = False,
     ) -> None:
         if max_peers < 1:
             raise ValueError(f"max_peers must be at least 1, not {max_peers}")
@@ -114,9 +122,12 @@ class PeerTable:
         self._spent: OrderedDict[bytes, Peer] = OrderedDict()
         # Peers in a discovery round, in order of their last bubble (= retry deadline).
         self._retry: OrderedDict[bytes, Peer] = OrderedDict()
+        # mapping -> the one trusted address at it (relay tables only; see the module docstring).
+        self._by_mapping: dict[Mapping, bytes] | None = {} if one_address_per_mapping else None
         self._queued = 0
         self.evicted = 0
         self.expired = 0
+        self.superseded = 0
 
     def __len__(self) -> int:
         return len(self._trusted) + len(self._untrusted) + len(self._spent)
@@ -137,6 +148,8 @@ class PeerTable:
         Packets come back in the order they were queued (Miredo flushes them reversed).
         Counts as a reception; ends any discovery round and resets the bubble budget.
         """
+        if self._by_mapping is not None:
+            self._claim_mapping(addr, mapping)
         peer = self._untrusted.pop(addr, None) or self._spent.pop(addr, None)
         if peer is None:
             peer = self._trusted.get(addr)
@@ -152,6 +165,19 @@ class PeerTable:
         peer.nonce = None
         self._retry.pop(addr, None)
         return self._take_queue(peer)
+
+    def _claim_mapping(self, addr: bytes, mapping: Mapping) -> None:
+        """Make `addr` the one trusted address at `mapping`, dropping a previous holder."""
+        by_mapping = self._by_mapping
+        assert by_mapping is not None
+        holder = by_mapping.get(mapping)
+        if holder is not None and holder != addr:
+            self._remove(self._trusted[holder])
+            self.superseded += 1
+        current = self._trusted.get(addr)
+        if current is not None and by_mapping.get(current.mapping) == addr:  # the peer moved
+            del by_mapping[current.mapping]
+        by_mapping[mapping] = addr
 
     def enqueue(self, peer: Peer, packet: bytes) -> bool:
         """Queue `packet` for `peer` (which must be in the table); False if over a bound."""
@@ -280,6 +306,7 @@ class PeerTable:
             "queued_bytes": self._queued,
             "evicted": self.evicted,
             "expired": self.expired,
+            "superseded": self.superseded,
         }
 
     def snapshot(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
@@ -313,6 +340,8 @@ class PeerTable:
     def _remove(self, peer: Peer) -> None:
         if peer.trusted:
             del self._trusted[peer.addr]
+            if self._by_mapping is not None and self._by_mapping.get(peer.mapping) == peer.addr:
+                del self._by_mapping[peer.mapping]
         elif self._untrusted.pop(peer.addr, None) is None:
             del self._spent[peer.addr]
         self._retry.pop(peer.addr, None)

@@ -297,6 +297,43 @@ class EvictionTests(SynchronousTestCase):
         self.assertRaises(ValueError, PeerTable, 0)
 
 
+class OneAddressPerMappingTests(SynchronousTestCase):
+    def test_forged_sources_from_one_mapping_hold_one_entry(self) -> None:
+        """A forger on one IPv4:port cannot fill a relay's table with trusted entries."""
+        table = PeerTable(8, one_address_per_mapping=True)
+        table.trust(addr(100), ("198.18.0.200", 4000), 0.0)  # a real peer elsewhere
+        for n in range(50):
+            table.trust(addr(n), MAPPING, 1.0)
+        self.assertEqual(len(table), 2)
+        self.assertTrue(table.get(addr(49)).trusted)
+        self.assertIsNone(table.get(addr(48)))
+        self.assertTrue(table.get(addr(100)).trusted)
+        self.assertEqual(table.stats()["superseded"], 49)
+        self.assertEqual(table.evicted, 0)
+
+    def test_a_peer_that_moves_frees_its_old_mapping(self) -> None:
+        table = PeerTable(8, one_address_per_mapping=True)
+        table.trust(addr(1), MAPPING, 0.0)
+        table.trust(addr(1), ("198.18.0.100", 4001), 1.0)
+        table.trust(addr(2), MAPPING, 2.0)  # the old mapping is free: nobody is superseded
+        self.assertEqual(len(table), 2)
+        self.assertEqual(table.stats()["superseded"], 0)
+
+    def test_expired_holder_frees_the_mapping(self) -> None:
+        table = PeerTable(8, one_address_per_mapping=True)
+        table.trust(addr(1), MAPPING, 0.0)
+        table.expire(IDLE_TIMEOUT)
+        table.trust(addr(2), MAPPING, IDLE_TIMEOUT)
+        self.assertEqual(table.stats()["superseded"], 0)
+
+    def test_a_client_table_shares_a_mapping_between_peers(self) -> None:
+        """Native IPv6 hosts all sit behind one relay mapping in a client's table."""
+        table = PeerTable(8)
+        for n in range(5):
+            table.trust(addr(n), MAPPING, 0.0)
+        self.assertEqual(len(table), 5)
+
+
 class ReportTests(SynchronousTestCase):
     def test_snapshot_format_and_order(self) -> None:
         table = PeerTable(8)
@@ -335,7 +372,7 @@ class ReportTests(SynchronousTestCase):
         table.enqueue(table.get_or_create(addr(0), MAPPING, 0.0), b"12345")
         table.trust(addr(1), MAPPING, 0.0)
         self.assertEqual(table.stats(), {"count": 2, "trusted": 1, "spent": 0, "queued_bytes": 5, "evicted": 0,
-                                         "expired": 0})
+                                         "expired": 0, "superseded": 0})
 
 
 # Random operation sequences: (operation, peer number, size or time step).
@@ -351,9 +388,11 @@ operations = st.lists(
 
 class InvariantTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
-    @given(operations, st.integers(1, 6))
-    def test_random_operations_keep_invariants(self, ops: list[tuple[str, int, int]], max_peers: int) -> None:
-        table = PeerTable(max_peers, queue_bytes=1000, idle_timeout=10.0, total_queue_bytes=2500)
+    @given(operations, st.integers(1, 6), st.booleans())
+    def test_random_operations_keep_invariants(self, ops: list[tuple[str, int, int]], max_peers: int,
+                                               unique: bool) -> None:
+        table = PeerTable(max_peers, queue_bytes=1000, idle_timeout=10.0, total_queue_bytes=2500,
+                          one_address_per_mapping=unique)
         model: dict[bytes, list[bytes]] = {}  # what each present peer should have queued
         now = 0.0
         for op, n, arg in ops:
@@ -370,7 +409,8 @@ class InvariantTests(SynchronousTestCase):
                 if fits:
                     model.setdefault(key, []).append(packet)
             elif op == "trust":
-                self.assertEqual(table.trust(key, MAPPING, now), model.pop(key, []))
+                mapping = ("198.18.0.100", 4000 + arg % 3)  # a few mappings, so some are shared
+                self.assertEqual(table.trust(key, mapping, now), model.pop(key, []))
             elif op == "bubble" and peer is not None:
                 table.try_bubble(peer, now)
             elif op == "rx" and peer is not None:
@@ -401,3 +441,8 @@ class InvariantTests(SynchronousTestCase):
             self.assertEqual(len(snapshot), len(table))
             self.assertEqual(sum(e["trusted"] for e in snapshot), stats["trusted"])
             self.assertEqual(table.next_deadline() is None, len(table) == 0)
+            if unique:  # one trusted address per mapping, and the index names exactly those
+                trusted = [table.get(ip_address(e["address"]).packed) for e in snapshot if e["trusted"]]
+                mappings = [peer.mapping for peer in trusted]
+                self.assertEqual(len(mappings), len(set(mappings)))
+                self.assertEqual(table._by_mapping, {peer.mapping: peer.addr for peer in trusted})

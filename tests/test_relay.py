@@ -366,6 +366,18 @@ class PeerTableBoundsTests(MachineHarness):
         self.assertEqual([self.machine.peers.get(p) is not None for p in others], [False, False, True, True])
         self.assertEqual(self.machine.peers.stats()["evicted"], 2)
 
+    def test_forged_sources_from_one_mapping_do_not_push_out_real_peers(self) -> None:
+        """One host can mint endless valid Teredo sources embedding its own IPv4:port."""
+        self.trust(now=0.0)
+        attacker = ("198.18.0.66", 4444)
+        for n in range(20):
+            forged = teredo(mapped_ip=attacker[0], port=attacker[1], server=f"198.18.1.{n + 1}")
+            self.machine.from_udp(echo(forged, NATIVE), attacker, 1.0)
+        self.assertEqual(len(self.written), 20)  # each packet itself is legitimate and forwarded
+        self.assertEqual(len(self.machine.peers), 2)
+        self.assertTrue(self.machine.peers.get(PEER).trusted)
+        self.assertEqual(self.machine.peers.stats()["superseded"], 19)
+
 
 @st.composite
 def teredo_datagrams(draw: Any) -> bytes:

@@ -78,7 +78,7 @@ class RelayMachine:
         self.prefix32 = prefix.network_address.packed[:4]
         self.mtu = mtu
         self.cone = cone
-        self.peers = PeerTable(max_peers)
+        self.peers = PeerTable(max_peers, one_address_per_mapping=True)
         self.counters = counters
         self._send = send
         self._write = write
