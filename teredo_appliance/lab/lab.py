@@ -98,6 +98,8 @@ class Lab:
         try:
             for ns in plan.namespaces:
                 _run(["ip", "netns", "add", ns])
+                # Before any link exists, so every interface inherits it: see topology.SETTLED_IPV6.
+                _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *topology.SETTLED_IPV6])
             for ns, lines in plan.links.items():
                 _run(["ip", "-n", ns, "-batch", "-"], stdin="\n".join(lines) + "\n")
             for ns, settings in plan.sysctls.items():

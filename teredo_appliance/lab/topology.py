@@ -103,6 +103,13 @@ def _nat_rules(wan: str, symmetric: bool) -> str:
     )
 
 
+# The lab models hosts whose addresses settled long ago. Duplicate address detection
+# would leave a new interface's link-local tentative for a second or two, during which
+# the kernel sends no neighbor solicitation and silently drops what it should route: the
+# first packets of a test then wait for a Teredo retry (2 s) instead of being forwarded.
+SETTLED_IPV6 = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+
+
 def build_plan(prefix: str, options: Options) -> Plan:
     """Everything `up` does, as data, so it can be checked without root."""
     plan = Plan()
