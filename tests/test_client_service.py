@@ -8,9 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.defer import fail, succeed
-from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
 from twisted.pair import testing
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +19,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
+from tests.fakes import FakeLink, UDPReactor, memory_tun_system
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -30,25 +29,13 @@ DEFAULT = IPv6Network("::/0")
 V6HOST = IPv6Address("2001:db8:1::2").packed
 
 
-class BigTunnel(testing.Tunnel):
-    SEND_BUFFER_SIZE = 1500  # the stock fake stops at 1024 bytes
-
-
-class Reactor(MemoryReactorClock):
+class Reactor(UDPReactor):
     """A clock that also binds UDP, resolves names and 'spawns' hooks, all in memory."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.udp_ports: list[tuple[int, Any, str]] = []
         self.spawned: list[tuple[str, dict[str, str]]] = []
         self.names: dict[str, str] = {}
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        protocol.makeConnection(FakeDatagramTransport())
-        self.udp_ports.append((port, protocol, interface))
-        listening = _FakePort(TwistedIPv4Address("UDP", interface, port or 40000))
-        listening.stopListening = lambda: None  # type: ignore[method-assign]
-        return listening
 
     def resolve(self, name: str, timeout: Any = None) -> Any:
         return succeed(self.names[name]) if name in self.names else fail(OSError("no such name"))
@@ -60,14 +47,6 @@ class Reactor(MemoryReactorClock):
 
         self.callLater(0, protocol.processEnded, Failure(ProcessDone(0)))
         return object()
-
-
-class FakeLink:
-    def __init__(self, calls: list[tuple]) -> None:
-        self.calls = calls
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args: self.calls.append((name, *args))
 
 
 class NoNetWatch:
@@ -84,8 +63,7 @@ class NoNetWatch:
 
 class ClientServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.system = testing.MemoryIOSystem()
-        self.system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+        self.system = memory_tun_system()
         self.reactor = Reactor()
         self.calls: list[tuple] = []
         self.watchers: list[NoNetWatch] = []
@@ -98,7 +76,7 @@ class ClientServiceTests(SynchronousTestCase):
             return self.watchers[-1]
 
         service = ClientService(
-            config, self.reactor, tun_system=self.system, link_factory=lambda name: FakeLink(self.calls),
+            config, self.reactor, tun_system=self.system, link_factory=lambda name: FakeLink(name, self.calls),
             netwatch=watch, local_address=lambda server: ipv4_to_int(LOCAL), rng=random.Random(1),
         )
         service.privilegedStartService()
@@ -130,7 +108,7 @@ class ClientServiceTests(SynchronousTestCase):
 
     def test_start_binds_opens_and_solicits(self) -> None:
         service = self.service(bind_address=IPv4Address("198.19.0.2"), bind_port=3545, mtu=1400)
-        self.assertEqual(self.reactor.udp_ports[0][0::2], (3545, "198.19.0.2"))
+        self.assertEqual(self.reactor.udp_ports[0][0:3:2], (3545, "198.19.0.2"))
         self.assertEqual(self.device().requestedName.rstrip(b"\0"), b"tclient")
         self.assertEqual(self.calls, [("prepare",), ("up", 1400)])
         self.assertEqual({to for _, to in self.sent(service)}, {(SERVER, 3544)})

@@ -12,13 +12,11 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address as TwistedIPv4Address
-from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
 from twisted.pair import testing
 from twisted.trial import unittest
 
@@ -41,6 +39,7 @@ from teredo_appliance.wire.ipv6 import (
 )
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
 from tests import vectors
+from tests.fakes import FakeLink, UDPReactor, memory_tun_system
 
 PREFIX = IPv6Network("2001::/32")
 SERVER = "198.18.0.1"
@@ -438,67 +437,9 @@ class NeverRaisesTests(MachineHarness):
 # -- the service, in memory ---------------------------------------------------------------
 
 
-class BigTunnel(testing.Tunnel):
-    """MemoryIOSystem's TUN, able to carry a 1280-byte packet (the stock one stops at 1024)."""
-
-    SEND_BUFFER_SIZE = 1500
-
-
-class UDPReactor(MemoryReactorClock):
-    """MemoryReactorClock that also 'binds' UDP: the protocol gets a FakeDatagramTransport."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.udp_ports: list[tuple[int, Any, str, _StoppablePort]] = []
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        protocol.makeConnection(FakeDatagramTransport())
-        listening = _StoppablePort(TwistedIPv4Address("UDP", interface, port or 40000))
-        self.udp_ports.append((port, protocol, interface, listening))
-        return listening
-
-
-class _StoppablePort(_FakePort):
-    stopped = False
-
-    def stopListening(self) -> None:
-        self.stopped = True
-
-
-class FakeLink:
-    """Records what the Tunnel asks of netlink."""
-
-    def __init__(self, ifname: str, calls: list[tuple], failing: set[str]) -> None:
-        self.ifname, self.calls, self.failing = ifname, calls, failing
-
-    def _do(self, *call: object) -> None:
-        if call[0] in self.failing:
-            raise LinkError(f"{self.ifname}: cannot {call[0]}: File exists")
-        self.calls.append(call)
-
-    def prepare(self) -> None:
-        self._do("prepare")
-
-    def up(self, mtu: int) -> None:
-        self._do("up", mtu)
-
-    def add_address(self, address: IPv6Interface) -> None:
-        self._do("add_address", address)
-
-    def remove_address(self, address: IPv6Interface) -> None:
-        self._do("remove_address", address)
-
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("add_route", prefix, metric)
-
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("remove_route", prefix, metric)
-
-
 class RelayServiceTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
-        self.system = testing.MemoryIOSystem()
-        self.system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+        self.system = memory_tun_system()
         self.reactor = UDPReactor()
         self.calls: list[tuple] = []
         self.failing: set[str] = set()

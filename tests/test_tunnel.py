@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import Counters
 from teredo_appliance.tunnel import Tunnel, _IPv6Packets
+from tests.fakes import FakeLink, memory_tun_system
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,50 +35,11 @@ def ipv6_packet(payload_len: int = 8, next_header: int = 59) -> bytes:
     return header + src + dst + bytes(payload_len)
 
 
-class BigTunnel(testing.Tunnel):
-    """MemoryIOSystem's TUN, able to carry a 1280-byte packet (the stock one stops at 1024)."""
-
-    SEND_BUFFER_SIZE = 1500
-
-
-class FakeLink:
-    """Records what Tunnel asks of netlink; operations named in `failing` raise LinkError."""
-
-    def __init__(self, ifname: str, calls: list[tuple], failing: set[str]) -> None:
-        self.ifname = ifname
-        self.calls = calls
-        self.failing = failing
-
-    def _do(self, *call: object) -> None:
-        if call[0] in self.failing:
-            raise LinkError(f"{self.ifname}: cannot {call[0]}: File exists")
-        self.calls.append(call)
-
-    def prepare(self) -> None:
-        self._do("prepare")
-
-    def up(self, mtu: int) -> None:
-        self._do("up", mtu)
-
-    def add_address(self, address: IPv6Interface) -> None:
-        self._do("add_address", address)
-
-    def remove_address(self, address: IPv6Interface) -> None:
-        self._do("remove_address", address)
-
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("add_route", prefix, metric)
-
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("remove_route", prefix, metric)
-
-
 class MemoryTunnelTests(unittest.SynchronousTestCase):
     """The Tunnel on twisted.pair.testing.MemoryIOSystem with a fake netlink: no root needed."""
 
     def setUp(self) -> None:
-        self.system = testing.MemoryIOSystem()
-        self.system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+        self.system = memory_tun_system()
         self.reactor = MemoryReactorClock()
         self.calls: list[tuple] = []
         self.failing: set[str] = set()

@@ -1,0 +1,76 @@
+"""In-memory stand-ins shared by the tunnel, relay and client tests (no root, no sockets)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Interface, IPv6Network
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
+from twisted.pair import testing
+
+from teredo_appliance.netlink import LinkError
+
+
+class BigTunnel(testing.Tunnel):
+    """MemoryIOSystem's TUN, able to carry a 1280-byte packet (the stock one stops at 1024)."""
+
+    SEND_BUFFER_SIZE = 1500
+
+
+def memory_tun_system() -> testing.MemoryIOSystem:
+    system = testing.MemoryIOSystem()
+    system.registerSpecialDevice(testing.Tunnel._DEVICE_NAME, BigTunnel)
+    return system
+
+
+class FakeLink:
+    """Records what the Tunnel asks of netlink; operations named in `failing` raise LinkError."""
+
+    def __init__(self, ifname: str, calls: list[tuple], failing: set[str] | None = None) -> None:
+        self.ifname, self.calls = ifname, calls
+        self.failing = set() if failing is None else failing  # the caller may fill it later
+
+    def _do(self, *call: object) -> None:
+        if call[0] in self.failing:
+            raise LinkError(f"{self.ifname}: cannot {call[0]}: File exists")
+        self.calls.append(call)
+
+    def prepare(self) -> None:
+        self._do("prepare")
+
+    def up(self, mtu: int) -> None:
+        self._do("up", mtu)
+
+    def add_address(self, address: IPv6Interface) -> None:
+        self._do("add_address", address)
+
+    def remove_address(self, address: IPv6Interface) -> None:
+        self._do("remove_address", address)
+
+    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._do("add_route", prefix, metric)
+
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
+        self._do("remove_route", prefix, metric)
+
+
+class StoppablePort(_FakePort):
+    stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class UDPReactor(MemoryReactorClock):
+    """MemoryReactorClock that also 'binds' UDP: the protocol gets a FakeDatagramTransport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udp_ports: list[tuple[int, Any, str, StoppablePort]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        protocol.makeConnection(FakeDatagramTransport())
+        listening = StoppablePort(IPv4Address("UDP", interface, port or 40000))
+        self.udp_ports.append((port, protocol, interface, listening))
+        return listening
