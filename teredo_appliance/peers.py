@@ -63,7 +63,6 @@ class Peer:
         "bubble_at",
         "bubbles",
         "last_rx",
-        "last_tx",
         "mapping",
         "nonce",
         "queue",
@@ -76,7 +75,6 @@ class Peer:
         self.mapping = mapping  # mapped IPv4 address and UDP port; None if not known yet
         self.trusted = False
         self.last_rx = now  # last reception (or creation): drives expiry
-        self.last_tx: float | None = None  # last transmission, None if never
         self.queue: list[bytes] | None = None  # allocated on first enqueue
         self.queued = 0  # bytes in queue
         self.bubbles = 0  # bubbles sent without a reply (RFC 4380 §5.2.6)
@@ -208,7 +206,7 @@ class PeerTable:
                     return False
                 peer.bubbles = 0
         peer.bubbles += 1
-        peer.bubble_at = peer.last_tx = now
+        peer.bubble_at = now
         if not peer.trusted:
             peer.attempts += 1
             self._retry[peer.addr] = peer
@@ -245,10 +243,6 @@ class PeerTable:
             self._spent.pop(peer.addr, None)
             self._untrusted[peer.addr] = peer
             self._untrusted.move_to_end(peer.addr)
-
-    def touch_tx(self, peer: Peer, now: float) -> None:
-        """A packet went to `peer` (RFC 4380 §5.4.1 case 1). Does not extend its validity."""
-        peer.last_tx = now
 
     def expire(self, now: float) -> int:
         """Remove the peers not heard from for `idle_timeout`; returns how many.

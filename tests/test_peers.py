@@ -102,13 +102,12 @@ class ExpiryTests(SynchronousTestCase):
         self.assertIsNone(table.next_deadline())
         self.assertEqual(table.stats()["expired"], 1)
 
-    def test_reception_extends_transmission_does_not(self) -> None:
+    def test_only_reception_extends_validity(self) -> None:
         """RFC 4380 §5.4.1: an entry is valid while its last *reception* is under 30 s old."""
         table = PeerTable(8)
         table.trust(addr(1), MAPPING, 0.0)
         table.trust(addr(2), MAPPING, 0.0)
         table.touch_rx(table.get(addr(1)), 20.0)
-        table.touch_tx(table.get(addr(2)), 20.0)
         self.assertEqual(table.expire(30.0), 1)
         self.assertIsNone(table.get(addr(2)))
         self.assertEqual(table.next_deadline(), 50.0)
@@ -141,7 +140,7 @@ class PacingTests(SynchronousTestCase):
         self.assertTrue(table.try_bubble(peer, 0.0))
         self.assertFalse(table.try_bubble(peer, BUBBLE_INTERVAL - 0.01))
         self.assertTrue(table.try_bubble(peer, BUBBLE_INTERVAL))
-        self.assertEqual(peer.last_tx, BUBBLE_INTERVAL)
+        self.assertEqual(peer.bubble_at, BUBBLE_INTERVAL)
 
     def test_four_per_window_then_reset(self) -> None:
         table = PeerTable(8, idle_timeout=1000.0)
@@ -378,7 +377,7 @@ class ReportTests(SynchronousTestCase):
 # Random operation sequences: (operation, peer number, size or time step).
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["create", "enqueue", "trust", "bubble", "rx", "tx", "retry", "expire"]),
+        st.sampled_from(["create", "enqueue", "trust", "bubble", "rx", "retry", "expire"]),
         st.integers(0, 11),
         st.integers(0, 700),
     ),
@@ -415,8 +414,6 @@ class InvariantTests(SynchronousTestCase):
                 table.try_bubble(peer, now)
             elif op == "rx" and peer is not None:
                 table.touch_rx(peer, now)
-            elif op == "tx" and peer is not None:
-                table.touch_tx(peer, now)
             elif op == "retry":
                 for due in table.due_for_retry(now):
                     self.assertFalse(due.trusted)

@@ -71,7 +71,6 @@ _QUALIFY, _REFRESH, _RETURN = "qualify", "refresh", "return"  # why a round runs
 class Qualification:
     """What a successful qualification gives: enough to configure the TUN and the data path."""
 
-    server_name: str
     server: int  # primary IPv4 of the server; also bytes 4-7 of the address
     mapped_ip: int
     mapped_port: int
@@ -165,7 +164,6 @@ class Qualifier:
         self.nat_type = NAT_UNKNOWN
         self.server_index = 0
         self.last_qualified: float | None = None  # time of the last successful (re)qualification
-        self.last_interaction: float | None = None  # RFC 4380 §5.2: last packet from our server
         self._running = False
         self._main: _Round | None = None  # qualify or refresh
         self._return: _Round | None = None  # probing the first server while on a fallback
@@ -217,7 +215,6 @@ class Qualifier:
     def heard_from_server(self, now: float) -> None:
         """A packet came from our server (RFC 4380 §5.2.3): the mapping is alive, refresh later."""
         if self.qualification is not None and self._main is None:
-            self.last_interaction = now
             self._refresh_at = now + self._randomized_refresh
 
     def resolved(self, name: str, ip: int | None, now: float) -> None:
@@ -423,12 +420,12 @@ class Qualifier:
         if self._flags is None or self._flags[0] != mapping:
             self._flags = (mapping, random_flags(self._rng.getrandbits(16)))  # RFC 5991 §4
         old = self.qualification
-        new = Qualification(server.name, server.ip, answer.mapped_ip, answer.mapped_port, self._flags[1],
+        new = Qualification(server.ip, answer.mapped_ip, answer.mapped_port, self._flags[1],
                             answer.prefix, answer.mtu, nat_type)
         self.server_index = round_.index
         self.nat_type = nat_type
         self.qualification = new
-        self.last_qualified = self.last_interaction = now
+        self.last_qualified = now
         self._refresh_at = now + self._randomized_refresh
         self._retry_at = None
         self._backoff = RETRY_BACKOFF_MIN

@@ -156,7 +156,6 @@ class RelayMachine:
         """A packet the kernel routed to us; returns a new wake-up time, or None."""
         peer = self.peers.get(packet[24:40])
         if peer is not None and peer.trusted and len(packet) <= self.mtu:
-            peer.last_tx = now
             self.counters["to_teredo"] += 1
             self._send(packet, peer.mapping)
             return None

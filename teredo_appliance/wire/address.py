@@ -14,7 +14,6 @@ from ipaddress import IPv6Address
 from teredo_appliance.wire.errors import ParseError
 
 TEREDO_PREFIX = bytes.fromhex("20010000")  # RFC 4380 §2.6: 2001:0000::/32
-OBSOLETE_PREFIX = bytes.fromhex("3ffe831f")  # RFC 4380 §2.6, pre-IANA; Miredo still rewrites it
 FLAG_CONE = 0x8000  # RFC 4380 §4: C bit
 FLAG_RANDOM_MASK = 0x3CFF  # RFC 5991 §4: 12 random bits; R (0x4000) and U/G (0x0300) stay zero
 
