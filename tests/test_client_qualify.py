@@ -253,6 +253,7 @@ class AcceptanceTests(SynchronousTestCase):
         self.h.answer(nonce, source=(SERVER2, PORT))
         assert self.h.q.qualification is not None
         self.assertEqual(self.h.q.qualification.mtu, 1400)
+        self.assertEqual(self.h.q.status()["advertised_mtu"], 1400)
 
 
 class QualificationTests(SynchronousTestCase):
@@ -271,6 +272,7 @@ class QualificationTests(SynchronousTestCase):
         self.assertEqual(decoded.flags & ~FLAG_RANDOM_MASK, 0)  # RFC 5991: C, R, U/G zero
         self.assertEqual(h.q.status()["nat_type"], "restricted")
         self.assertEqual(h.q.status()["mapped"], "198.18.0.100:52732")
+        self.assertEqual(h.q.status()["advertised_mtu"], 1280)
 
     def test_flags_are_random(self) -> None:
         flags = set()

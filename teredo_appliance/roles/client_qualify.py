@@ -268,6 +268,7 @@ class Qualifier:
             "nat_type": self.nat_type,
             "mapped": None if q is None else f"{int_to_ipv4(q.mapped_ip)}:{q.mapped_port}",
             "address": None if q is None else _ipv6(q.address),
+            "advertised_mtu": None if q is None else q.mtu,  # reported; the TUN keeps the configured mtu
             "last_qualified": self.last_qualified,
         }
 
