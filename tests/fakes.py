@@ -74,3 +74,17 @@ class UDPReactor(MemoryReactorClock):
         listening = StoppablePort(IPv4Address("UDP", interface, port or 40000))
         self.udp_ports.append((port, protocol, interface, listening))
         return listening
+
+
+def tun_device(system: testing.MemoryIOSystem) -> testing.Tunnel:
+    """The one TUN device open on `system`."""
+    [fd] = system._openFiles
+    return system._openFiles[fd]
+
+
+def kernel_sends(system: testing.MemoryIOSystem, reactor: MemoryReactorClock, *packets: bytes) -> None:
+    """Packets the kernel routes to the TUN, then one read by its port."""
+    for packet in packets:
+        tun_device(system).addToReadBuffer(packet)
+    [port] = reactor.getReaders()
+    port.doRead()

@@ -19,7 +19,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, UDPReactor, memory_tun_system
+from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -103,8 +103,7 @@ class ClientServiceTests(SynchronousTestCase):
         self.answer_rs(service)  # secondary: same mapping
 
     def device(self) -> testing.Tunnel:
-        [fd] = self.system._openFiles
-        return self.system._openFiles[fd]
+        return tun_device(self.system)
 
     def test_start_binds_opens_and_solicits(self) -> None:
         service = self.service(bind_address=IPv4Address("198.19.0.2"), bind_port=3545, mtu=1400)
@@ -173,9 +172,7 @@ class ClientServiceTests(SynchronousTestCase):
         self.qualify(service)
         me = IPv6Address(service.status()["address"]).packed
         packet = build_packet(me, V6HOST, 17, b"x" * 20)
-        self.device().addToReadBuffer(packet)
-        [port] = self.reactor.getReaders()
-        port.doRead()
+        kernel_sends(self.system, self.reactor, packet)
         [(echo, to)] = self.sent(service)
         self.assertEqual((to, parse_header(echo).destination), ((SERVER, 3544), V6HOST))
         self.assertEqual(service.peers()[0]["address"], "2001:db8:1::2")

@@ -39,7 +39,7 @@ from teredo_appliance.wire.ipv6 import (
 )
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
 from tests import vectors
-from tests.fakes import FakeLink, UDPReactor, memory_tun_system
+from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 PREFIX = IPv6Network("2001::/32")
 SERVER = "198.18.0.1"
@@ -456,14 +456,10 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.service.startService()
 
     def device(self) -> testing.Tunnel:
-        [fd] = self.system._openFiles
-        return self.system._openFiles[fd]
+        return tun_device(self.system)
 
     def from_kernel(self, *packets: bytes) -> None:
-        for packet in packets:
-            self.device().addToReadBuffer(packet)
-        [port] = self.reactor.getReaders()
-        port.doRead()
+        kernel_sends(self.system, self.reactor, *packets)
 
     def udp_sent(self) -> list[tuple[bytes, Any]]:
         return self.service.udp.transport.written

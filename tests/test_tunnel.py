@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import Counters
 from teredo_appliance.tunnel import Tunnel, _IPv6Packets
-from tests.fakes import FakeLink, memory_tun_system
+from tests.fakes import FakeLink, kernel_sends, memory_tun_system, tun_device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,14 +56,10 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         )
 
     def device(self) -> testing.Tunnel:
-        [fd] = self.system._openFiles
-        return self.system._openFiles[fd]
+        return tun_device(self.system)
 
     def read(self, *packets: bytes) -> None:
-        for packet in packets:
-            self.device().addToReadBuffer(packet)
-        [port] = self.reactor.getReaders()
-        port.doRead()
+        kernel_sends(self.system, self.reactor, *packets)
 
     def test_open_creates_tun_and_configures_link(self) -> None:
         self.tun.open()
