@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from teredo_appliance import __version__
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
 from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="teredo-checkconf",
         description="Check a teredo appliance configuration; print the roles it would run or every error.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("file", nargs="?", default=DEFAULT_PATH, help=f"configuration file (default {DEFAULT_PATH})")
     args = parser.parse_args(argv)
     try:
