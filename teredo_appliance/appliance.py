@@ -18,8 +18,10 @@ from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python.reflect import namedAny
 
+from teredo_appliance import __version__
 from teredo_appliance.config import ConfigError, load_config
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
+from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.loglevel import LevelGate
 from teredo_appliance.privileges import describe_failure, preflight
 from teredo_appliance.reload import COMPONENT_ORDER, CONSOLE, components, empty_summary, plan_reload
@@ -108,6 +110,10 @@ class Appliance(MultiService):
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
         self._gate.install()  # twistd has set up its log observer by now
+        self.log.info("teredo-appliance {version} starting: config {path}, roles {roles}",
+                      version=__version__, path=self.config_path, roles=list(self.config.roles.enabled()))
+        for warning in host_warnings(self.config):
+            self.log.warn("host check: {problem}", problem=warning)
         # Import every role's code while still root: a reload after `twistd -u` may add
         # a role, and the Python install need not be readable by that user.
         for name in ROLE_NAMES:
