@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twisted.logger import LogPublisher, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teredo_appliance.appliance import Appliance
@@ -52,7 +52,7 @@ class HostWarningTests(SynchronousTestCase):
         proc_sys = fake_proc_sys(self.mktemp(), "0")
         self.patch(module, "host_warnings", lambda config: host_warnings(config, proc_sys))
         box = Appliance("/etc/teredo/teredo.yaml", parse_config(RELAY, "t.yaml"), reactor=object(),
-                        role_factories=World().factories(), log_publisher=LogPublisher())
+                        role_factories=World().factories())
         box.privilegedStartService()
         starts = [e for e in events if e.get("log_format", "").startswith("teredo-appliance {version} starting")]
         self.assertEqual([(e["path"], e["roles"]) for e in starts], [("/etc/teredo/teredo.yaml", ["relay"])])
