@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
-from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.python.components import Componentized
 from twisted.python.reflect import namedAny
 
+from teredo_appliance import __version__
 from teredo_appliance.config import ConfigError, load_config
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
-from teredo_appliance.loglevel import LevelGate
+from teredo_appliance.hostcheck import host_warnings
+from teredo_appliance.loglevel import LogSink
 from teredo_appliance.privileges import describe_failure, preflight
 from teredo_appliance.reload import COMPONENT_ORDER, CONSOLE, components, empty_summary, plan_reload
 
@@ -51,7 +55,7 @@ class Appliance(MultiService):
         role_factories: Mapping[str, RoleFactory] | None = None,
         *,
         loader: ConfigLoader = load_config,
-        log_publisher: LogPublisher = globalLogPublisher,
+        log_sink: LogSink | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -64,8 +68,7 @@ class Appliance(MultiService):
         self._factories = dict(role_factories or {})
         self._loader = loader
         self._lock = DeferredLock()
-        self._gate = LevelGate(log_publisher)
-        self._gate.set_level(config.log.level)
+        self.log_sink = log_sink or LogSink(sys.stdout, config.log)
         self._previous_sighup: Any = None
         errors = []
         for name, section in components(config).items():
@@ -105,9 +108,18 @@ class Appliance(MultiService):
 
     # -- service lifecycle -------------------------------------------------------------
 
+    def setServiceParent(self, parent: Any) -> None:
+        """Under twistd the parent is the Application: its ILogObserver is twistd's log observer."""
+        if isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_sink)
+        super().setServiceParent(parent)
+
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        self._gate.install()  # twistd has set up its log observer by now
+        self.log.info("teredo-appliance {version} starting: config {path}, roles {roles}",
+                      version=__version__, path=self.config_path, roles=list(self.config.roles.enabled()))
+        for warning in host_warnings(self.config):
+            self.log.warn("host check: {problem}", problem=warning)
         # Import every role's code while still root: a reload after `twistd -u` may add
         # a role, and the Python install need not be readable by that user.
         for name in ROLE_NAMES:
@@ -140,12 +152,7 @@ class Appliance(MultiService):
             self._previous_sighup = None
         # Under the reload lock: a reload in progress finishes before the children stop.
         d = self._lock.run(super().stopService)
-        d.addBoth(self._after_stop)
         return d
-
-    def _after_stop(self, result: Any) -> Any:
-        self._gate.uninstall()
-        return result
 
     # -- SIGHUP ------------------------------------------------------------------------
 
@@ -215,9 +222,10 @@ class Appliance(MultiService):
             key_error = self.getServiceNamed(CONSOLE).reload_keys()
             result["errors"] += [key_error] if key_error else []
         self.config = self._running_config(new, running)
-        if self._gate.level != new.log.level:
-            self._gate.set_level(new.log.level)
-            self.log.info("log level is now {new_level}", new_level=new.log.level)
+        if self.log_sink.config != new.log:
+            self.log_sink.configure(new.log)
+            self.log.info("log level is now {new_level}, format {new_format}",
+                          new_level=new.log.level, new_format=new.log.format)
         return self._report(result, unchanged=list(plan.keep))
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:

@@ -1,12 +1,19 @@
-"""`teredo-checkconf [FILE]`: validate a teredo.yaml before (re)loading it, without root or DNS."""
+"""`teredo-checkconf [--host] [FILE]`: validate a teredo.yaml before (re)loading it, without root or DNS.
+
+`--host` also checks what the host must provide (hostcheck.py); `--from-miredo FILE`
+prints a Miredo configuration converted to teredo.yaml (miredo_import.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
+from teredo_appliance import __version__
+from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, parse_config
 from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
+from teredo_appliance.hostcheck import host_warnings
+from teredo_appliance.miredo_import import convert, looks_like_miredo
 
 
 def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:
@@ -38,19 +45,66 @@ def summary(config: Config) -> list[str]:
     return lines
 
 
+def from_miredo(path: str) -> int:
+    """Print `path` converted to teredo.yaml; what was not carried over goes to stderr."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 1
+    conversion = convert(text, path)
+    for note in conversion.notes:
+        print(note, file=sys.stderr)
+    output = conversion.yaml_text(path)
+    try:
+        parse_config(output, f"{path} (converted)")
+    except ConfigError as e:
+        for error in e.errors:
+            print(error, file=sys.stderr)
+        return 1
+    print(output, end="")
+    return 0
+
+
+def miredo_hint(path: str) -> str | None:
+    """A pointer to --from-miredo when a file that failed is a Miredo configuration."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    if not looks_like_miredo(text):
+        return None
+    return f"hint: {path} looks like a Miredo configuration; convert it with: teredo-checkconf --from-miredo {path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="teredo-checkconf",
         description="Check a teredo appliance configuration; print the roles it would run or every error.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--host", action="store_true",
+                        help="also check this host's settings the roles depend on (IPv6 forwarding for a relay)")
+    parser.add_argument("--from-miredo", metavar="MIREDO_CONF",
+                        help="print a miredo.conf or miredo-server.conf converted to teredo.yaml, and exit")
     parser.add_argument("file", nargs="?", default=DEFAULT_PATH, help=f"configuration file (default {DEFAULT_PATH})")
     args = parser.parse_args(argv)
+    if args.from_miredo:
+        return from_miredo(args.from_miredo)
     try:
         config = load_config(args.file)
     except ConfigError as e:
         for error in e.errors:
             print(error, file=sys.stderr)
+        hint = miredo_hint(args.file)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     for line in summary(config):
         print(line)
+    if args.host:
+        for warning in host_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
 IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 characters
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 BROADCAST = IPv4Address("255.255.255.255")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -214,6 +215,30 @@ def _log_level(node: Node) -> str:
     return value
 
 
+def _log_format(node: Node) -> str:
+    value = _text(node, "a log format")
+    if value not in LOG_FORMATS:
+        raise _Invalid(f"{value!r} is not one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def _namespace_levels(node: Node) -> tuple[tuple[str, str], ...]:
+    """`{twisted.conch: warn, teredo_appliance.roles.relay: debug}` -> ((namespace, level), ...)."""
+    if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
+        return ()
+    if not isinstance(node, MappingNode):
+        raise _Invalid(f"expected a mapping of logger namespace to level, got {_describe(node)}")
+    levels, problems = [], []
+    for key, value in node.value:
+        try:
+            levels.append((_nonempty_text(key), _log_level(value)))
+        except _Invalid as e:
+            problems.append(f"{key.value!r} (line {key.start_mark.line + 1}): {e}")
+    if problems:
+        raise _Invalid("; ".join(problems))
+    return tuple(levels)
+
+
 _mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
 
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
@@ -240,7 +265,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "hook": _optional(_nonempty_text),
     },
     ManholeConfig: {"listen": _nonempty_text, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
-    LogConfig: {"level": _log_level},
+    LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
 }
 _REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
 _TOP_LEVEL = ("roles", "manhole", "log")

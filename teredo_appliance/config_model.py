@@ -70,6 +70,8 @@ class ManholeConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
+    format: str = "text"  # text (twistd's classic lines) or json (one object per line)
+    namespaces: tuple[tuple[str, str], ...] = ()  # (logger namespace, level): overrides `level` there
 
 
 @dataclass(frozen=True)

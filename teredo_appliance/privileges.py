@@ -26,7 +26,12 @@ DENIED = (errno.EPERM, errno.EACCES)
 
 
 def privileges_dropped() -> bool:
-    """True once twistd has switched to the -u user (or was never started as root)."""
+    """True when not root: after twistd -u, or started as the systemd unit's user.
+
+    Either way what the daemon may still do is read from its capabilities: the unit's
+    user holds CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE as ambient capabilities,
+    so its reloads pass every check below.
+    """
     return os.geteuid() != 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import IO
 
 from twisted.application.service import IService
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
 
@@ -16,6 +18,17 @@ class Options(usage.Options):
     ]
 
 
+def log_stream(options: Options) -> IO[str]:
+    """Where twistd would log: stdout under -n without --logfile or with --logfile=-, else the file."""
+    twistd = getattr(options, "parent", None) or {}
+    if twistd.get("syslog"):
+        raise ConfigError(["--syslog: the appliance logs to --logfile or stdout (journald reads stdout)"])
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (not logfile and twistd.get("nodaemon", True)):
+        return sys.stdout
+    return LogFile.fromFullPath(logfile or "twistd.log")
+
+
 def makeService(options: Options) -> IService:
     """Load the config and build the appliance; a bad config ends twistd with its errors, no traceback."""
     path = options["config"]
@@ -23,9 +36,10 @@ def makeService(options: Options) -> IService:
         config = load_config(path)
         # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.
         from teredo_appliance.appliance import Appliance
+        from teredo_appliance.loglevel import LogSink
 
         # Building the appliance can fail too (e.g. an unusable authorized_keys): same one-line errors.
-        return Appliance(path, config)
+        return Appliance(path, config, log_sink=LogSink(log_stream(options), config.log))
     except ConfigError as e:
         for error in e.errors:
             sys.stderr.write(error + "\n")

@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessDone
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import LogLevel, LogPublisher, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -180,8 +180,7 @@ class SessionTests(SynchronousTestCase):
     def open_console(self, *outcomes: Any) -> tuple[Appliance, FakeChannel, ISession]:
         self.world = World()
         appliance = Appliance("teredo.yaml", make_config(server=SERVER, relay=RELAY), reactor=object(),
-                              role_factories=self.world.factories(), loader=ScriptedLoader(*outcomes),
-                              log_publisher=LogPublisher())
+                              role_factories=self.world.factories(), loader=ScriptedLoader(*outcomes))
         appliance.privilegedStartService()
         appliance.startService()
         self.addCleanup(appliance.stopService)
@@ -312,7 +311,7 @@ class RealSSHTests(TestCase):
                                manhole=self.files.config(listen="tcp:port=0:interface=127.0.0.1"))
         self.appliance = Appliance("/etc/teredo/teredo.yaml", make_config(server=SERVER, manhole=self.files.config()),
                                    reactor=reactor, role_factories=self.world.factories(),
-                                   loader=ScriptedLoader(reloaded), log_publisher=LogPublisher())
+                                   loader=ScriptedLoader(reloaded))
         self.appliance.privilegedStartService()
         self.appliance.startService()
         self.addCleanup(self.appliance.stopService)
@@ -381,8 +380,7 @@ class ConsoleReloadTests(TestCase):
 
     def start(self, files: KeyFiles, *outcomes: Any) -> Appliance:
         appliance = Appliance("teredo.yaml", make_config(server=SERVER, manhole=files.config()), reactor=reactor,
-                              role_factories=World().factories(), loader=ScriptedLoader(*outcomes),
-                              log_publisher=LogPublisher())
+                              role_factories=World().factories(), loader=ScriptedLoader(*outcomes))
         appliance.privilegedStartService()
         appliance.startService()
         self.addCleanup(appliance.stopService)

@@ -8,6 +8,7 @@ restore the old) is an assertion about the order of that journal.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 from collections import defaultdict
@@ -17,7 +18,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teredo_appliance import privileges
@@ -33,7 +34,7 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
-from teredo_appliance.loglevel import LevelGate
+from teredo_appliance.loglevel import LogSink
 from teredo_appliance.reload import Plan, plan_reload
 
 SERVER = ServerConfig(bind_address=IPv4Address("198.18.0.1"), bind_address2=IPv4Address("198.18.0.2"))
@@ -133,12 +134,13 @@ class ScriptedLoader:
 class ApplianceCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.world = World()
-        self.publisher = LogPublisher()
+        self.out = io.StringIO()
+        self.sink = LogSink(self.out, LogConfig())
 
     def running(self, config: Config, *outcomes: Config | Exception) -> Appliance:
         self.loader = ScriptedLoader(*outcomes)
         appliance = Appliance("teredo.yaml", config, reactor=object(), role_factories=self.world.factories(),
-                              loader=self.loader, log_publisher=self.publisher)
+                              loader=self.loader, log_sink=self.sink)
         appliance.privilegedStartService()
         appliance.startService()
         self.addCleanup(appliance.stopService)
@@ -177,7 +179,7 @@ class CompositionTests(ApplianceCase):
 
     def test_privileged_start_reaches_every_role_before_start(self) -> None:
         appliance = Appliance("teredo.yaml", make_config(server=SERVER, relay=RELAY), reactor=object(),
-                              role_factories=self.world.factories(), log_publisher=self.publisher)
+                              role_factories=self.world.factories(), log_sink=self.sink)
         appliance.privilegedStartService()
         self.assertEqual([e[:2] for e in self.world.journal], [("open", "server"), ("open", "relay")])
         appliance.startService()
@@ -195,7 +197,7 @@ class CompositionTests(ApplianceCase):
     def test_start_failure_ends_twistd_with_one_line_per_role(self) -> None:
         self.world.fail_open[RELAY] = CannotListenError("0.0.0.0", 3544, OSError(errno.EADDRINUSE, "in use"))
         appliance = Appliance("teredo.yaml", make_config(server=SERVER, relay=RELAY), reactor=object(),
-                              role_factories=self.world.factories(), log_publisher=self.publisher)
+                              role_factories=self.world.factories(), log_sink=self.sink)
         with self.assertRaises(SystemExit) as caught:
             appliance.privilegedStartService()
         self.assertEqual(str(caught.exception.code),
@@ -334,32 +336,15 @@ class ReloadTests(ApplianceCase):
         self.flushLoggedErrors(OSError)
 
     def test_log_level_follows_the_config(self) -> None:
-        seen: list[str] = []
-        self.publisher.addObserver(lambda event: seen.append(event["log_format"]))
         appliance = self.running(make_config(server=SERVER), make_config(log="warn", server=SERVER))
-        log = Logger(observer=self.publisher)
+        log = Logger(observer=appliance.log_sink)
         log.info("before")
         self.reload(appliance)
         log.info("after")
         log.warn("warned")
-        self.assertIn("before", seen)
-        self.assertNotIn("after", seen)
-        self.assertIn("warned", seen)
-
-
-class LevelGateTests(SynchronousTestCase):
-    def test_gate_filters_the_observers_already_attached_and_puts_them_back(self) -> None:
-        publisher, seen = LogPublisher(), []
-        publisher.addObserver(lambda event: seen.append(event["log_format"]))
-        log = Logger(observer=publisher)
-        gate = LevelGate(publisher)
-        gate.set_level("error")
-        gate.install()
-        log.warn("hidden")
-        log.error("shown")
-        gate.uninstall()
-        log.debug("debug again")
-        self.assertEqual(seen, ["shown", "debug again"])
+        self.assertIn("before", self.out.getvalue())
+        self.assertNotIn("after", self.out.getvalue())
+        self.assertIn("warned", self.out.getvalue())
 
 
 class SighupTests(TestCase):
@@ -369,7 +354,7 @@ class SighupTests(TestCase):
         world = World()
         before = signal.getsignal(signal.SIGHUP)
         appliance = Appliance("teredo.yaml", make_config(server=SERVER),
-                              role_factories=world.factories(), log_publisher=LogPublisher(),
+                              role_factories=world.factories(),
                               loader=ScriptedLoader(make_config(server=SERVER, relay=RELAY)))
         appliance.privilegedStartService()
         appliance.startService()
@@ -415,7 +400,7 @@ class PrivilegeTests(SynchronousTestCase):
         self.dropped()
         world = World()
         appliance = Appliance("teredo.yaml", make_config(server=SERVER, relay=RELAY), reactor=object(),
-                              role_factories=world.factories(), log_publisher=LogPublisher(),
+                              role_factories=world.factories(),
                               loader=ScriptedLoader(make_config(server=SERVER, relay=RELAY_BIGGER)))
         appliance.privilegedStartService()
         appliance.startService()

@@ -5,11 +5,15 @@ The other twistd tests run on the checkout; these prove the installed artefact i
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -50,3 +54,32 @@ class InstalledTwistdTests(SynchronousTestCase):
                                 text=True, timeout=60, check=False)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertRegex(result.stdout, r"\n\s+teredo\s+Teredo server, relay and client roles")
+
+    def test_installed_checkconf_reports_the_version_from_the_metadata(self) -> None:
+        """The version is written once (pyproject.toml) and read back from what pip installed."""
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        checkconf = os.path.join(os.path.dirname(sys.executable), "teredo-checkconf")
+        result = subprocess.run([checkconf, "--version"], cwd="/", env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        self.assertEqual(result.stdout.strip(), f"teredo-checkconf {project['version']}")
+
+
+class DeclaredDependencyTests(SynchronousTestCase):
+    def test_every_third_party_import_is_a_declared_dependency(self) -> None:
+        """An import the metadata does not declare works on a dev box and breaks a clean install."""
+        declared = {re.split(r"[<>=\[ ;]", spec)[0].lower().replace("_", "-")
+                    for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+        distributions = packages_distributions()
+        imported = set()
+        for path in [*(REPO / "teredo_appliance").rglob("*.py"), *(REPO / "twisted" / "plugins").glob("*.py")]:
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                         else [])
+                imported.update(name.split(".")[0] for name in names)
+        third_party = {top for top in imported - set(sys.stdlib_module_names) - {"teredo_appliance"}}
+        undeclared = {top: distributions.get(top) for top in third_party
+                      if not {d.lower() for d in distributions.get(top, [top])} & declared}
+        self.assertEqual(undeclared, {})

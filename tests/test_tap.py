@@ -80,10 +80,12 @@ class MakeServiceTests(SynchronousTestCase):
     def test_valid_file_builds_appliance_from_path_and_config(self) -> None:
         built = []
         fake = types.ModuleType("teredo_appliance.appliance")
-        fake.Appliance = lambda path, config: built.append((path, config)) or "appliance"
+        fake.Appliance = lambda path, config, log_sink: built.append((path, config, log_sink)) or "appliance"
         with mock.patch.dict(sys.modules, {fake.__name__: fake}):
             self.assertEqual(self.make_service(SAMPLE), ("appliance", ""))
-        self.assertEqual(built, [(SAMPLE, load_config(SAMPLE))])
+        [(path, config, sink)] = built
+        self.assertEqual((path, config), (SAMPLE, load_config(SAMPLE)))
+        self.assertEqual(sink.config, config.log)
 
     def _sample_with_keys(self, keys: str | None) -> str:
         """The shipped sample, its console pointed at files of this test."""

@@ -11,6 +11,8 @@ APT_PACKAGES=(
     miredo miredo-server            # the reference implementation we interoperate with
     openssh-client                  # the console tests log in with a real ssh
     man-db groff-base               # the manual pages are rendered and linted
+    systemd                         # systemd-analyze rates etc/teredo.service (--offline, no running systemd)
+    util-linux                      # setpriv: the lab runs the daemon confined as that unit says
 )
 
 missing=()

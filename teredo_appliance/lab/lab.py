@@ -64,8 +64,11 @@ class Lab:
         *,
         prefix: str | None = None,
         rundir: str | os.PathLike[str] | None = None,
+        wrap_ours: tuple[str, ...] = (),
     ) -> None:
+        """`wrap_ours`: a command prefix for our daemons (see confine.py: run as the unit would)."""
         self.options = options or topology.Options()
+        self.wrap_ours = wrap_ours
         self._wanted_prefix = prefix
         self._wanted_rundir = rundir
         self.prefix: str | None = None
@@ -226,7 +229,9 @@ class Lab:
             env = None
         else:
             config = rundir / f"{name}.yaml"
-            argv = [_twistd(), "-n", "--pidfile=", f"--logfile={rundir / name}.log", "teredo", "-c", str(config)]
+            # --logfile=-: twistd logs to its stdout, the log file the lab opened, so a daemon
+            # confined to an unprivileged user need not be able to open it.
+            argv = [*self.wrap_ours, _twistd(), "-n", "--pidfile=", "--logfile=-", "teredo", "-c", str(config)]
             env = _ours_environment()
         daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log", manhole=manhole)
         daemon.config.write_text(_config_text(daemon))

@@ -38,6 +38,7 @@ class Scenario:
     server2: str | None = None  # a second server at 198.18.0.5/.6 (clients' fallback), or none
     nat2: str = "cone"
     box: bool = False  # server and relay in one namespace; one twistd when both are ours
+    wrap_ours: tuple[str, ...] = ()  # command prefix for our daemons (lab/confine.py)
 
     def __post_init__(self) -> None:
         for role in ("server", "relay", "client", "client2", "server2"):
@@ -141,7 +142,7 @@ def start(lab: Lab, scenario: Scenario, manhole: Callable[[str], dict[str, Any]]
 @contextmanager
 def scenario_lab(scenario: Scenario, *, prefix: str | None = None, rundir: str | Path | None = None) -> Iterator[Lab]:
     """A lab with the scenario's daemons started; torn down when the block ends."""
-    with Lab(scenario.options, prefix=prefix, rundir=rundir) as lab:
+    with Lab(scenario.options, prefix=prefix, rundir=rundir, wrap_ours=scenario.wrap_ours) as lab:
         start(lab, scenario)
         yield lab
 
