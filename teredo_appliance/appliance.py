@@ -280,9 +280,10 @@ class Appliance(MultiService):
                 report[name] = {"role": name, "error": f"status() failed: {error}"}
         return report
 
-    def peers(self, role: str) -> list[dict[str, Any]]:
-        """The peer table of one running role."""
+    def peers(self, role: str, limit: int | None = None) -> dict[str, Any]:
+        """One running role's peer table: {"role", "total", "peers"}, at most `limit` rows (None: all)."""
         if role not in ROLE_NAMES or role not in self.namedServices:
             running = ", ".join(n for n in ROLE_NAMES if n in self.namedServices) or "none"
             raise LookupError(f"no {role!r} role is running (running: {running})")
-        return self.getServiceNamed(role).peers()
+        service = self.getServiceNamed(role)
+        return {"role": role, "total": service.peer_count(), "peers": service.peers(limit)}

@@ -251,9 +251,9 @@ class RenderTests(SynchronousTestCase):
             "    rx.ra                : 2",
         ])
 
-    def test_peer_table_is_cut_at_the_limit(self) -> None:
-        peers = [{"address": f"2001:0::{i}", "trusted": i % 2 == 0} for i in range(3)]
-        self.assertEqual(render_peers("relay", peers, limit=2).splitlines(), [
+    def test_peer_table_says_the_true_total_when_cut(self) -> None:
+        peers = [{"address": f"2001:0::{i}", "trusted": i % 2 == 0} for i in range(2)]
+        self.assertEqual(render_peers({"role": "relay", "total": 3, "peers": peers}).splitlines(), [
             "relay: 3 peer(s)",
             "address    trusted",
             "2001:0::0  yes",
@@ -360,7 +360,7 @@ class RealSSHTests(TestCase):
         # The new console (new port) takes logins with the same, stable host key.
         out, err, code = await self.run_ssh(b"peers('relay')\n", "-tt", "-i", f"{self.files.dir}/admin")
         self.assertEqual(code, 0, err)
-        self.assertIn("relay: 1 peer(s)\naddress           trusted\n2001:0:c612:1::1  yes\n", plain(out))
+        self.assertIn("relay: 3 peer(s)\naddress           trusted\n2001:0:c612:1::1  yes\n", plain(out))
 
     async def test_wrong_key_is_refused(self) -> None:
         out, err, code = await self.run_ssh(b"status()\n", "-tt", "-i", f"{self.files.dir}/intruder")

@@ -212,5 +212,8 @@ class ClientService(TunneledRole):
         )
         return report
 
-    def peers(self) -> list[dict[str, Any]]:
-        return self.data.table.snapshot(self._seconds())
+    def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.data.table.snapshot(self._seconds(), limit)
+
+    def peer_count(self) -> int:
+        return len(self.data.table)
