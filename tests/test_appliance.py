@@ -89,6 +89,8 @@ class FakeRole(Service):
     def peer_count(self) -> int:
         return 3
 
+    qualified = False
+
 
 class World:
     """The fakes' shared journal and knobs, and the factories that build them."""

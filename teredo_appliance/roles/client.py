@@ -212,6 +212,11 @@ class ClientService(TunneledRole):
         )
         return report
 
+    @property
+    def qualified(self) -> bool:
+        """Whether the client holds a Teredo address right now."""
+        return self.qualifier.qualification is not None
+
     def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.data.table.snapshot(self._seconds(), limit)
 
