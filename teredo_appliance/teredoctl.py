@@ -122,3 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"teredoctl: {answer.get('error', 'refused')}", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
