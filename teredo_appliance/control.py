@@ -141,6 +141,7 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
         self._answered = False
 
     def connectionMade(self) -> None:
+        self.callLater = self.factory.clock.callLater  # TimeoutMixin's timer, on the service's reactor
         if self.factory.clients >= MAX_CLIENTS:
             self._answer(refusal(f"busy: {MAX_CLIENTS} control connections are open; try again"))
             return
@@ -186,8 +187,9 @@ class ControlFactory(Factory):
     protocol = ControlProtocol
     noisy = False
 
-    def __init__(self, commands: ControlCommands) -> None:
+    def __init__(self, commands: ControlCommands, clock: Any) -> None:
         self.commands = commands
+        self.clock = clock
         self.clients = 0
 
 
@@ -243,7 +245,7 @@ class ControlService(Service):
         self.config = config
         self.reactor = reactor
         self.owner = owner
-        self.factory = ControlFactory(ControlCommands(appliance))
+        self.factory = ControlFactory(ControlCommands(appliance), reactor)
         self._port: ControlPort | None = None
         self.setName("control")
 
