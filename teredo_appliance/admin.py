@@ -28,7 +28,7 @@ from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTran
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,6 +45,8 @@ log = Logger()
 
 UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH  # anyone who can write the list can log in
 _MALFORMED_KEY = (keys.BadKeyError, ValueError, LookupError, struct.error)  # what conch raises
+EXEC_REFUSAL = (b"teredo console: commands are not run over ssh exec; log in for the prompt (ssh -t), "
+                b"or run teredoctl on the box\n")
 
 
 class ConsoleError(ConfigError):
@@ -178,6 +180,19 @@ class ConsoleSession(TerminalSession):
         proto.loseConnection = partial(proto.processEnded, Failure(ProcessDone(0)))
         self._terminal = self.chainedProtocolFactory()
         self.transportFactory(proto, self._terminal, IConchUser(self.original), self.width, self.height)
+
+    def execCommand(self, proto: Any, cmd: bytes) -> None:
+        """`ssh box status`: one line on stderr and exit status 1, instead of conch's traceback."""
+        from twisted.internet import reactor
+
+        log.info("manhole: refused an exec request ({command!r})", command=cmd.decode("utf-8", "replace")[:80])
+        # After the request is acknowledged: ending the channel inside it would answer a closed channel.
+        reactor.callLater(0, self._refuse_exec, proto)
+
+    @staticmethod
+    def _refuse_exec(proto: Any) -> None:
+        proto.errReceived(EXEC_REFUSAL)
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
 
     def windowChanged(self, newWindowSize: tuple[int, ...]) -> None:
         self.height, self.width = newWindowSize[:2]

@@ -26,7 +26,17 @@ from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.loglevel import LogSink
 from teredo_appliance.privileges import describe_failure, preflight
-from teredo_appliance.reload import COMPONENT_ORDER, CONSOLE, components, empty_summary, plan_reload
+from teredo_appliance.reload import (
+    COMPONENT_ORDER,
+    CONSOLE,
+    CONTROL,
+    METRICS,
+    SERVICES,
+    components,
+    empty_summary,
+    plan_reload,
+)
+from teredo_appliance.sdnotify import Notifier
 
 RoleFactory = Callable[..., Service]  # Factory(section_config, reactor=reactor) -> role service
 ConfigLoader = Callable[[str], Config]
@@ -56,7 +66,11 @@ class Appliance(MultiService):
         *,
         loader: ConfigLoader = load_config,
         log_sink: LogSink | None = None,
+        notifier: Notifier | None = None,
+        owner: tuple[int | None, int | None] = (None, None),
     ) -> None:
+        """`notifier` tells systemd about start, reloads and stop (default: $NOTIFY_SOCKET);
+        `owner` is the (uid, gid) twistd drops to, which must own the control socket."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -67,6 +81,8 @@ class Appliance(MultiService):
         self._reactor = reactor
         self._factories = dict(role_factories or {})
         self._loader = loader
+        self._notifier = Notifier(None) if notifier is None else notifier
+        self._owner = owner
         self._lock = DeferredLock()
         self.log_sink = log_sink or LogSink(sys.stdout, config.log)
         self._previous_sighup: Any = None
@@ -95,6 +111,14 @@ class Appliance(MultiService):
             # After twistd dropped root the host key file may be unreadable: reuse the loaded key.
             host_key = running.host_key if running and running.config.host_key == section.host_key else None
             service: Service = ManholeService(section, self, reactor=self._reactor, host_key=host_key)
+        elif name == CONTROL:
+            from teredo_appliance.control import ControlService
+
+            service = ControlService(section, self, reactor=self._reactor, owner=self._owner)
+        elif name == METRICS:
+            from teredo_appliance.metrics import MetricsService
+
+            service = MetricsService(section, self, reactor=self._reactor)
         else:
             service = self._role_factory(name)(section, reactor=self._reactor)
         service.setName(name)
@@ -131,6 +155,7 @@ class Appliance(MultiService):
         previous = signal.signal(signal.SIGHUP, self._on_sighup)
         self._previous_sighup = signal.SIG_DFL if previous is None else previous  # None: set outside Python
         self._start_all("startService")
+        self._notifier.ready(self.summary())
 
     def _start_all(self, step: str) -> None:
         """Start every child; if any fails, end twistd with one clear line per failure."""
@@ -147,6 +172,7 @@ class Appliance(MultiService):
             raise SystemExit("\n".join(failures))
 
     def stopService(self) -> Deferred[Any]:
+        self._notifier.stopping()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
@@ -171,7 +197,19 @@ class Appliance(MultiService):
 
         Reloads are serialised: a second call waits until the first has finished.
         """
-        return self._lock.run(lambda: Deferred.fromCoroutine(self._reload()))
+        return self._lock.run(self._notified_reload)
+
+    def _notified_reload(self) -> Deferred[dict[str, list[str]]]:
+        """systemd hears RELOADING=1 before and READY=1 with the outcome after, even on failure."""
+        self._notifier.reloading(f"reloading {self.config_path}")
+
+        def done(result: Any) -> Any:
+            errors = result.get("errors") if isinstance(result, dict) else ["reload failed"]
+            outcome = f"last reload: {len(errors)} error(s), see the log" if errors else "last reload applied"
+            self._notifier.ready(f"{self.summary()}; {outcome}")
+            return result
+
+        return Deferred.fromCoroutine(self._reload()).addBoth(done)
 
     async def _reload(self) -> dict[str, list[str]]:
         result = empty_summary()
@@ -258,7 +296,7 @@ class Appliance(MultiService):
     def _running_config(self, new: Config, running: dict[str, Any]) -> Config:
         """The config actually in force: a failed role keeps its old section or is absent."""
         roles = RolesConfig(**{name: running.get(name) for name in ROLE_NAMES})
-        return dataclasses.replace(new, roles=roles, manhole=running.get(CONSOLE))
+        return dataclasses.replace(new, roles=roles, **{name: running.get(name) for name in SERVICES})
 
     def _report(self, result: dict[str, list[str]], unchanged: list[str],
                 errors: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -288,9 +326,25 @@ class Appliance(MultiService):
                 report[name] = {"role": name, "error": f"status() failed: {error}"}
         return report
 
-    def peers(self, role: str) -> list[dict[str, Any]]:
-        """The peer table of one running role."""
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: which roles run, how many peers, the client's state."""
+        parts = []
+        for name in ROLE_NAMES:
+            service: Any = self.namedServices.get(name)
+            if service is None:
+                continue
+            if name == "client":
+                parts.append("client " + ("qualified" if service.qualified else "not qualified"))
+            elif name == "relay":
+                parts.append(f"relay {service.peer_count()} peer(s)")
+            else:
+                parts.append(name)
+        return "running: " + (", ".join(parts) or "no role")
+
+    def peers(self, role: str, limit: int | None = None) -> dict[str, Any]:
+        """One running role's peer table: {"role", "total", "peers"}, at most `limit` rows (None: all)."""
         if role not in ROLE_NAMES or role not in self.namedServices:
             running = ", ".join(n for n in ROLE_NAMES if n in self.namedServices) or "none"
             raise LookupError(f"no {role!r} role is running (running: {running})")
-        return self.getServiceNamed(role).peers()
+        service = self.getServiceNamed(role)
+        return {"role": role, "total": service.peer_count(), "peers": service.peers(limit)}

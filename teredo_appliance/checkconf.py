@@ -38,10 +38,14 @@ def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:
 
 
 def summary(config: Config) -> list[str]:
-    """The lines printed for a valid configuration: each role, then the admin console if any."""
+    """The lines printed for a valid configuration: each role, then the console, control socket
+    and metrics endpoint."""
     lines = [describe_role(role) for role in config.roles.enabled().values()]
     if config.manhole is not None:
         lines.append(f"manhole: {config.manhole.listen}, keys from {config.manhole.authorized_keys}")
+    lines.append(f"control: {config.control.socket}" if config.control is not None else "control: off")
+    if config.metrics is not None:
+        lines.append(f"metrics: {config.metrics.listen}")
     return lines
 
 

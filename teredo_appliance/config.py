@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network
 
 import yaml
+from twisted.internet.endpoints import serverFromString
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from teredo_appliance.config_model import (
@@ -23,8 +24,10 @@ from teredo_appliance.config_model import (
     TEREDO_PORT,
     ClientConfig,
     Config,
+    ControlConfig,
     LogConfig,
     ManholeConfig,
+    MetricsConfig,
     RelayConfig,
     RolesConfig,
     ServerConfig,
@@ -35,6 +38,7 @@ DEFAULT_PATH = "/etc/teredo/teredo.yaml"
 TEREDO_PREFIX_LENGTH = 32  # RFC 4380 §2.6: the Teredo service prefix is a /32
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
 MAX_MTU = 65535  # the IPv6 payload length field is 16 bits
+UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NUL
 # Refresh bounds in seconds: at least 1 s so a typo cannot flood the server; at most 120 s,
 # the initial "maximum Teredo refresh interval" of RFC 4380 §5.2.7 (and the shortest NAT
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
@@ -49,6 +53,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _SCALARS = yaml.constructor.SafeConstructor()
 
@@ -239,6 +244,29 @@ def _namespace_levels(node: Node) -> tuple[tuple[str, str], ...]:
     return tuple(levels)
 
 
+def _socket_path(node: Node) -> str:
+    """An absolute path the kernel accepts for an AF_UNIX socket."""
+    value = _text(node, "an absolute path")
+    if not value.startswith("/"):
+        raise _Invalid(f"{value!r} is not an absolute path")
+    if len(value.encode()) >= UNIX_PATH_MAX or "\0" in value:
+        raise _Invalid(f"{value!r} is too long for a socket path (at most {UNIX_PATH_MAX - 1} bytes)")
+    if value.endswith("/"):
+        raise _Invalid(f"{value!r} names a directory, not a socket")
+    return value
+
+
+def _endpoint(node: Node) -> str:
+    """A Twisted server endpoint description, checked for syntax (nothing is opened)."""
+    value = _nonempty_text(node)
+    try:
+        serverFromString(None, value)  # builds the endpoint object only; the reactor is not used
+    except (ValueError, KeyError, TypeError) as error:
+        raise _Invalid(f"{value!r} is not a Twisted endpoint description like 'tcp:9100:interface=127.0.0.1' "
+                       f"({error})") from None
+    return value
+
+
 _mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
 
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
@@ -266,9 +294,11 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
     },
     ManholeConfig: {"listen": _nonempty_text, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
     LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
+    ControlConfig: {"socket": _socket_path},
+    MetricsConfig: {"listen": _endpoint},
 }
 _REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
-_TOP_LEVEL = ("roles", "manhole", "log")
+_TOP_LEVEL = ("roles", "manhole", "log", "control", "metrics")
 _ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientConfig}
 
 
@@ -304,13 +334,27 @@ class _Reader:
         roles = self.roles(top)
         manhole = self.section(ManholeConfig, *top["manhole"]) if "manhole" in top else None
         log = self.section(LogConfig, *top["log"]) if "log" in top else None
+        control = self.control(top["control"]) if "control" in top else ControlConfig()
+        metrics = self.section(MetricsConfig, *top["metrics"]) if "metrics" in top else None
         if self.errors or roles is None:
             return None
         return Config(
             roles=roles,
             manhole=ManholeConfig(**manhole.values) if manhole else None,
             log=LogConfig(**log.values) if log else LogConfig(),
+            control=control,
+            metrics=MetricsConfig(**metrics.values) if metrics else None,
         )
+
+    def control(self, where: tuple[Node, str, int]) -> ControlConfig | None:
+        """On by default; `control: false` turns the socket off."""
+        node = where[0]
+        if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
+            if _SCALARS.construct_yaml_bool(node):
+                return ControlConfig()
+            return None
+        section = self.section(ControlConfig, *where)
+        return ControlConfig(**section.values) if section else None
 
     def compose(self, text: str) -> Node | None:
         try:

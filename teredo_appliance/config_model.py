@@ -68,6 +68,20 @@ class ManholeConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The local control socket `teredoctl` talks to (on unless the file says `control: false`)."""
+
+    socket: str = "/run/teredo/control.sock"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus scrape endpoint (off unless the file has a `metrics` section)."""
+
+    listen: str = "tcp:9100:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"  # text (twistd's classic lines) or json (one object per line)
@@ -79,3 +93,6 @@ class Config:
     roles: RolesConfig
     manhole: ManholeConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
+    # None: off. The YAML loader turns an absent `control` section into ControlConfig().
+    control: ControlConfig | None = None
+    metrics: MetricsConfig | None = None

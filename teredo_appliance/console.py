@@ -99,19 +99,20 @@ def render_status(report: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join([*lines, RULE])
 
 
-def render_peers(role: str, peers: list[dict[str, Any]], limit: int = PEER_ROWS) -> str:
-    """A table with one column per key any peer has; long tables are cut at `limit` rows."""
-    if not peers:
-        return f"{role}: no peers"
-    shown = peers if limit <= 0 else peers[:limit]
+def render_peers(table: Mapping[str, Any], show_all: str = "peers({role!r}, limit=0)") -> str:
+    """A peer table (Appliance.peers) with one column per key any listed peer has, and the
+    true total even when only the first rows were asked for; `show_all` says how to see all."""
+    role, shown, total = table["role"], table["peers"], table["total"]
+    if not shown:
+        return f"{role}: {total or 'no'} peer(s)"
     columns = list(dict.fromkeys(key for peer in shown for key in peer))
     cells = [[scalar(peer.get(c)) for c in columns] for peer in shown]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [f"{role}: {len(peers)} peer(s)",
+    lines = [f"{role}: {total} peer(s)",
              "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    if len(shown) < len(peers):
-        lines.append(f"... {len(peers) - len(shown)} more: peers({role!r}, limit=0) lists all")
+    if len(shown) < total:
+        lines.append(f"... {total - len(shown)} more: {show_all.format(role=role)} lists all")
     return "\n".join(lines)
 
 
@@ -213,7 +214,7 @@ class ConsoleManhole(ColoredManhole):
         roles = [role] if role is not None else [r for r in ROLE_NAMES if r in self.appliance.namedServices]
         for name in roles:
             try:
-                self.say(render_peers(name, self.appliance.peers(name), limit))
+                self.say(render_peers(self.appliance.peers(name, limit if limit > 0 else None)))
             except LookupError as error:
                 self.say(str(error))
 

@@ -303,8 +303,8 @@ class PeerTable:
             "superseded": self.superseded,
         }
 
-    def snapshot(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
-        """Up to `limit` peers for the admin console, most recently heard from first."""
+    def snapshot(self, now: float, limit: int | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` peers (None: all) for the operator, most recently heard from first."""
         recent = heapq.merge(
             reversed(self._trusted.values()),
             reversed(self._untrusted.values()),

@@ -1,8 +1,9 @@
 """What a reload must do, decided apart from doing it: compare two configs component by component.
 
-Pure: configurations in, a plan out. A component is a role or the SSH console, named after
-its config section; its section is a frozen dataclass, so "changed" is plain inequality and
-an unchanged component keeps its running service (same sockets, TUN, peers, qualification).
+Pure: configurations in, a plan out. A component is a role, the SSH console, the control
+socket or the metrics endpoint, named after its config section; its section is a frozen
+dataclass, so "changed" is plain inequality and an unchanged component keeps its running
+service (same sockets, TUN, peers, qualification).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ from typing import Any
 from teredo_appliance.config_model import ROLE_NAMES, Config
 
 CONSOLE = "manhole"  # the console is diffed like a role, under its section's name
-COMPONENT_ORDER = (*ROLE_NAMES, CONSOLE)  # start order; stops go in reverse
+CONTROL = "control"
+METRICS = "metrics"
+SERVICES = (CONSOLE, CONTROL, METRICS)  # the components that are not roles, each a Config field
+COMPONENT_ORDER = (*ROLE_NAMES, *SERVICES)  # start order; stops go in reverse
 
 SUMMARY_KEYS = ("started", "stopped", "restarted", "unchanged", "errors")
 
 
 def components(config: Config) -> dict[str, Any]:
-    """The configured components by name, in start order: the roles, then the console."""
+    """The configured components by name, in start order: the roles, then the other services."""
     found: dict[str, Any] = dict(config.roles.enabled())
-    if config.manhole is not None:
-        found[CONSOLE] = config.manhole
+    for name in SERVICES:
+        section = getattr(config, name)
+        if section is not None:
+            found[name] = section
     return found
 
 

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.netlink import Link, LinkError
-from teredo_appliance.stats import Counters
+from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
 
 __all__ = ["LinkError", "Tunnel"]
 
@@ -63,6 +63,7 @@ class _IPv6Packets(AbstractDatagramProtocol):
         self._guard = PacketGuard(counters, "tun")
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
+        self.counters[TUN_IN] += len(datagram)
         if len(datagram) < IPV6_HEADER_LEN:
             self.counters.drop("tun.short")
         elif datagram[0] >> 4 != 6:
@@ -188,6 +189,8 @@ class Tunnel:
             port.write(packet)
         except OSError as e:
             self.counters.drop("tun.write_" + errno.errorcode.get(e.errno or 0, "error").lower())
+            return
+        self.counters[TUN_OUT] += len(packet)
 
     def close(self) -> Deferred[None]:
         """Remove the routes and addresses we added, then close the device.

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from teredo_appliance.admin import (
+    EXEC_REFUSAL,
     AuthorizedKeys,
     ConsoleError,
     ConsoleRealm,
@@ -250,9 +251,9 @@ class RenderTests(SynchronousTestCase):
             "    rx.ra                : 2",
         ])
 
-    def test_peer_table_is_cut_at_the_limit(self) -> None:
-        peers = [{"address": f"2001:0::{i}", "trusted": i % 2 == 0} for i in range(3)]
-        self.assertEqual(render_peers("relay", peers, limit=2).splitlines(), [
+    def test_peer_table_says_the_true_total_when_cut(self) -> None:
+        peers = [{"address": f"2001:0::{i}", "trusted": i % 2 == 0} for i in range(2)]
+        self.assertEqual(render_peers({"role": "relay", "total": 3, "peers": peers}).splitlines(), [
             "relay: 3 peer(s)",
             "address    trusted",
             "2001:0::0  yes",
@@ -320,7 +321,8 @@ class RealSSHTests(TestCase):
     def port(self) -> int:
         return int(self.appliance.getServiceNamed("manhole").address().rsplit(":", 1)[1])
 
-    def run_ssh(self, stdin: bytes, *options: str, user: str = "admin") -> Deferred[tuple[bytes, str, int]]:
+    def run_ssh(self, stdin: bytes, *options: str, user: str = "admin",
+                command: tuple[str, ...] = ()) -> Deferred[tuple[bytes, str, int]]:
         port = self.port()
         known_hosts = os.path.join(self.files.dir, "known_hosts")
         with open(self.files.host_key + ".pub") as pub, open(known_hosts, "w") as f:
@@ -328,7 +330,7 @@ class RealSSHTests(TestCase):
         args = [self.ssh, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={known_hosts}", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
                 "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10", "-e", "none", "-p", str(port),
-                *options, f"{user}@127.0.0.1"]
+                *options, f"{user}@127.0.0.1", *command]
         collect = Collect(stdin)
         reactor.spawnProcess(collect, self.ssh, args, env={"PATH": os.environ.get("PATH", ""),
                                                             "HOME": self.files.dir})
@@ -359,7 +361,24 @@ class RealSSHTests(TestCase):
         # The new console (new port) takes logins with the same, stable host key.
         out, err, code = await self.run_ssh(b"peers('relay')\n", "-tt", "-i", f"{self.files.dir}/admin")
         self.assertEqual(code, 0, err)
-        self.assertIn("relay: 1 peer(s)\naddress           trusted\n2001:0:c612:1::1  yes\n", plain(out))
+        self.assertIn("relay: 3 peer(s)\naddress           trusted\n2001:0:c612:1::1  yes\n", plain(out))
+
+    async def test_exec_request_is_refused_in_one_line_without_a_traceback(self) -> None:
+        loud: list[dict] = []
+
+        def observe(event: dict) -> None:
+            if event["log_level"] >= LogLevel.warn:
+                loud.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        out, err, code = await self.run_ssh(b"", "-i", f"{self.files.dir}/admin", "-T", command=("status",))
+        self.assertEqual((out, err, code), (b"", EXEC_REFUSAL.decode(), 1))
+        self.assertEqual([formatEvent(event) for event in loud], [])
+        # The console still takes interactive logins afterwards.
+        out, _, code = await self.run_ssh(b"status()\n", "-tt", "-i", f"{self.files.dir}/admin")
+        self.assertEqual(code, 0)
+        self.assertIn("Role                     : server", plain(out))
 
     async def test_wrong_key_is_refused(self) -> None:
         out, err, code = await self.run_ssh(b"status()\n", "-tt", "-i", f"{self.files.dir}/intruder")

@@ -84,8 +84,13 @@ class FakeRole(Service):
         return {"role": self.name, "running": bool(self.running), "nat_type": "cone",
                 "counters": {"rx.rs": 3}}
 
-    def peers(self) -> list[dict[str, Any]]:
-        return [{"address": "2001:0:c612:1::1", "trusted": True}]
+    def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return [{"address": f"2001:0:c612:1::{n}", "trusted": True} for n in (1, 2, 3)][:limit]
+
+    def peer_count(self) -> int:
+        return 3
+
+    qualified = False
 
 
 class World:
@@ -208,7 +213,10 @@ class CompositionTests(ApplianceCase):
         appliance = self.running(make_config(server=SERVER, relay=RELAY))
         self.assertEqual(list(appliance.status()), ["server", "relay"])
         self.assertEqual(appliance.status()["relay"]["nat_type"], "cone")
-        self.assertEqual(appliance.peers("relay")[0]["address"], "2001:0:c612:1::1")
+        table = appliance.peers("relay")
+        self.assertEqual((table["role"], table["total"]), ("relay", 3))
+        self.assertEqual(table["peers"][0]["address"], "2001:0:c612:1::1")
+        self.assertEqual(len(appliance.peers("relay", limit=2)["peers"]), 2)
         with self.assertRaises(LookupError) as caught:
             appliance.peers("client")
         self.assertEqual(str(caught.exception), "no 'client' role is running (running: server, relay)")

@@ -48,6 +48,8 @@ class CheckconfTests(SynchronousTestCase):
                 "client: servers teredo.trex.fi (secondary primary + 1), UDP 0.0.0.0:<any port>, TUN teredo,"
                 " refresh 30s, MTU 1280",
                 "manhole: tcp:2222:interface=127.0.0.1, keys from /etc/teredo/admin_keys",
+                "control: /run/teredo/control.sock",
+                "metrics: tcp:9100:interface=127.0.0.1",
             ],
         )
 
@@ -61,6 +63,7 @@ class CheckconfTests(SynchronousTestCase):
                 fallback_servers: [b.example, c.example]
                 bind_port: 3545
                 refresh_interval: 7.5
+            control: false
             """
         )
         self.assertEqual(
@@ -68,7 +71,7 @@ class CheckconfTests(SynchronousTestCase):
             (
                 0,
                 "client: servers 198.18.0.1 (secondary 198.18.0.9), b.example, c.example, UDP 0.0.0.0:3545,"
-                " TUN teredo, refresh 7.5s, MTU 1280\n",
+                " TUN teredo, refresh 7.5s, MTU 1280\ncontrol: off\n",
                 "",
             ),
         )

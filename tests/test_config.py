@@ -15,8 +15,10 @@ from teredo_appliance.config import ConfigError, load_config, parse_config
 from teredo_appliance.config_model import (
     ClientConfig,
     Config,
+    ControlConfig,
     LogConfig,
     ManholeConfig,
+    MetricsConfig,
     RelayConfig,
     RolesConfig,
     ServerConfig,
@@ -52,7 +54,7 @@ BROKEN = [
           relay:
         colour: blue
         """,
-        ["teredo.yaml:3: colour: unknown key; expected one of roles, manhole, log"],
+        ["teredo.yaml:3: colour: unknown key; expected one of roles, manhole, log, control, metrics"],
     ),
     (
         """\
@@ -306,11 +308,44 @@ class BrokenConfigTests(SynchronousTestCase):
             self.assertEqual(errors(text), [f"teredo.yaml:3: roles.relay.bind_port: {port} is out of range 1..65535"])
 
 
+class OperationsSectionTests(SynchronousTestCase):
+    """`control` is on unless switched off; `metrics` is off unless written."""
+
+    def test_control_defaults_on_and_false_switches_it_off(self) -> None:
+        self.assertEqual(parse("roles:\n  relay:\n").control, ControlConfig("/run/teredo/control.sock"))
+        self.assertIsNone(parse("roles:\n  relay:\ncontrol: false\n").control)
+        self.assertEqual(parse("roles:\n  relay:\ncontrol: true\n").control, ControlConfig())
+        self.assertEqual(parse("roles:\n  relay:\ncontrol:\n  socket: /run/t/c.sock\n").control,
+                         ControlConfig("/run/t/c.sock"))
+
+    def test_control_socket_must_be_a_usable_absolute_path(self) -> None:
+        long_path = "/" + "d" * 120
+        for value, message in (("rel.sock", "'rel.sock' is not an absolute path"),
+                               (long_path, f"{long_path!r} is too long for a socket path (at most 107 bytes)"),
+                               ("/run/teredo/", "'/run/teredo/' names a directory, not a socket"),
+                               ("[]", "expected an absolute path, got a list")):
+            self.assertEqual(errors(f"roles:\n  relay:\ncontrol:\n  socket: {value}\n"),
+                             [f"teredo.yaml:4: control.socket: {message}"])
+        self.assertEqual(errors("roles:\n  relay:\ncontrol: 3\n"),
+                         ["teredo.yaml:3: control: expected a mapping, got 3"])
+
+    def test_metrics_off_unless_written_and_endpoint_checked(self) -> None:
+        self.assertIsNone(parse("roles:\n  relay:\n").metrics)
+        self.assertEqual(parse("roles:\n  relay:\nmetrics:\n").metrics, MetricsConfig("tcp:9100:interface=127.0.0.1"))
+        self.assertEqual(parse("roles:\n  relay:\nmetrics:\n  listen: unix:/run/m.sock\n").metrics.listen,
+                         "unix:/run/m.sock")
+        self.assertEqual(errors("roles:\n  relay:\nmetrics:\n  listen: 'tcp:http'\n"),
+                         ["teredo.yaml:4: metrics.listen: 'tcp:http' is not a Twisted endpoint description like "
+                          "'tcp:9100:interface=127.0.0.1' (invalid literal for int() with base 10: 'http')"])
+        self.assertEqual(errors("roles:\n  relay:\nmetrics:\n  listen: 'carrier-pigeon:1'\n")[0][:60],
+                         "teredo.yaml:4: metrics.listen: 'carrier-pigeon:1' is not a T")
+
+
 class ValueTests(SynchronousTestCase):
     def test_role_with_no_keys_runs_with_defaults(self) -> None:
         for relay in ("relay:", "relay: {}", "relay: null"):
             config = parse(f"roles:\n  {relay}\n")
-            self.assertEqual(config, Config(roles=RolesConfig(relay=RelayConfig())))
+            self.assertEqual(config, Config(roles=RolesConfig(relay=RelayConfig()), control=ControlConfig()))
             self.assertIsNone(config.manhole)
             self.assertEqual(config.log, LogConfig(level="info"))
 

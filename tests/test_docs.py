@@ -13,7 +13,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from teredo_appliance import config_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = (ROOT / "man" / "twistd-teredo.8", ROOT / "man" / "teredo.yaml.5")
+PAGES = (ROOT / "man" / "twistd-teredo.8", ROOT / "man" / "teredo.yaml.5", ROOT / "man" / "teredoctl.8")
 
 
 def _need(tool: str) -> str:
@@ -44,15 +44,35 @@ class ManualPageTests(SynchronousTestCase):
     def test_every_key_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
         sections = (config_model.ServerConfig, config_model.RelayConfig, config_model.ClientConfig,
-                    config_model.ManholeConfig, config_model.LogConfig)
+                    config_model.ManholeConfig, config_model.LogConfig, config_model.ControlConfig,
+                    config_model.MetricsConfig)
         for section in sections:
             for field in dataclasses.fields(section):
                 self.assertIn(f".B {field.name}\n", text, f"{section.__name__}.{field.name}")
 
 
+    def test_every_metric_family_is_documented(self) -> None:
+        text = (ROOT / "man" / "teredo.yaml.5").read_text()
+        for family in ("teredo_up", "teredo_events_total", "teredo_drops_total", "teredo_bytes_total",
+                       "teredo_peers", "teredo_client_qualified", "teredo_build_info"):
+            self.assertIn(f".B {family}\n", text)
+
+    def test_every_teredoctl_command_is_documented(self) -> None:
+        from teredo_appliance.control import COMMANDS
+
+        text = (ROOT / "man" / "teredoctl.8").read_text()
+        for command in COMMANDS:
+            self.assertRegex(text, rf"\n\.BI? {command}\b")
+
+
 class SystemdUnitTests(SynchronousTestCase):
-    def test_unit_reloads_with_sighup_and_waits_for_the_network(self) -> None:
+    def test_unit_waits_for_the_network_and_restarts_on_failure(self) -> None:
         unit = (ROOT / "etc" / "teredo.service").read_text()
         self.assertIn("After=network-online.target", unit)
         self.assertIn("Restart=on-failure", unit)
-        self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)
+
+    def test_unit_is_notify_reloads_through_teredoctl_and_stops_on_config_errors(self) -> None:
+        unit = (ROOT / "etc" / "teredo.service").read_text().splitlines()
+        self.assertIn("Type=notify", unit)
+        self.assertIn("ExecReload=/opt/teredo-appliance/bin/teredoctl reload", unit)
+        self.assertIn("RestartPreventExitStatus=78", unit)

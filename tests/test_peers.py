@@ -366,6 +366,13 @@ class ReportTests(SynchronousTestCase):
         )
         self.assertEqual(len(table.snapshot(4.5, limit=2)), 2)
 
+    def test_snapshot_lists_every_peer_unless_limited(self) -> None:
+        table = PeerTable(500)
+        for n in range(150):
+            table.trust(addr(n), ("198.18.0.100", 1000 + n), float(n))
+        self.assertEqual(len(table.snapshot(200.0)), 150)  # no hidden cap: the operator asked for all
+        self.assertEqual([p["idle"] for p in table.snapshot(200.0, limit=3)], [51.0, 52.0, 53.0])
+
     def test_stats(self) -> None:
         table = PeerTable(8)
         table.enqueue(table.get_or_create(addr(0), MAPPING, 0.0), b"12345")

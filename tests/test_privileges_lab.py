@@ -4,9 +4,11 @@ and a reload that would need root again is refused with one line, not a tracebac
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from tests.labsupport import lab_skip_reason, skip_unless_lab
 
 NOBODY = 65534
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TEREDOCTL = os.path.join(os.path.dirname(sys.executable), "teredoctl")
 
 
 def _ip(*args: str) -> None:
@@ -45,6 +48,7 @@ class PrivilegeDropInLab(TestCase):
         self.dir.chmod(0o755)
         self.config = self.dir / "teredo.yaml"
         self.log = self.dir / "twistd.log"
+        self.control = self.dir / "run" / "control.sock"  # its directory is created by the daemon
         self.write(relay=self.tun, server=False)
         self.log.touch(mode=0o666)
 
@@ -53,6 +57,7 @@ class PrivilegeDropInLab(TestCase):
         if server:
             text += "  server:\n    bind_address: 198.18.0.1\n"
         text += f"  relay:\n    interface: {relay}\n    bind_address: 198.18.0.10\n"
+        text += f"control:\n  socket: {self.control}\n"
         self.config.write_text(text)
         self.config.chmod(0o644)
 
@@ -99,6 +104,14 @@ class PrivilegeDropInLab(TestCase):
             uid = next(line.split()[1:3] for line in status if line.startswith("Uid:"))
         self.assertEqual(uid, [str(NOBODY), str(NOBODY)])
         self.assertIn(self.tun, self.links())
+        # The control socket was made as root, for the user the daemon runs as.
+        for path, mode in ((self.control, 0o600), (self.control.parent, 0o755)):
+            info = path.stat()
+            self.assertEqual((info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)), (NOBODY, NOBODY, mode), path)
+        ctl = subprocess.run([TEREDOCTL, "--socket", str(self.control), "status", "--json"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        self.assertEqual(ctl.returncode, 0, ctl.stderr)
+        self.assertTrue(json.loads(ctl.stdout)["relay"]["running"])
 
         self.write(relay=self.tun + "x", server=False)  # a changed relay needs a new TUN
         log = self.reload_and_wait(pid, 1)
@@ -115,3 +128,4 @@ class PrivilegeDropInLab(TestCase):
         while self.tun in self.links() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.assertNotIn(self.tun, self.links())  # closing the TUN needs no privilege
+        self.assertFalse(self.control.exists())  # nor removing the socket from the daemon's own directory

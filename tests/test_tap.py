@@ -34,6 +34,20 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(makers)
         self.assertIs(makers[0].options, tap.Options)
 
+    def test_drop_to_is_the_user_twistd_switches_to(self) -> None:
+        import pwd
+
+        from twisted.scripts.twistd import ServerOptions
+
+        self.assertEqual(tap.drop_to(tap.Options()), (None, None))  # not under twistd
+        nobody = pwd.getpwnam("nobody")
+        for argv, expected in ((["teredo"], (None, None)),
+                               (["-u", "nobody", "teredo"], (nobody.pw_uid, nobody.pw_gid)),
+                               (["-u", "nobody", "-g", "0", "teredo"], (nobody.pw_uid, 0))):
+            options = ServerOptions()
+            options.parseOptions(argv)
+            self.assertEqual(tap.drop_to(options.subOptions), expected, argv)
+
     def test_options_default_and_flags(self) -> None:
         options = tap.Options()
         options.parseOptions([])
@@ -60,18 +74,18 @@ class MakeServiceTests(SynchronousTestCase):
         except SystemExit as e:
             return e.code, stderr.getvalue()
 
-    def test_missing_file_exits_1_with_one_line(self) -> None:
+    def test_missing_file_exits_78_with_one_line(self) -> None:
         missing = os.path.join(self.mktemp(), "teredo.yaml")
-        self.assertEqual(self.make_service(missing), (1, f"{missing}: cannot read: No such file or directory\n"))
+        self.assertEqual(self.make_service(missing), (78, f"{missing}: cannot read: No such file or directory\n"))
 
-    def test_invalid_file_exits_1_with_every_error(self) -> None:
+    def test_invalid_file_exits_78_with_every_error(self) -> None:
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("roles:\n  relay:\n    mtu: 9\n    max_peers: -1\n")
         self.assertEqual(
             self.make_service(path),
             (
-                1,
+                78,
                 f"{path}:3: roles.relay.mtu: 9 is out of range 1280..65535\n"
                 f"{path}:4: roles.relay.max_peers: -1 must be at least 1\n",
             ),
@@ -80,12 +94,13 @@ class MakeServiceTests(SynchronousTestCase):
     def test_valid_file_builds_appliance_from_path_and_config(self) -> None:
         built = []
         fake = types.ModuleType("teredo_appliance.appliance")
-        fake.Appliance = lambda path, config, log_sink: built.append((path, config, log_sink)) or "appliance"
+        fake.Appliance = lambda path, config, **kwargs: built.append((path, config, kwargs)) or "appliance"
         with mock.patch.dict(sys.modules, {fake.__name__: fake}):
             self.assertEqual(self.make_service(SAMPLE), ("appliance", ""))
-        [(path, config, sink)] = built
+        [(path, config, kwargs)] = built
         self.assertEqual((path, config), (SAMPLE, load_config(SAMPLE)))
-        self.assertEqual(sink.config, config.log)
+        self.assertEqual(kwargs["log_sink"].config, config.log)
+        self.assertEqual(kwargs["owner"], (None, None))  # no -u/-g: nobody to hand the control socket to
 
     def _sample_with_keys(self, keys: str | None) -> str:
         """The shipped sample, its console pointed at files of this test."""
@@ -110,12 +125,13 @@ class MakeServiceTests(SynchronousTestCase):
         service, err = self.make_service(self._sample_with_keys(key))
         self.assertEqual(err, "")
         self.assertTrue(IService.providedBy(service))
-        self.assertEqual(sorted(child.name for child in service), ["client", "manhole", "relay", "server"])
+        self.assertEqual(sorted(child.name for child in service),
+                         ["client", "control", "manhole", "metrics", "relay", "server"])
 
-    def test_unusable_console_keys_exit_1_with_one_line(self) -> None:
+    def test_unusable_console_keys_exit_78_with_one_line(self) -> None:
         path = self._sample_with_keys(None)
         service, err = self.make_service(path)
-        self.assertEqual(service, 1)
+        self.assertEqual(service, 78)
         self.assertEqual(len(err.splitlines()), 1, err)
         self.assertIn("authorized_keys file", err)
         self.assertIn("does not exist", err)
@@ -140,7 +156,7 @@ class TwistdTests(SynchronousTestCase):
         self.assertIn("[default: /etc/teredo/teredo.yaml]", result.stdout)
 
     def assertOneCleanLine(self, result: subprocess.CompletedProcess[str], line: str) -> None:
-        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.returncode, 78, "EX_CONFIG, which systemd's RestartPreventExitStatus= names")
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         self.assertEqual((result.stdout + result.stderr).splitlines(), [line])
 

@@ -86,6 +86,7 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         self.read(packet)
         self.tun.write(packet)
         self.assertEqual(self.received, [packet])
+        self.assertEqual(self.counters.traffic(), {"tun_in": 1280, "tun_out": 1280})
         self.assertEqual(list(self.device().writeBuffer), [packet])
 
     def test_non_ipv6_and_short_packets_dropped_and_counted(self) -> None:
@@ -94,6 +95,7 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         self.read(ipv4, b"\x60" * 39, b"", ipv6_packet())
         self.assertEqual(self.received, [ipv6_packet()])
         self.assertEqual(self.counters.drops(), {"tun.not_ipv6": 1, "tun.short": 2})
+        self.assertEqual(self.counters.traffic(), {"tun_in": 40 + 39 + 0 + len(ipv6_packet())})
 
     def test_write_reaches_device(self) -> None:
         self.tun.open()
@@ -111,6 +113,7 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         self.device().write = full
         self.tun.write(ipv6_packet())
         self.assertEqual(self.counters.drops(), {"tun.write_enobufs": 1, "tun.write_eagain": 1})
+        self.assertNotIn("tun_out", self.counters.traffic())  # refused packets are not bytes out
 
     def test_write_when_closed_is_counted(self) -> None:
         self.tun.write(ipv6_packet())

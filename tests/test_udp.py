@@ -23,6 +23,7 @@ class RealSocketTests(TestCase):
         self.assertTrue(protocol.send(b"x", ("127.0.0.1", 9)))
         self.assertFalse(protocol.send(bytes(70000), ("127.0.0.1", 9)))  # larger than a UDP datagram
         self.assertEqual(counters.drops(), {"socket-closed": 1, "send-emsgsize": 1})
+        self.assertEqual(counters.traffic(), {"udp_out": 1})  # only what the kernel took
 
     def test_ipv4_packets_never_carry_df(self) -> None:
         """RFC 4380 §5.1.2: Teredo never sets DF, so NATs and paths may fragment."""
@@ -68,3 +69,13 @@ class ContainmentTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         self.assertTrue(protocol.send(b"payload", ("198.18.0.1", 3544)))
         self.assertEqual(transport.written, [(b"payload", ("198.18.0.1", 3544))])
+
+    def test_bytes_in_and_out_are_counted_apart_from_events(self) -> None:
+        counters = Counters()
+        protocol = TeredoUDP(lambda data, source: None, counters)
+        protocol.makeConnection(FakeDatagramTransport())
+        protocol.datagramReceived(bytes(61), ("198.18.0.1", 3544))
+        protocol.datagramReceived(bytes(3), ("198.18.0.1", 3544))
+        protocol.send(bytes(100), ("198.18.0.1", 3544))
+        self.assertEqual(counters.traffic(), {"udp_in": 64, "udp_out": 100})
+        self.assertEqual(counters.events(), {})

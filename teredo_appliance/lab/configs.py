@@ -17,15 +17,23 @@ MIREDO_PROGRAMS = {"server": "miredo-server", "relay": "miredo", "client": "mire
 
 
 def teredo_yaml(
-    roles: dict[str, dict[str, Any]], log_level: str = "info", manhole: dict[str, Any] | None = None
+    roles: dict[str, dict[str, Any]],
+    log_level: str = "info",
+    manhole: dict[str, Any] | None = None,
+    control: str | None = None,
+    metrics: str | None = None,
 ) -> str:
-    """Our daemon's file: every role given, in one process, and the SSH console if asked."""
+    """Our daemon's file: every role given, in one process, the SSH console if asked, the
+    control socket at `control` (None: off) and the metrics endpoint `metrics` (None: off)."""
     unknown = set(roles) - set(ROLES)
     if not roles or unknown:
         raise ValueError(f"roles must be a non-empty subset of {ROLES}, not {sorted(roles)}")
     document: dict[str, Any] = {"roles": roles}
     if manhole is not None:
         document["manhole"] = manhole
+    document["control"] = {"socket": control} if control is not None else False
+    if metrics is not None:
+        document["metrics"] = {"listen": metrics}
     document["log"] = {"level": log_level}
     return yaml.safe_dump(document, sort_keys=False)
 

@@ -55,6 +55,8 @@ class Daemon:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     manhole: dict[str, Any] | None = None  # ours only: the yaml's `manhole` section (SSH console)
+    control: Path | None = None  # ours only: the control socket (teredoctl --socket)
+    metrics: str | None = None  # ours only: the metrics endpoint, if any
 
 
 class Lab:
@@ -203,19 +205,22 @@ class Lab:
         roles: dict[str, dict[str, Any]],
         *,
         manhole: dict[str, Any] | None = None,
+        metrics: str | None = None,
     ) -> Daemon:
         """Write the daemon's configuration and start it in the node's namespace.
 
         Miredo runs one role per process (`miredo` or `miredo-server`, in the foreground);
         ours runs every role given in one `twistd -n teredo -c <yaml>`, with the SSH
-        console when `manhole` (the yaml section) is given; rewrites keep it.
+        console when `manhole` (the yaml section) is given, metrics on the `metrics`
+        endpoint if given, and always a control socket of its own in the lab's state
+        directory (never the host's /run/teredo); rewrites keep all of them.
         """
         if impl not in IMPLS:
             raise LabError(f"unknown implementation {impl!r} (use {' or '.join(IMPLS)})")
         if impl == MIREDO and len(roles) != 1:
             raise LabError(f"Miredo runs one role per process, not {sorted(roles)}")
-        if impl == MIREDO and manhole is not None:
-            raise LabError("Miredo has no SSH console")
+        if impl == MIREDO and (manhole is not None or metrics is not None):
+            raise LabError("Miredo has no SSH console and no metrics")
         if name in self.daemons and self.is_running(name):
             raise LabError(f"daemon {name} is already running")
         rundir = self._rundir()
@@ -233,7 +238,9 @@ class Lab:
             # confined to an unprivileged user need not be able to open it.
             argv = [*self.wrap_ours, _twistd(), "-n", "--pidfile=", "--logfile=-", "teredo", "-c", str(config)]
             env = _ours_environment()
-        daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log", manhole=manhole)
+        control = self._record().directory / f"{name}.ctl" if impl == OURS else None
+        daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log", manhole=manhole, control=control,
+                        metrics=metrics)
         daemon.config.write_text(_config_text(daemon))
         log = daemon.log.open("ab")
         self._logs.append(log)
@@ -276,7 +283,8 @@ class Lab:
         """Stop a daemon and start it again with its current configuration."""
         daemon = self.daemons[name]
         self.stop_daemon(name)
-        return self.start_daemon(name, daemon.impl, daemon.node, daemon.roles, manhole=daemon.manhole)
+        return self.start_daemon(name, daemon.impl, daemon.node, daemon.roles, manhole=daemon.manhole,
+                                 metrics=daemon.metrics)
 
     def signal_daemon(self, name: str, signum: int = signal.SIGHUP) -> None:
         """Send a signal to a running daemon (SIGHUP: reload)."""
@@ -410,7 +418,8 @@ def _links(pid: int) -> set[str]:
 
 def _config_text(daemon: Daemon) -> str:
     if daemon.impl == OURS:
-        return configs.teredo_yaml(daemon.roles, manhole=daemon.manhole)
+        control = None if daemon.control is None else str(daemon.control)
+        return configs.teredo_yaml(daemon.roles, manhole=daemon.manhole, control=control, metrics=daemon.metrics)
     ((role, section),) = daemon.roles.items()
     return configs.miredo_conf(role, section)
 

@@ -38,7 +38,8 @@ class RoleService(Service):
         self.started_at = time.time()
 
     def status(self) -> dict[str, Any]:
-        """A JSON-friendly report: role, uptime, counters and drops by reason; subclasses add the rest."""
+        """A JSON-friendly report: role, uptime, counters, drops by reason and bytes by direction;
+        subclasses add the rest."""
         uptime = None if self.started_at is None else round(time.time() - self.started_at, 1)
         return {
             "role": self.role,
@@ -46,8 +47,13 @@ class RoleService(Service):
             "uptime": uptime,
             "counters": self.counters.events(),
             "drops": self.counters.drops(),
+            "bytes": self.counters.traffic(),
         }
 
-    def peers(self) -> list[dict[str, Any]]:
-        """Known peers as dicts; roles without a peer table have none."""
+    def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` known peers as dicts (None: all); roles without a peer table have none."""
         return []
+
+    def peer_count(self) -> int:
+        """How many peers the role knows, however many `peers()` was asked to list."""
+        return 0

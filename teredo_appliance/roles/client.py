@@ -212,5 +212,13 @@ class ClientService(TunneledRole):
         )
         return report
 
-    def peers(self) -> list[dict[str, Any]]:
-        return self.data.table.snapshot(self._seconds())
+    @property
+    def qualified(self) -> bool:
+        """Whether the client holds a Teredo address right now."""
+        return self.qualifier.qualification is not None
+
+    def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.data.table.snapshot(self._seconds(), limit)
+
+    def peer_count(self) -> int:
+        return len(self.data.table)

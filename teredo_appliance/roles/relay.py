@@ -127,5 +127,8 @@ class RelayService(TunneledRole):
         )
         return report
 
-    def peers(self) -> list[dict[str, Any]]:
-        return self.machine.snapshot(self._seconds())
+    def peers(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.machine.snapshot(self._seconds(), limit)
+
+    def peer_count(self) -> int:
+        return len(self.machine.peers)

@@ -261,5 +261,5 @@ class RelayMachine:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
-        return self.peers.snapshot(now)
+    def snapshot(self, now: float, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.peers.snapshot(now, limit)

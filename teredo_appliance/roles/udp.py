@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.protocol import DatagramProtocol
 
 from teredo_appliance.guard import PacketGuard
-from teredo_appliance.stats import Counters
+from teredo_appliance.stats import UDP_IN, UDP_OUT, Counters
 
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DONT = getattr(socket, "IP_PMTUDISC_DONT", 0)  # RFC 4380 §5.1.2 / Miredo: never set DF
@@ -54,6 +54,7 @@ class TeredoUDP(DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.counters[UDP_IN] += len(data)
         try:
             self.deliver(data, addr)
         except Exception:
@@ -72,6 +73,7 @@ class TeredoUDP(DatagramProtocol):
         except OSError as error:
             self.counters.drop("send-" + errno.errorcode.get(error.errno or 0, "error").lower())
             return False
+        self.counters[UDP_OUT] += len(payload)
         return True
 
 

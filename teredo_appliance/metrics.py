@@ -1,0 +1,140 @@
+"""Prometheus metrics (the `metrics` section): a collector over the roles' own counters.
+
+Nothing is counted for Prometheus on the packet path: at each scrape the collector reads
+what the roles already keep (stats.Counters, peer tables, the client's qualification),
+so a scrape costs a walk over a few dozen counters and a packet costs nothing extra. The
+text format comes from prometheus_client, served by its Twisted resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.twisted import MetricsResource
+from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+import teredo_appliance
+from teredo_appliance.config import ConfigError
+from teredo_appliance.config_model import ROLE_NAMES, MetricsConfig
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from teredo_appliance.appliance import Appliance
+
+log = Logger()
+
+
+class ApplianceCollector:
+    """Reads the running appliance at scrape time; registered in a registry of its own."""
+
+    def __init__(self, appliance: Appliance) -> None:
+        self.appliance = appliance
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("teredo_up", "1 while the role runs, 0 if it is configured but not running",
+                               labels=["role"])
+        events = CounterMetricFamily("teredo_events", "Events counted by a role (packets handled, RAs sent, ...)",
+                                     labels=["role", "event"])
+        drops = CounterMetricFamily("teredo_drops", "Packets or events a role dropped, by reason",
+                                    labels=["role", "reason"])
+        traffic = CounterMetricFamily("teredo_bytes", "Bytes through a role's UDP socket(s) and TUN device",
+                                      labels=["role", "direction"])
+        peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
+        qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
+        configured = self.appliance.config.roles.enabled()
+        for name in ROLE_NAMES:
+            service: Any = self.appliance.namedServices.get(name)
+            if service is None:
+                if name in configured:
+                    up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1 if service.running else 0)
+            counters = service.counters
+            for event, count in counters.events().items():
+                events.add_metric([name, event], count)
+            for reason, count in counters.drops().items():
+                drops.add_metric([name, reason], count)
+            for direction, count in counters.traffic().items():
+                traffic.add_metric([name, direction], count)
+            peers.add_metric([name], service.peer_count())
+            if name == "client":
+                qualified.add_metric([], 1 if service.qualified else 0)
+        build = InfoMetricFamily("teredo_build", "The appliance's version")
+        build.add_metric([], {"version": teredo_appliance.__version__})
+        yield from (up, events, drops, traffic, peers, qualified, build)
+
+
+def make_registry(appliance: Appliance) -> CollectorRegistry:
+    """The appliance's metrics plus this process's CPU, memory and descriptors."""
+    registry = CollectorRegistry()
+    registry.register(ApplianceCollector(appliance))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class QuietSite(Site):
+    """A scrape every few seconds is not worth an access-log line each."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class MetricsService(Service):
+    """Serves /metrics on the `listen` endpoint."""
+
+    def __init__(self, config: MetricsConfig, appliance: Appliance, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.registry = make_registry(appliance)
+        try:
+            self._endpoint = serverFromString(reactor, config.listen)
+        except ValueError as error:
+            raise ConfigError([f"metrics: listen {config.listen!r} is not an endpoint: {error}"]) from None
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=self.registry))
+        self.site = QuietSite(root)
+        self._port: Any = None
+        self.setName("metrics")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # As root, so a port below 1024 works; tcp: and unix: endpoints listen at once, so a
+        # failure raises here and a reload can report it and keep the rest.
+        outcome: list[Any] = []
+        self._endpoint.listen(self.site).addBoth(outcome.append)
+        if not outcome:
+            raise ConfigError([f"metrics: listen {self.config.listen!r} does not listen at once; "
+                               "use a tcp: or unix: endpoint"])
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self._port = outcome[0]
+        log.info("metrics: Prometheus scrape endpoint on {address}", address=self.address())
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self._port = self._port, None
+        return None if port is None else port.stopListening()
+
+    def address(self) -> str | None:
+        if self._port is None:
+            return None
+        host = self._port.getHost()
+        return f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)
+
+    def status(self) -> dict[str, Any]:
+        return {"role": "metrics", "running": bool(self.running), "listen": self.config.listen,
+                "address": self.address()}
