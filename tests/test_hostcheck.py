@@ -51,7 +51,7 @@ class HostWarningTests(SynchronousTestCase):
         from teredo_appliance import appliance as module
         proc_sys = fake_proc_sys(self.mktemp(), "0")
         self.patch(module, "host_warnings", lambda config: host_warnings(config, proc_sys))
-        box = Appliance("/etc/teredo/teredo.yaml", parse_config(RELAY, "t.yaml"), reactor=object(),
+        box = Appliance("/etc/teredo/teredo.yaml", parse_config(RELAY + "control: false\n", "t.yaml"), reactor=object(),
                         role_factories=World().factories())
         box.privilegedStartService()
         starts = [e for e in events if e.get("log_format", "").startswith("teredo-appliance {version} starting")]

@@ -116,7 +116,7 @@ class JsonLogOfARealDaemon(TestCase):
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=30)
         config = Path(self.mktemp()).absolute()
         config.write_text("roles:\n  relay:\n    interface: tlogrelay\n    bind_address: 127.0.0.1\n"
-                          "log:\n  format: json\n")
+                          "log:\n  format: json\ncontrol: false\n")  # never the host's /run/teredo
         daemon = subprocess.Popen(["ip", "netns", "exec", ns, TWISTD, "-n", "--pidfile=", "--logfile=-",
                                    "teredo", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env={**os.environ, "PYTHONPATH": REPO})

@@ -39,7 +39,8 @@ class FromMiredoTests(SynchronousTestCase):
         result = self.convert_and_check("miredo.conf")
         self.assertIn("server_address: teredo.remlab.net\n", result["yaml"])
         self.assertEqual(result["summary"], "client: servers teredo.remlab.net (secondary primary + 1),"
-                                            " UDP 0.0.0.0:<any port>, TUN teredo, refresh 30s, MTU 1280\n")
+                                            " UDP 0.0.0.0:<any port>, TUN teredo, refresh 30s, MTU 1280\n"
+                                            "control: /run/teredo/control.sock\n")
 
     def test_debian_installed_miredo_conf(self) -> None:
         result = self.convert_and_check("etc-miredo.conf")
@@ -49,7 +50,8 @@ class FromMiredoTests(SynchronousTestCase):
         for name in ("miredo-server.conf", "etc-miredo-server.conf"):
             result = self.convert_and_check(name)
             self.assertEqual(result["summary"],
-                             "server: UDP 192.0.2.221:3544 and 192.0.2.222:3544, prefix 2001::/32, MTU 1280\n")
+                             "server: UDP 192.0.2.221:3544 and 192.0.2.222:3544, prefix 2001::/32, MTU 1280\n"
+                             "control: /run/teredo/control.sock\n")
 
     def test_relay_with_every_key_and_unknown_lines_reported_with_their_numbers(self) -> None:
         text = ("# a relay\nRelayType restricted\nInterfaceName\tmiredo\nBindAddress 198.18.0.10\n"

@@ -66,10 +66,15 @@ class InstalledTwistdTests(SynchronousTestCase):
         self.assertEqual(result.stdout.strip(), f"teredo-checkconf {project['version']}")
 
 
+def _normalised(distribution: str) -> str:
+    """PEP 503: prometheus_client and prometheus-client name one distribution."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 class DeclaredDependencyTests(SynchronousTestCase):
     def test_every_third_party_import_is_a_declared_dependency(self) -> None:
         """An import the metadata does not declare works on a dev box and breaks a clean install."""
-        declared = {re.split(r"[<>=\[ ;]", spec)[0].lower().replace("_", "-")
+        declared = {_normalised(re.split(r"[<>=\[ ;]", spec)[0])
                     for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
         distributions = packages_distributions()
         imported = set()
@@ -81,5 +86,5 @@ class DeclaredDependencyTests(SynchronousTestCase):
                 imported.update(name.split(".")[0] for name in names)
         third_party = {top for top in imported - set(sys.stdlib_module_names) - {"teredo_appliance"}}
         undeclared = {top: distributions.get(top) for top in third_party
-                      if not {d.lower() for d in distributions.get(top, [top])} & declared}
+                      if not {_normalised(d) for d in distributions.get(top, [top])} & declared}
         self.assertEqual(undeclared, {})

@@ -238,7 +238,7 @@ class Lab:
             # confined to an unprivileged user need not be able to open it.
             argv = [*self.wrap_ours, _twistd(), "-n", "--pidfile=", "--logfile=-", "teredo", "-c", str(config)]
             env = _ours_environment()
-        control = self._record().directory / f"{name}.ctl" if impl == OURS else None
+        control = self._control_directory() / f"{name}.ctl" if impl == OURS else None
         daemon = Daemon(name, impl, node, roles, config, rundir / f"{name}.log", manhole=manhole, control=control,
                         metrics=metrics)
         daemon.config.write_text(_config_text(daemon))
@@ -301,6 +301,16 @@ class Lab:
         return {name: self.read_log(name) for name in self.daemons if self.daemons[name].log.exists()}
 
     # -- internals ---------------------------------------------------------------------
+
+    def _control_directory(self) -> Path:
+        """Where our daemons' control sockets go: sticky and world-writable, as /tmp, so a
+        daemon confined to an unprivileged user (wrap_ours) can create its socket there,
+        as it can in the /run/teredo that systemd's RuntimeDirectory= hands the unit's user."""
+        directory = self._record().directory / "control"
+        if not directory.is_dir():
+            directory.mkdir()
+            directory.chmod(0o1777)
+        return directory
 
     def _prefix(self) -> str:
         if self.prefix is None:
