@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
@@ -12,7 +13,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -33,7 +35,7 @@ from teredo_appliance.roles.server_machine import (
 )
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire import ipv6, nd
-from teredo_appliance.wire.address import FLAG_CONE, TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.address import FLAG_CONE, TeredoAddress, int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.teredo import AuthIndicator, build_bubble, origin_indication, parse_datagram
 from tests.vectors import MIREDO
 
@@ -73,24 +75,23 @@ class VectorTests(SynchronousTestCase):
         rs_in, ra_out = MIREDO["rs-with-auth-nonce"], MIREDO["ra-with-auth-origin"]
         self.assertEqual(
             machine.handle(rs_in.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
-            (PRIMARY, ra_out.payload, REPLY),
+            (PRIMARY, ra_out.payload, REPLY, ANSWERED_RS),
         )
-        self.assertEqual(machine.counters, {ANSWERED_RS: 1})
+        self.assertEqual(machine.counters, {})  # the service counts the RA once it is sent
 
     def test_general_path_builds_the_same_ra(self) -> None:
         """An RS with trailing bytes misses the fast path; the answer must not change."""
         machine = make_machine()
         output = machine.handle(MIREDO["rs-with-auth-nonce"].payload + b"trailer", CLIENT_IP, CLIENT_PORT, PRIMARY)
-        self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, REPLY))
+        self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, REPLY, ANSWERED_RS))
 
     def test_relay_bubble_forwarded_with_origin(self) -> None:
         machine = make_machine()
         bubble = MIREDO["bubble-relay-to-server"]
         self.assertEqual(
             machine.handle(bubble.payload, RELAY_IP, RELAY_PORT, PRIMARY),
-            (PRIMARY, MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732)),
+            (PRIMARY, MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732), FORWARDED_TEREDO),
         )
-        self.assertEqual(machine.counters, {FORWARDED_TEREDO: 1})
 
     def test_relay_bubble_on_secondary_still_leaves_from_primary(self) -> None:
         output = make_machine().handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, SECONDARY)
@@ -102,9 +103,8 @@ class VectorTests(SynchronousTestCase):
         echo_test = MIREDO["echo-test-via-server"]
         self.assertEqual(
             machine.handle(echo_test.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
-            (RAW, echo_test.payload, ("2001:db8:1::2", 0)),
+            (RAW, echo_test.payload, ("2001:db8:1::2", 0), FORWARDED_NATIVE),
         )
-        self.assertEqual(machine.counters, {FORWARDED_NATIVE: 1})
 
 
 class QualificationTests(SynchronousTestCase):
@@ -189,29 +189,30 @@ class ForwardingTests(SynchronousTestCase):
         machine = make_machine()
         self.assertEqual(
             machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY),
-            (PRIMARY, origin_indication(CLIENT_IP, CLIENT_PORT) + packet, ("198.18.7.7", 40000)),
+            (PRIMARY, origin_indication(CLIENT_IP, CLIENT_PORT) + packet, ("198.18.7.7", 40000), FORWARDED_TEREDO),
         )
-        self.assertEqual(machine.counters, {FORWARDED_TEREDO: 1})
 
     def test_teredo_to_other_servers_client_without_origin(self) -> None:
         packet = build_bubble(CLIENT, FOREIGN_PEER)
         machine = make_machine()
         output = machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY)
-        self.assertEqual(output, (PRIMARY, packet, ("198.18.8.8", 40001)))
-        self.assertEqual(machine.counters, {FORWARDED_TEREDO_OTHER: 1})
+        self.assertEqual(output, (PRIMARY, packet, ("198.18.8.8", 40001), FORWARDED_TEREDO_OTHER))
 
     def test_native_to_our_client(self) -> None:
         """Rule 6: a relay's echo reply to a client of ours."""
         packet = echo(NATIVE, CLIENT)
         output = make_machine().handle(packet, RELAY_IP, RELAY_PORT, PRIMARY)
-        self.assertEqual(output, (PRIMARY, origin_indication(RELAY_IP, RELAY_PORT) + packet, ("198.18.0.100", 52732)))
+        self.assertEqual(
+            output,
+            (PRIMARY, origin_indication(RELAY_IP, RELAY_PORT) + packet, ("198.18.0.100", 52732), FORWARDED_TEREDO),
+        )
 
     def test_incoming_headers_and_trailers_are_not_forwarded(self) -> None:
         """A forwarded packet is the IPv6 packet alone: no auth/origin from the sender, no trailer."""
         packet = echo(CLIENT, NATIVE)
         data = AuthIndicator(NONCE).pack() + origin_indication(1, 2) + packet + b"trailer"
         output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY)
-        self.assertEqual(output, (RAW, packet, ("2001:db8:1::2", 0)))
+        self.assertEqual(output, (RAW, packet, ("2001:db8:1::2", 0), FORWARDED_NATIVE))
 
     def test_payload_limit_boundary(self) -> None:
         """Miredo's 88-byte cap: an echo with 88 payload bytes passes, 89 do not."""
@@ -290,6 +291,63 @@ class DropTests(SynchronousTestCase):
         self.assertDropped("too-big", echo(CLIENT, PEER, bytes(200)))
 
 
+class PortZeroTests(SynchronousTestCase):
+    """Port 0 is no destination: a counted drop in the machine, never a send error."""
+
+    def test_forward_to_port_zero(self) -> None:
+        machine = make_machine()
+        port_zero = TeredoAddress(SERVER, 0, 0, ipv4_to_int("198.18.7.7")).pack()
+        self.assertIsNone(machine.handle(build_bubble(CLIENT, port_zero), CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertEqual(machine.counters, {"drop.port-zero": 1})
+
+    def test_rs_from_port_zero(self) -> None:
+        for request in (rs(), rs(auth=None)):  # the fast path and the general path
+            machine = make_machine()
+            self.assertIsNone(machine.handle(request, CLIENT_IP, 0, PRIMARY))
+            self.assertEqual(machine.counters, {"drop.port-zero": 1})
+
+
+class _RefusingTransport:
+    """A UDP transport whose socket buffer is always full."""
+
+    def write(self, data: bytes, addr: Any) -> None:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+class SendOutcomeTests(SynchronousTestCase):
+    """`forwarded.*` and `rs-answered` count what really left; a failed send is only a drop."""
+
+    @staticmethod
+    def service(transport: Any) -> ServerService:
+        service = ServerService(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")), Clock())
+        for protocol in service.protocols.values():
+            protocol.makeConnection(transport)
+        return service
+
+    def test_failed_udp_send_is_a_drop_only(self) -> None:
+        service = self.service(_RefusingTransport())
+        service.protocols[PRIMARY].datagramReceived(MIREDO["bubble-relay-to-server"].payload, ("198.18.0.10", 49030))
+        service.protocols[PRIMARY].datagramReceived(MIREDO["rs-with-auth-nonce"].payload, ("198.18.0.100", 52732))
+        self.assertEqual(service.counters, {"drop.send-enobufs": 2})
+
+    def test_failed_raw_send_is_a_drop_only(self) -> None:
+        service = self.service(_RefusingTransport())  # the raw socket is not even open
+        service.protocols[PRIMARY].datagramReceived(MIREDO["echo-test-via-server"].payload, ("198.18.0.100", 52732))
+        self.assertEqual(service.counters, {"drop.socket-closed": 1})
+
+    def test_successful_sends_are_counted(self) -> None:
+        transport = FakeDatagramTransport()
+        service = self.service(transport)
+        service.protocols[PRIMARY].datagramReceived(MIREDO["bubble-relay-to-server"].payload, ("198.18.0.10", 49030))
+        service.protocols[PRIMARY].datagramReceived(MIREDO["rs-with-auth-nonce"].payload, ("198.18.0.100", 52732))
+        self.assertEqual(service.counters, {FORWARDED_TEREDO: 1, ANSWERED_RS: 1})
+        self.assertEqual(
+            transport.written,
+            [(MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732)),
+             (MIREDO["ra-with-auth-origin"].payload, ("198.18.0.100", 52732))],
+        )
+
+
 # Fuzzing: arbitrary bytes, and datagrams assembled from parts that reach every rule.
 _addresses = st.sampled_from(
     [nd.RS_SOURCE, nd.RS_SOURCE_CONE, nd.ALL_ROUTERS, nd.server_link_local(SERVER), CLIENT, PEER, FOREIGN_PEER,
@@ -327,24 +385,26 @@ _known = st.sampled_from([v.payload for v in MIREDO.values()] + [rs(), rs(True),
 
 class FuzzTests(SynchronousTestCase):
     def assertAccounted(self, machine: ServerMachine, data: bytes, source: tuple[int, int], which: str) -> None:
+        """A drop moves exactly one drop counter; an output moves none and names the one to move once sent."""
         before = machine.counters.copy()
         output = machine.handle(data, source[0], source[1], which)
         changed = machine.counters - before
-        self.assertEqual(sum(changed.values()), 1, changed)  # exactly one thing happened
-        (event,) = changed
         if output is None:
+            self.assertEqual(sum(changed.values()), 1, changed)  # exactly one thing happened
+            (event,) = changed
             self.assertTrue(event.startswith("drop."), event)
+            return
+        self.assertEqual(changed, {})
+        key, payload, destination, event = output
+        self.assertIn(event, (ANSWERED_RS, FORWARDED_TEREDO, FORWARDED_TEREDO_OTHER, FORWARDED_NATIVE))
+        self.assertIn(key, (PRIMARY, SECONDARY, RAW))
+        self.assertIsInstance(payload, bytes)
+        if destination is REPLY:
+            self.assertEqual(event, ANSWERED_RS)  # only an RA goes back to the sender
         else:
-            self.assertFalse(event.startswith("drop."), event)
-            key, payload, destination = output
-            self.assertIn(key, (PRIMARY, SECONDARY, RAW))
-            self.assertIsInstance(payload, bytes)
-            if destination is REPLY:
-                self.assertEqual(event, ANSWERED_RS)  # only an RA goes back to the sender
-            else:
-                host, port = destination
-                socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
-                self.assertTrue(0 <= port <= 0xFFFF)
+            host, port = destination
+            socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
+            self.assertTrue(0 <= port <= 0xFFFF if key == RAW else 0 < port <= 0xFFFF)
 
     @settings(max_examples=400, deadline=None)
     @given(st.binary(max_size=200), _sources, st.sampled_from((PRIMARY, SECONDARY)))
@@ -355,6 +415,28 @@ class FuzzTests(SynchronousTestCase):
     @given(_datagrams() | _known, _sources, st.sampled_from((PRIMARY, SECONDARY)))
     def test_structured_datagrams(self, data: bytes, source: tuple[int, int], which: str) -> None:
         self.assertAccounted(make_machine(), data, source, which)
+
+
+class _FlakyTransport:
+    """A UDP transport that accepts or refuses each send as the test decides."""
+
+    def __init__(self, outcomes: list[bool]) -> None:
+        self.outcomes = outcomes
+
+    def write(self, data: bytes, addr: Any) -> None:
+        if not self.outcomes.pop(0):
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+
+class ServiceFuzzTests(SynchronousTestCase):
+    """Through the service: every datagram moves exactly one counter, whether its send succeeds or not."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(_datagrams() | _known, _sources, st.sampled_from((PRIMARY, SECONDARY)), st.booleans())
+    def test_one_counter_per_datagram(self, data: bytes, source: tuple[int, int], which: str, ok: bool) -> None:
+        service = SendOutcomeTests.service(_FlakyTransport([ok]))
+        service.protocols[which].datagramReceived(data, (int_to_ipv4(source[0]), source[1]))
+        self.assertEqual(sum(service.counters.values()), 1, service.counters)
 
 
 class RawSenderTests(SynchronousTestCase):
@@ -493,10 +575,11 @@ class ServiceTests(TestCase):
             primary.bind(("127.0.0.1", port))  # the primary was released
 
     def test_status(self) -> None:
-        service = ServerService(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")), reactor)
-        service.machine.handle(MIREDO["rs-with-auth-nonce"].payload, CLIENT_IP, CLIENT_PORT, PRIMARY)
-        service.machine.handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, PRIMARY)
-        service.machine.handle(b"junk", CLIENT_IP, CLIENT_PORT, PRIMARY)
+        service = SendOutcomeTests.service(FakeDatagramTransport())
+        receive = service.protocols[PRIMARY].datagramReceived
+        receive(MIREDO["rs-with-auth-nonce"].payload, ("198.18.0.100", 52732))
+        receive(MIREDO["bubble-relay-to-server"].payload, ("198.18.0.10", 49030))
+        receive(b"junk", ("198.18.0.100", 52732))
         status = service.status()
         self.assertEqual(status["role"], "server")
         self.assertEqual(status["addresses"], {"primary": "198.18.0.1:3544", "secondary": "198.18.0.2:3544",

@@ -3,7 +3,8 @@
 `ServerMachine.handle()` takes one UDP payload and where it came from and returns at
 most one thing to send: an RA (§5.3.2), a packet forwarded over UDP to a Teredo client
 (§5.3.1), or a packet for the native IPv6 Internet (raw socket). Everything else is a
-counted drop.
+counted drop. What is sent is counted by the service once the send succeeded (the
+output names its counter): a send the kernel refuses is a drop, not a forward.
 
 A server is a packet pump, and the qualification RS is by far its most common datagram.
 It is recognised by comparing bytes with the two canonical RSs and answered from a
@@ -52,7 +53,8 @@ FORWARDED_NATIVE = "forwarded.native"
 
 Address = tuple[str, int]
 REPLY = None  # destination "back to the datagram's source": saves turning it into text per RA
-Output = tuple[str, bytes, Address | None]  # (PRIMARY | SECONDARY | RAW, payload, destination or REPLY)
+# (PRIMARY | SECONDARY | RAW, payload, destination or REPLY, the counter to bump once sent)
+Output = tuple[str, bytes, Address | None, str]
 
 _AUTH_NO_ID = struct.pack("!HBB", AUTH_TYPE, 0, 0)  # auth indicator, no client id or auth value
 _NONCE_END = len(_AUTH_NO_ID) + 8
@@ -109,19 +111,22 @@ class ServerMachine:
         if source_port == self.port and source_ip in self._own:
             self.counters.drop("loop")  # Miredo's fix: a datagram from ourselves would bounce forever
             return None
+        if not source_port:
+            self.counters.drop("port-zero")  # no answer or origin indication can name port 0
+            return None
         if data[:4] == _AUTH_NO_ID:
             fast = self._fast_rs.get(data[_RS_OFFSET:])
             if fast is not None:  # an authenticated canonical RS: §5.3.1 rules 1, 2 and 4 hold
                 if not self.reachable_ipv4(source_ip):
                     self.counters.drop("source-not-global")  # rule 3
                     return None
-                self.counters[ANSWERED_RS] += 1
                 return (
                     SECONDARY if (which == SECONDARY) != fast[0] else PRIMARY,
                     data[:_NONCE_END]
                     + _CONFIRMATION_AND_ORIGIN.pack(0, 0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
                     + fast[1],
                     REPLY,
+                    ANSWERED_RS,
                 )
         return self._general(data, source_ip, source_port, which)
 
@@ -164,8 +169,7 @@ class ServerMachine:
             self.counters.drop("too-big")
             return None
         if destination[:4] != self.prefix32:
-            self.counters[FORWARDED_NATIVE] += 1
-            return RAW, packet, (socket.inet_ntop(socket.AF_INET6, destination), 0)
+            return RAW, packet, (socket.inet_ntop(socket.AF_INET6, destination), 0), FORWARDED_NATIVE
         obfuscated_port, obfuscated_ip = _OBFUSCATED.unpack_from(destination, 10)
         ip, port = obfuscated_ip ^ 0xFFFFFFFF, obfuscated_port ^ 0xFFFF
         if not self.reachable_ipv4(ip):
@@ -174,12 +178,13 @@ class ServerMachine:
         if port == self.port and ip in self._own:
             self.counters.drop("loop")
             return None
+        if not port:
+            self.counters.drop("port-zero")
+            return None
         if destination[:8] == self._our_clients:
-            self.counters[FORWARDED_TEREDO] += 1
             origin = _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
-            return PRIMARY, origin + packet, (int_to_ipv4(ip), port)
-        self.counters[FORWARDED_TEREDO_OTHER] += 1  # no origin indication: not our client
-        return PRIMARY, packet, (int_to_ipv4(ip), port)
+            return PRIMARY, origin + packet, (int_to_ipv4(ip), port), FORWARDED_TEREDO
+        return PRIMARY, packet, (int_to_ipv4(ip), port), FORWARDED_TEREDO_OTHER  # not our client: no origin
 
     @staticmethod
     def _embeds(address: bytes, ip: int, port: int) -> bool:
@@ -198,9 +203,9 @@ class ServerMachine:
         # secure qualification is not offered.
         head = b"" if auth is None else _AUTH_NO_ID + auth.nonce + b"\x00"
         cone = bool(int.from_bytes(destination[8:10], "big") & FLAG_CONE)
-        self.counters[ANSWERED_RS] += 1
         return (
             SECONDARY if (which == SECONDARY) != cone else PRIMARY,
             head + _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF) + ra,
             REPLY,
+            ANSWERED_RS,
         )
