@@ -50,6 +50,7 @@ FOREIGN_PEER = TeredoAddress(OTHER_SERVER, 0, 40001, ipv4_to_int("198.18.8.8")).
 NATIVE = IPv6Address("2001:db8:1::2").packed
 RELAY_LINK_LOCAL = IPv6Address("fe80::f0:73c7:8d61:56a1").packed
 NONCE = bytes.fromhex("a83a134fb6ddf809")
+NOW = 1000.0  # the machine's clock input; only the RS rate limit reads it
 
 
 def make_machine(**overrides: Any) -> ServerMachine:
@@ -74,7 +75,7 @@ class VectorTests(SynchronousTestCase):
         machine = make_machine()
         rs_in, ra_out = MIREDO["rs-with-auth-nonce"], MIREDO["ra-with-auth-origin"]
         self.assertEqual(
-            machine.handle(rs_in.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            machine.handle(rs_in.payload, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW),
             (PRIMARY, ra_out.payload, REPLY, ANSWERED_RS),
         )
         self.assertEqual(machine.counters, {})  # the service counts the RA once it is sent
@@ -82,19 +83,19 @@ class VectorTests(SynchronousTestCase):
     def test_general_path_builds_the_same_ra(self) -> None:
         """An RS with trailing bytes misses the fast path; the answer must not change."""
         machine = make_machine()
-        output = machine.handle(MIREDO["rs-with-auth-nonce"].payload + b"trailer", CLIENT_IP, CLIENT_PORT, PRIMARY)
+        output = machine.handle(MIREDO["rs-with-auth-nonce"].payload + b"trailer", CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
         self.assertEqual(output, (PRIMARY, MIREDO["ra-with-auth-origin"].payload, REPLY, ANSWERED_RS))
 
     def test_relay_bubble_forwarded_with_origin(self) -> None:
         machine = make_machine()
         bubble = MIREDO["bubble-relay-to-server"]
         self.assertEqual(
-            machine.handle(bubble.payload, RELAY_IP, RELAY_PORT, PRIMARY),
+            machine.handle(bubble.payload, RELAY_IP, RELAY_PORT, PRIMARY, NOW),
             (PRIMARY, MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732), FORWARDED_TEREDO),
         )
 
     def test_relay_bubble_on_secondary_still_leaves_from_primary(self) -> None:
-        output = make_machine().handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, SECONDARY)
+        output = make_machine().handle(MIREDO["bubble-relay-to-server"].payload, RELAY_IP, RELAY_PORT, SECONDARY, NOW)
         assert output is not None
         self.assertEqual(output[0], PRIMARY)
 
@@ -102,7 +103,7 @@ class VectorTests(SynchronousTestCase):
         machine = make_machine()
         echo_test = MIREDO["echo-test-via-server"]
         self.assertEqual(
-            machine.handle(echo_test.payload, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            machine.handle(echo_test.payload, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW),
             (RAW, echo_test.payload, ("2001:db8:1::2", 0), FORWARDED_NATIVE),
         )
 
@@ -115,7 +116,7 @@ class QualificationTests(SynchronousTestCase):
         return datagram, nd.parse_router_advertisement(datagram.packet, datagram.header)
 
     def test_ra_contents(self) -> None:
-        output = make_machine().handle(rs(), CLIENT_IP, CLIENT_PORT, PRIMARY)
+        output = make_machine().handle(rs(), CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
         datagram, ra = self.parsed_ra(output)
         self.assertEqual(datagram.auth, AuthIndicator(NONCE, 0))
         self.assertEqual((datagram.origin.ip, datagram.origin.port), (CLIENT_IP, CLIENT_PORT))
@@ -127,19 +128,19 @@ class QualificationTests(SynchronousTestCase):
     def test_configured_prefix_and_mtu(self) -> None:
         machine = make_machine(prefix32=IPv6Address("3ffe:831f::").packed[:4], mtu=1400)
         for request in (rs(), rs(cone=True), rs(auth=None)):
-            _, ra = self.parsed_ra(machine.handle(request, CLIENT_IP, CLIENT_PORT, PRIMARY))
+            _, ra = self.parsed_ra(machine.handle(request, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
             self.assertEqual(ra.prefixes, ((IPv6Address("3ffe:831f:c612:1::").packed, 64),))
             self.assertEqual(ra.mtu, 1400)
 
     def test_rs_without_auth_gets_ra_without_auth(self) -> None:
-        output = make_machine().handle(rs(auth=None), CLIENT_IP, CLIENT_PORT, PRIMARY)
+        output = make_machine().handle(rs(auth=None), CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
         assert output is not None
         self.assertEqual(output[1], MIREDO["ra-with-auth-origin"].payload[13:])
 
     def test_nonce_echoed_with_confirmation_zero(self) -> None:
         """A client id or a non-zero confirmation in the RS changes nothing but the nonce."""
         auth = AuthIndicator(b"12345678", confirmation=1, client_id=b"id", auth_value=b"mac")
-        datagram, _ = self.parsed_ra(make_machine().handle(rs(auth=auth), CLIENT_IP, CLIENT_PORT, PRIMARY))
+        datagram, _ = self.parsed_ra(make_machine().handle(rs(auth=auth), CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
         self.assertEqual(datagram.auth, AuthIndicator(b"12345678", 0))
 
     def test_socket_choice(self) -> None:
@@ -152,7 +153,7 @@ class QualificationTests(SynchronousTestCase):
             (SECONDARY, True, PRIMARY),
         ):
             for auth in (AuthIndicator(NONCE), None):  # the fast path and the general path
-                output = machine.handle(rs(cone, auth), CLIENT_IP, CLIENT_PORT, which)
+                output = machine.handle(rs(cone, auth), CLIENT_IP, CLIENT_PORT, which, NOW)
                 assert output is not None
                 self.assertEqual(output[0], expected, (which, cone, auth))
                 self.assertEqual(self.parsed_ra(output)[1].destination, nd.RS_SOURCE_CONE if cone else nd.RS_SOURCE)
@@ -166,7 +167,7 @@ class QualificationTests(SynchronousTestCase):
             (cone_client, nd.ALL_ROUTERS, SECONDARY),
         ):
             packet = ipv6.build_icmpv6(source, destination, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
-            output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY)
+            output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
             assert output is not None
             self.assertEqual(output[0], expected)
             self.assertEqual(self.parsed_ra(output)[1].destination, source)
@@ -175,7 +176,7 @@ class QualificationTests(SynchronousTestCase):
         """Rule 4 accepts any link-local source; the RA is built for it, checksum and all."""
         source = IPv6Address("fe80::1234").packed
         packet = ipv6.build_icmpv6(source, nd.ALL_ROUTERS, nd.ICMPV6_ROUTER_SOLICITATION, 0, bytes(4), 255)
-        output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, SECONDARY)
+        output = make_machine().handle(packet, CLIENT_IP, CLIENT_PORT, SECONDARY, NOW)
         assert output is not None
         self.assertEqual(output[0], SECONDARY)
         self.assertEqual(self.parsed_ra(output)[1].destination, source)
@@ -188,20 +189,20 @@ class ForwardingTests(SynchronousTestCase):
         packet = build_bubble(CLIENT, PEER)
         machine = make_machine()
         self.assertEqual(
-            machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY),
+            machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW),
             (PRIMARY, origin_indication(CLIENT_IP, CLIENT_PORT) + packet, ("198.18.7.7", 40000), FORWARDED_TEREDO),
         )
 
     def test_teredo_to_other_servers_client_without_origin(self) -> None:
         packet = build_bubble(CLIENT, FOREIGN_PEER)
         machine = make_machine()
-        output = machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY)
+        output = machine.handle(packet, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
         self.assertEqual(output, (PRIMARY, packet, ("198.18.8.8", 40001), FORWARDED_TEREDO_OTHER))
 
     def test_native_to_our_client(self) -> None:
         """Rule 6: a relay's echo reply to a client of ours."""
         packet = echo(NATIVE, CLIENT)
-        output = make_machine().handle(packet, RELAY_IP, RELAY_PORT, PRIMARY)
+        output = make_machine().handle(packet, RELAY_IP, RELAY_PORT, PRIMARY, NOW)
         self.assertEqual(
             output,
             (PRIMARY, origin_indication(RELAY_IP, RELAY_PORT) + packet, ("198.18.0.100", 52732), FORWARDED_TEREDO),
@@ -211,16 +212,16 @@ class ForwardingTests(SynchronousTestCase):
         """A forwarded packet is the IPv6 packet alone: no auth/origin from the sender, no trailer."""
         packet = echo(CLIENT, NATIVE)
         data = AuthIndicator(NONCE).pack() + origin_indication(1, 2) + packet + b"trailer"
-        output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY)
+        output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
         self.assertEqual(output, (RAW, packet, ("2001:db8:1::2", 0), FORWARDED_NATIVE))
 
     def test_payload_limit_boundary(self) -> None:
         """Miredo's 88-byte cap: an echo with 88 payload bytes passes, 89 do not."""
         machine = make_machine()
         at_limit = echo(CLIENT, NATIVE, bytes(MAX_FORWARDED_PAYLOAD - 8))
-        self.assertIsNotNone(machine.handle(at_limit, CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertIsNotNone(machine.handle(at_limit, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
         over = echo(CLIENT, NATIVE, bytes(MAX_FORWARDED_PAYLOAD - 7))
-        self.assertIsNone(machine.handle(over, CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertIsNone(machine.handle(over, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
         self.assertEqual(machine.counters.drops(), {"too-big": 1})
 
 
@@ -230,7 +231,7 @@ class DropTests(SynchronousTestCase):
     def assertDropped(self, reason: str, data: bytes, ip: int = CLIENT_IP, port: int = CLIENT_PORT,
                       machine: ServerMachine | None = None) -> None:
         machine = machine or make_machine()
-        self.assertIsNone(machine.handle(data, ip, port, PRIMARY))
+        self.assertIsNone(machine.handle(data, ip, port, PRIMARY, NOW))
         self.assertEqual(machine.counters, {"drop." + reason: 1})
 
     def test_rule1_malformed(self) -> None:
@@ -297,14 +298,62 @@ class PortZeroTests(SynchronousTestCase):
     def test_forward_to_port_zero(self) -> None:
         machine = make_machine()
         port_zero = TeredoAddress(SERVER, 0, 0, ipv4_to_int("198.18.7.7")).pack()
-        self.assertIsNone(machine.handle(build_bubble(CLIENT, port_zero), CLIENT_IP, CLIENT_PORT, PRIMARY))
+        self.assertIsNone(machine.handle(build_bubble(CLIENT, port_zero), CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
         self.assertEqual(machine.counters, {"drop.port-zero": 1})
 
     def test_rs_from_port_zero(self) -> None:
         for request in (rs(), rs(auth=None)):  # the fast path and the general path
             machine = make_machine()
-            self.assertIsNone(machine.handle(request, CLIENT_IP, 0, PRIMARY))
+            self.assertIsNone(machine.handle(request, CLIENT_IP, 0, PRIMARY, NOW))
             self.assertEqual(machine.counters, {"drop.port-zero": 1})
+
+
+class RateLimitTests(SynchronousTestCase):
+    """RS per source IPv4: a burst, then a steady rate; the server is no reflector at line rate."""
+
+    def answered(self, machine: ServerMachine, count: int, now: float, ip: int = CLIENT_IP,
+                 request: bytes | None = None) -> int:
+        request = rs() if request is None else request
+        return sum(machine.handle(request, ip, CLIENT_PORT + i, PRIMARY, now) is not None for i in range(count))
+
+    def test_default_burst_then_rate(self) -> None:
+        machine = make_machine()  # 20 RS/s, burst 40
+        self.assertEqual(self.answered(machine, 100, NOW), 40)
+        self.assertEqual(machine.counters, {"drop.rs-rate-limited": 60})
+        self.assertEqual(self.answered(machine, 100, NOW + 1.0), 20)  # one second refills 20
+        self.assertEqual(self.answered(machine, 100, NOW + 1000.0), 40)  # never more than the burst
+
+    def test_general_path_is_limited_too(self) -> None:
+        machine = make_machine()
+        self.assertEqual(self.answered(machine, 30, NOW, request=rs(auth=None)), 30)
+        self.assertEqual(self.answered(machine, 30, NOW), 10)  # one bucket for both paths
+
+    def test_each_source_has_its_own_bucket(self) -> None:
+        machine = make_machine()
+        self.assertEqual(self.answered(machine, 50, NOW), 40)
+        self.assertEqual(self.answered(machine, 50, NOW, ip=RELAY_IP), 40)
+
+    def test_forwarding_is_not_limited(self) -> None:
+        machine = make_machine()
+        self.answered(machine, 50, NOW)
+        bubble = MIREDO["bubble-relay-to-server"].payload
+        self.assertIsNotNone(machine.handle(bubble, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW))
+
+
+class ServiceRateLimitTests(SynchronousTestCase):
+    def test_configured_limit_and_the_reactors_clock(self) -> None:
+        clock = Clock()
+        config = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), rs_rate=0.5, rs_burst=2)
+        service = ServerService(config, clock)
+        transport = FakeDatagramTransport()
+        service.protocols[PRIMARY].makeConnection(transport)
+        for _ in range(5):
+            service.protocols[PRIMARY].datagramReceived(rs(), ("198.18.0.100", 52732))
+        clock.advance(2.0)  # earns one more
+        for _ in range(5):
+            service.protocols[PRIMARY].datagramReceived(rs(), ("198.18.0.100", 52732))
+        self.assertEqual(service.counters, {ANSWERED_RS: 3, "drop.rs-rate-limited": 7})
+        self.assertEqual(len(transport.written), 3)
 
 
 class _RefusingTransport:
@@ -387,7 +436,7 @@ class FuzzTests(SynchronousTestCase):
     def assertAccounted(self, machine: ServerMachine, data: bytes, source: tuple[int, int], which: str) -> None:
         """A drop moves exactly one drop counter; an output moves none and names the one to move once sent."""
         before = machine.counters.copy()
-        output = machine.handle(data, source[0], source[1], which)
+        output = machine.handle(data, source[0], source[1], which, NOW)
         changed = machine.counters - before
         if output is None:
             self.assertEqual(sum(changed.values()), 1, changed)  # exactly one thing happened

@@ -19,6 +19,8 @@ import socket
 import struct
 from collections.abc import Callable
 
+from teredo_appliance.config_model import DEFAULT_RS_BURST, DEFAULT_RS_RATE
+from teredo_appliance.ratelimit import KeyedRateLimit
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import FLAG_CONE, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
 from teredo_appliance.wire.errors import ParseError
@@ -44,6 +46,7 @@ RAW = "raw"  # the raw IPv6 socket: native destinations go by "regular IPv6 rout
 # relay-finding echo; too small to make the server an open UDP relay. Bubbles carry none.
 MAX_FORWARDED_PAYLOAD = 88
 REACHABLE_CACHE_SIZE = 1 << 14  # IPv4 verdicts remembered (about 2 MB at most)
+RS_RATE_TABLE_SIZE = 1 << 15  # source addresses the RS rate limit remembers (about 3 MB at most)
 
 # Counter names; drop reasons go through Counters.drop() and read "drop.<reason>".
 ANSWERED_RS = "rs-answered"
@@ -68,8 +71,9 @@ _UNSPECIFIED_OR_LOOPBACK = bytes(15)  # the first 15 bytes of :: and ::1
 class ServerMachine:
     """Stateless §5.3 server for one primary/secondary address pair.
 
-    There is no clock input and no timer: the server keeps no state (§5.3), so every
-    answer depends on the datagram and its source alone.
+    The only state is the RS rate limit per source IPv4 address (bounded), so the only
+    use of the clock input `now`; there is no timer. Everything else depends on the
+    datagram and its source alone.
     """
 
     def __init__(
@@ -81,10 +85,13 @@ class ServerMachine:
         mtu: int = MIN_MTU,
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+        rs_rate: float = DEFAULT_RS_RATE,
+        rs_burst: int = DEFAULT_RS_BURST,
     ) -> None:
         """`reachable_ipv4` says which IPv4 sources and destinations are acceptable
         (§5.3.1 rule 3, §5.3.2); only tests on loopback widen it. Its verdicts are
-        memoised (bounded): the check runs for every datagram."""
+        memoised (bounded): the check runs for every datagram. `rs_rate` and `rs_burst`
+        limit the RAs sent to one IPv4 address."""
         self.primary = primary
         self.secondary = secondary
         self.counters = counters
@@ -94,6 +101,7 @@ class ServerMachine:
         self.link_local = server_link_local(primary)
         self.prefix64 = teredo_prefix64(primary, prefix32)  # the /64 every RA advertises
         self._mtu = mtu
+        self._rs_allowed = KeyedRateLimit(rs_rate, rs_burst, RS_RATE_TABLE_SIZE).allow
         self._own = frozenset((primary, secondary))
         self._our_clients = prefix32 + primary.to_bytes(4, "big")  # first 64 bits of our clients
         # The RA packet for each canonical RS source (RFC 4380 §5.2.1): built once.
@@ -106,8 +114,8 @@ class ServerMachine:
             for cone in (False, True)
         }
 
-    def handle(self, data: bytes, source_ip: int, source_port: int, which: str) -> Output | None:
-        """What to send in answer to `data` received on socket `which`, or None (a counted drop)."""
+    def handle(self, data: bytes, source_ip: int, source_port: int, which: str, now: float) -> Output | None:
+        """What to send in answer to `data` received on socket `which` at `now`, or None (a counted drop)."""
         if source_port == self.port and source_ip in self._own:
             self.counters.drop("loop")  # Miredo's fix: a datagram from ourselves would bounce forever
             return None
@@ -120,6 +128,9 @@ class ServerMachine:
                 if not self.reachable_ipv4(source_ip):
                     self.counters.drop("source-not-global")  # rule 3
                     return None
+                if not self._rs_allowed(source_ip, now):
+                    self.counters.drop("rs-rate-limited")
+                    return None
                 return (
                     SECONDARY if (which == SECONDARY) != fast[0] else PRIMARY,
                     data[:_NONCE_END]
@@ -128,9 +139,9 @@ class ServerMachine:
                     REPLY,
                     ANSWERED_RS,
                 )
-        return self._general(data, source_ip, source_port, which)
+        return self._general(data, source_ip, source_port, which, now)
 
-    def _general(self, data: bytes, source_ip: int, source_port: int, which: str) -> Output | None:
+    def _general(self, data: bytes, source_ip: int, source_port: int, which: str, now: float) -> Output | None:
         """Every datagram the fast path does not take: §5.3.1 rules 1-7, then where it goes."""
         try:
             datagram = parse_datagram(data)  # rule 1
@@ -158,7 +169,7 @@ class ServerMachine:
             if not teredo_source and not (is_link_local(source) and destination == ALL_ROUTERS):
                 self.counters.drop("rs-bad-source")
                 return None
-            return self._advertise(datagram.auth, source, source_ip, source_port, which)
+            return self._advertise(datagram.auth, source, source_ip, source_port, which, now)
         if not teredo_source and destination[:8] != self._our_clients:
             self.counters.drop("not-our-client")  # rule 6 fails, so rule 7
             return None
@@ -193,9 +204,12 @@ class ServerMachine:
         return obfuscated_ip ^ 0xFFFFFFFF == ip and obfuscated_port ^ 0xFFFF == port
 
     def _advertise(
-        self, auth: AuthIndicator | None, destination: bytes, source_ip: int, source_port: int, which: str
-    ) -> Output:
+        self, auth: AuthIndicator | None, destination: bytes, source_ip: int, source_port: int, which: str, now: float
+    ) -> Output | None:
         """§5.3.2: the RA, from the other address when the RS source has the cone bit."""
+        if not self._rs_allowed(source_ip, now):
+            self.counters.drop("rs-rate-limited")
+            return None
         ra = self._ra_packet.get(destination) or router_advertisement(
             self.primary, destination, self.prefix64, self._mtu
         )
