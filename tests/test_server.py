@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
@@ -100,11 +101,13 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(output[0], PRIMARY)
 
     def test_echo_test_goes_out_native(self) -> None:
+        """As Miredo's client sent it, one hop fewer (the server routes it: Miredo's does not)."""
         machine = make_machine()
-        echo_test = MIREDO["echo-test-via-server"]
+        echo_test = MIREDO["echo-test-via-server"].payload
+        self.assertEqual(echo_test[7], 128)
         self.assertEqual(
-            machine.handle(echo_test.payload, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW),
-            (RAW, echo_test.payload, ("2001:db8:1::2", 0), FORWARDED_NATIVE),
+            machine.handle(echo_test, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW),
+            (RAW, echo_test[:7] + bytes((127,)) + echo_test[8:], ("2001:db8:1::2", 0), FORWARDED_NATIVE),
         )
 
 
@@ -208,12 +211,19 @@ class ForwardingTests(SynchronousTestCase):
             (PRIMARY, origin_indication(RELAY_IP, RELAY_PORT) + packet, ("198.18.0.100", 52732), FORWARDED_TEREDO),
         )
 
-    def test_incoming_headers_and_trailers_are_not_forwarded(self) -> None:
-        """A forwarded packet is the IPv6 packet alone: no auth/origin from the sender, no trailer."""
+    def test_incoming_headers_and_echo_trailers_are_not_forwarded(self) -> None:
+        """A forwarded echo is the IPv6 packet alone: no auth/origin from the sender, no trailer."""
+        ours = origin_indication(CLIENT_IP, CLIENT_PORT)
+        for destination, head, ip in ((PEER, ours, "198.18.7.7"), (FOREIGN_PEER, b"", "198.18.8.8")):
+            packet = echo(CLIENT, destination)
+            data = AuthIndicator(NONCE).pack() + origin_indication(1, 2) + packet + b"trailer"
+            output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
+            assert output is not None
+            self.assertEqual((output[1], output[2][0]), (head + packet, ip))
         packet = echo(CLIENT, NATIVE)
         data = AuthIndicator(NONCE).pack() + origin_indication(1, 2) + packet + b"trailer"
         output = make_machine().handle(data, CLIENT_IP, CLIENT_PORT, PRIMARY, NOW)
-        self.assertEqual(output, (RAW, packet, ("2001:db8:1::2", 0), FORWARDED_NATIVE))
+        self.assertEqual(output[1][8:], packet[8:])  # after the hop limit, the packet as sent
 
     def test_payload_limit_boundary(self) -> None:
         """Miredo's 88-byte cap: an echo with 88 payload bytes passes, 89 do not."""
@@ -306,6 +316,104 @@ class PortZeroTests(SynchronousTestCase):
             machine = make_machine()
             self.assertIsNone(machine.handle(request, CLIENT_IP, 0, PRIMARY, NOW))
             self.assertEqual(machine.counters, {"drop.port-zero": 1})
+
+
+def icmpv6(source: bytes, destination: bytes, icmp_type: int, hop_limit: int = 255) -> bytes:
+    return ipv6.build_icmpv6(source, destination, icmp_type, 0, bytes(4), hop_limit)
+
+
+def forwarded(data: bytes, ip: int = CLIENT_IP, port: int = CLIENT_PORT) -> Any:
+    return make_machine().handle(data, ip, port, PRIMARY, NOW)
+
+
+class HostileForwardingTests(SynchronousTestCase):
+    """What the open Internet must not get through the server."""
+
+    def assertDropped(self, reason: str, data: bytes, ip: int = CLIENT_IP, port: int = CLIENT_PORT) -> None:
+        machine = make_machine()
+        self.assertIsNone(machine.handle(data, ip, port, PRIMARY, NOW), reason)
+        self.assertEqual(machine.counters, {"drop." + reason: 1})
+
+    # RFC 4380 §5.3: bubbles and ICMPv6 echo only ("not ... other types")
+    def test_only_echo_among_icmpv6_is_forwarded(self) -> None:
+        for icmp_type in (1, 2, 3, 4, 130, 133, 134, 135, 136, 137, 143, 200):
+            self.assertDropped("not-bubble-or-echo", icmpv6(CLIENT, NATIVE, icmp_type))  # native side
+            self.assertDropped("not-bubble-or-echo", icmpv6(NATIVE, CLIENT, icmp_type), RELAY_IP, RELAY_PORT)
+            self.assertDropped("not-bubble-or-echo", icmpv6(CLIENT, PEER, icmp_type))  # to a Teredo client
+
+    def test_echo_request_and_reply_still_forwarded(self) -> None:
+        for reply in (False, True):
+            packet = ipv6.build_echo(CLIENT, NATIVE, 1, 2, b"data", reply=reply)
+            self.assertEqual(forwarded(packet)[3], FORWARDED_NATIVE)
+            packet = ipv6.build_echo(NATIVE, CLIENT, 1, 2, b"data", reply=reply)
+            self.assertEqual(forwarded(packet, RELAY_IP, RELAY_PORT)[3], FORWARDED_TEREDO)
+
+    def test_echo_with_a_code_or_truncated_is_not_echo(self) -> None:
+        self.assertDropped("not-bubble-or-echo", ipv6.build_icmpv6(CLIENT, NATIVE, 128, 1, bytes(4)))
+        self.assertDropped("not-bubble-or-echo", ipv6.build_packet(CLIENT, NATIVE, 58, bytes((128, 0, 0, 0))))
+
+    # The server routes what it emits natively: hop limit - 1 (RFC 8200 §3)
+    def test_native_hop_limit_is_decremented_checksum_still_right(self) -> None:
+        packet = ipv6.build_echo(CLIENT, NATIVE, 0x1512, 1, b"x" * 16, hop_limit=64)
+        key, out, _, _ = forwarded(packet)
+        self.assertEqual(key, RAW)
+        self.assertEqual(out, packet[:7] + bytes((63,)) + packet[8:])
+        header = ipv6.parse_header(out)
+        self.assertEqual(header.hop_limit, 63)
+        self.assertTrue(ipv6.checksum_ok(out, header))
+
+    def test_native_hop_limit_exhausted(self) -> None:
+        for hops in (0, 1):
+            packet = ipv6.build_echo(CLIENT, NATIVE, 0x1512, 1, b"x", hop_limit=hops)
+            self.assertDropped("hop-limit-exceeded", packet)
+
+    def test_bubbles_keep_their_hop_limit(self) -> None:
+        packet = ipv6.build_packet(CLIENT, PEER, 59, b"", hop_limit=1)
+        self.assertEqual(forwarded(packet)[1], origin_indication(CLIENT_IP, CLIENT_PORT) + packet)
+
+    # Scope of both addresses (RFC 4291 §2.4, RFC 4380 §5.3.1)
+    def test_non_global_destinations(self) -> None:
+        for text in ("fec0::1", "fc00::1", "fd12:3456::1", "::ffff:198.18.0.9", "::198.18.0.9", "ff02::1",
+                     "ff0e::1", "fe80::1", "::1", "::"):
+            self.assertDropped("destination-not-global", echo(CLIENT, IPv6Address(text).packed))
+
+    def test_non_global_sources(self) -> None:
+        for text in ("fe80::1", "ff02::1", "ff0e::1", "::", "::1", "fc00::1", "fec0::1", "::ffff:198.18.0.9"):
+            source = IPv6Address(text).packed
+            self.assertDropped("ipv6-source-not-global", echo(source, CLIENT), RELAY_IP, RELAY_PORT)
+            if text != "fe80::1":  # a relay's indirect bubble comes from its link-local (RFC 4380 §5.4.1)
+                self.assertDropped("ipv6-source-not-global", build_bubble(source, CLIENT), RELAY_IP, RELAY_PORT)
+
+    def test_link_local_bubble_to_a_teredo_client_still_forwarded(self) -> None:
+        output = forwarded(build_bubble(RELAY_LINK_LOCAL, CLIENT), RELAY_IP, RELAY_PORT)
+        self.assertEqual(output[3], FORWARDED_TEREDO)
+
+    # RFC 4861 §6.1.1: an RS whose checksum fails is no RS
+    def test_rs_checksum_verified_on_the_general_path(self) -> None:
+        good = nd.router_solicitation()
+        bad = good[:42] + bytes((good[42] ^ 1,)) + good[43:]
+        for data in (bad, AUTH.pack() + bad, b"\x00\x01\x01\x00x" + NONCE + b"\x00" + bad):
+            self.assertDropped("rs-bad-checksum", data)
+        teredo_rs = icmpv6(CLIENT, nd.ALL_ROUTERS, nd.ICMPV6_ROUTER_SOLICITATION)
+        self.assertDropped("rs-bad-checksum", teredo_rs[:43] + bytes((teredo_rs[43] ^ 1,)) + teredo_rs[44:])
+
+    def test_the_fast_paths_canonical_rs_has_a_valid_checksum(self) -> None:
+        for cone in (False, True):
+            packet = nd.router_solicitation(cone)
+            self.assertTrue(ipv6.checksum_ok(packet, ipv6.parse_header(packet)))
+
+    # RFC 6081 trailers ride behind a bubble's IPv6 packet
+    def test_bubble_trailers_are_kept(self) -> None:
+        trailer = bytes.fromhex("0104deadbeef") + bytes.fromhex("0302000001020304abcd")
+        bubble = build_bubble(CLIENT, PEER)
+        self.assertEqual(forwarded(bubble + trailer)[1], origin_indication(CLIENT_IP, CLIENT_PORT) + bubble + trailer)
+        bubble = build_bubble(CLIENT, FOREIGN_PEER)
+        self.assertEqual(forwarded(AUTH.pack() + bubble + trailer)[1], bubble + trailer)
+
+    def test_bubble_trailers_are_bounded(self) -> None:
+        bubble = build_bubble(CLIENT, PEER)
+        self.assertIsNotNone(forwarded(bubble + bytes(MAX_FORWARDED_PAYLOAD)))
+        self.assertDropped("trailer-too-big", bubble + bytes(MAX_FORWARDED_PAYLOAD + 1))
 
 
 class RateLimitTests(SynchronousTestCase):
@@ -499,6 +607,29 @@ class RawSenderTests(SynchronousTestCase):
         self.addCleanup(sender.close)
         self.assertFalse(sender.send(bytes(70000), "::1"))  # larger than any IPv6 packet
         self.assertEqual(counters.drops(), {"socket-closed": 1, "raw-send-emsgsize": 1})
+
+
+    def test_the_kernel_sends_the_header_as_built(self) -> None:
+        """IPPROTO_RAW implies IPV6_HDRINCL: the hop limit the machine wrote is the one on the wire."""
+        require_raw_socket()
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+        listener.settimeout(5)
+        sender = RawIPv6Sender(Counters())
+        sender.open()
+        self.addCleanup(sender.close)
+        marker = b"teredo-hop-limit-" + NONCE.hex().encode()
+        packet = ipv6.build_echo(CLIENT, IPv6Address("::1").packed, 0x1512, 1, marker, hop_limit=63)
+        self.assertTrue(sender.send(packet, "::1"))
+        while True:  # the loopback may carry other ICMPv6; find ours
+            data, ancillary, _, (source, *_) = listener.recvmsg(2048, socket.CMSG_SPACE(4))
+            if data.endswith(marker) and data[0] == ipv6.ICMPV6_ECHO_REQUEST:
+                break
+        self.assertEqual(source, str(IPv6Address(CLIENT)))
+        hops = [int.from_bytes(d, sys.byteorder) for level, kind, d in ancillary if kind == socket.IPV6_HOPLIMIT]
+        self.assertEqual(hops, [63])
+        self.assertEqual(data, packet[ipv6.HEADER_LENGTH :])  # checksum and all, as built
 
 
 # Service: real UDP sockets on loopback and the real reactor.

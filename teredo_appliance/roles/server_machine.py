@@ -24,7 +24,7 @@ from teredo_appliance.ratelimit import KeyedRateLimit
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import FLAG_CONE, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
 from teredo_appliance.wire.errors import ParseError
-from teredo_appliance.wire.ipv6 import MIN_MTU, NEXT_HEADER_ICMPV6, is_link_local, is_multicast
+from teredo_appliance.wire.ipv6 import MIN_MTU, NEXT_HEADER_ICMPV6, checksum_ok, is_echo, is_link_local
 from teredo_appliance.wire.nd import (
     ALL_ROUTERS,
     RS_SOURCE,
@@ -36,6 +36,7 @@ from teredo_appliance.wire.nd import (
     server_link_local,
     teredo_prefix64,
 )
+from teredo_appliance.wire.scope import is_global_unicast
 from teredo_appliance.wire.teredo import AUTH_TYPE, AuthIndicator, is_bubble, parse_datagram
 
 PRIMARY = "primary"
@@ -45,6 +46,10 @@ RAW = "raw"  # the raw IPv6 socket: native destinations go by "regular IPv6 rout
 # Miredo and Microsoft's servers: the largest IPv6 payload a server relays. Room for the
 # relay-finding echo; too small to make the server an open UDP relay. Bubbles carry none.
 MAX_FORWARDED_PAYLOAD = 88
+# RFC 6081 trailers behind a forwarded bubble get the same room: every trailer type at
+# once (nonce, four alternate addresses, ND option, random port) takes about half of it.
+MAX_FORWARDED_TRAILER = MAX_FORWARDED_PAYLOAD
+_HOP_LIMIT_OFFSET = 7  # RFC 8200 §3: the hop limit byte of the IPv6 header
 REACHABLE_CACHE_SIZE = 1 << 14  # IPv4 verdicts remembered (about 2 MB at most)
 RS_RATE_TABLE_SIZE = 1 << 15  # source addresses the RS rate limit remembers (about 3 MB at most)
 
@@ -65,7 +70,6 @@ _RS_OFFSET = _NONCE_END + 1  # after the confirmation byte
 _CONFIRMATION_AND_ORIGIN = struct.Struct("!BHHI")  # confirmation 0, then origin indication
 _ORIGIN = struct.Struct("!HHI")  # RFC 4380 §5.1.1: 00 00 | ~port | ~IPv4
 _OBFUSCATED = struct.Struct("!HI")  # ~port, ~IPv4 at offset 10 of a Teredo address
-_UNSPECIFIED_OR_LOOPBACK = bytes(15)  # the first 15 bytes of :: and ::1
 
 
 class ServerMachine:
@@ -149,7 +153,8 @@ class ServerMachine:
             self.counters.drop(error.reason)
             return None
         header, packet = datagram.header, datagram.packet
-        if not is_bubble(header) and header.next_header != NEXT_HEADER_ICMPV6:
+        bubble = is_bubble(header)
+        if not bubble and header.next_header != NEXT_HEADER_ICMPV6:
             self.counters.drop("not-bubble-or-icmpv6")  # rule 2
             return None
         if not self.reachable_ipv4(source_ip):
@@ -169,18 +174,34 @@ class ServerMachine:
             if not teredo_source and not (is_link_local(source) and destination == ALL_ROUTERS):
                 self.counters.drop("rs-bad-source")
                 return None
+            if not checksum_ok(packet, header):
+                self.counters.drop("rs-bad-checksum")  # RFC 4861 §6.1.1
+                return None
             return self._advertise(datagram.auth, source, source_ip, source_port, which, now)
         if not teredo_source and destination[:8] != self._our_clients:
             self.counters.drop("not-our-client")  # rule 6 fails, so rule 7
             return None
-        if is_multicast(destination) or is_link_local(destination) or destination[:15] == _UNSPECIFIED_OR_LOOPBACK:
+        if not is_global_unicast(destination):
             self.counters.drop("destination-not-global")
+            return None
+        # A relay's indirect bubble comes from its link-local address (RFC 4380 §5.4.1;
+        # Miredo's and ours): harmless to a Teredo client, and bubbles never go native.
+        if not is_global_unicast(source) and not (bubble and is_link_local(source)):
+            self.counters.drop("ipv6-source-not-global")
+            return None
+        if not bubble and not is_echo(packet, header):
+            self.counters.drop("not-bubble-or-echo")  # §5.3: "not ... other types of IPv6 packets"
             return None
         if header.payload_length > MAX_FORWARDED_PAYLOAD:
             self.counters.drop("too-big")
             return None
         if destination[:4] != self.prefix32:
-            return RAW, packet, (socket.inet_ntop(socket.AF_INET6, destination), 0), FORWARDED_NATIVE
+            return self._route_native(packet, header.hop_limit, destination, bubble)
+        if bubble and datagram.trailer:
+            if len(datagram.trailer) > MAX_FORWARDED_TRAILER:
+                self.counters.drop("trailer-too-big")
+                return None
+            packet += datagram.trailer  # RFC 6081 trailers travel with the bubble
         obfuscated_port, obfuscated_ip = _OBFUSCATED.unpack_from(destination, 10)
         ip, port = obfuscated_ip ^ 0xFFFFFFFF, obfuscated_port ^ 0xFFFF
         if not self.reachable_ipv4(ip):
@@ -196,6 +217,18 @@ class ServerMachine:
             origin = _ORIGIN.pack(0, source_port ^ 0xFFFF, source_ip ^ 0xFFFFFFFF)
             return PRIMARY, origin + packet, (int_to_ipv4(ip), port), FORWARDED_TEREDO
         return PRIMARY, packet, (int_to_ipv4(ip), port), FORWARDED_TEREDO_OTHER  # not our client: no origin
+
+    def _route_native(self, packet: bytes, hop_limit: int, destination: bytes, bubble: bool) -> Output | None:
+        """To the native IPv6 Internet the server is a router: the echo only, one hop fewer."""
+        if bubble:
+            self.counters.drop("native-not-echo")  # a bubble opens Teredo NAT mappings, nothing native
+            return None
+        if hop_limit <= 1:
+            self.counters.drop("hop-limit-exceeded")  # RFC 8200 §3: a router never forwards it at 0
+            return None
+        # The raw socket sends the header as given; the ICMPv6 checksum does not cover the hop limit.
+        packet = packet[:_HOP_LIMIT_OFFSET] + bytes((hop_limit - 1,)) + packet[_HOP_LIMIT_OFFSET + 1 :]
+        return RAW, packet, (socket.inet_ntop(socket.AF_INET6, destination), 0), FORWARDED_NATIVE
 
     @staticmethod
     def _embeds(address: bytes, ip: int, port: int) -> bool:
