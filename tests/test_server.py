@@ -37,7 +37,8 @@ from teredo_appliance.roles.server_machine import (
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire import ipv6, nd
 from teredo_appliance.wire.address import FLAG_CONE, TeredoAddress, int_to_ipv4, ipv4_to_int
-from teredo_appliance.wire.teredo import AuthIndicator, build_bubble, origin_indication, parse_datagram
+from teredo_appliance.wire.scope import is_global_unicast
+from teredo_appliance.wire.teredo import AuthIndicator, build_bubble, is_bubble, origin_indication, parse_datagram
 from tests.vectors import MIREDO
 
 SERVER = ipv4_to_int("198.18.0.1")
@@ -508,7 +509,8 @@ class SendOutcomeTests(SynchronousTestCase):
 # Fuzzing: arbitrary bytes, and datagrams assembled from parts that reach every rule.
 _addresses = st.sampled_from(
     [nd.RS_SOURCE, nd.RS_SOURCE_CONE, nd.ALL_ROUTERS, nd.server_link_local(SERVER), CLIENT, PEER, FOREIGN_PEER,
-     NATIVE, RELAY_LINK_LOCAL, bytes(16), IPv6Address("::1").packed, IPv6Address("ff02::1").packed]
+     NATIVE, RELAY_LINK_LOCAL, bytes(16), IPv6Address("::1").packed, IPv6Address("ff02::1").packed,
+     IPv6Address("fd00::1").packed, IPv6Address("::ffff:198.18.0.9").packed]
 ) | st.binary(min_size=16, max_size=16)
 _headers = st.one_of(
     st.just(b""),
@@ -523,10 +525,10 @@ _headers = st.one_of(
 def _datagrams(draw: Any) -> bytes:
     payload = draw(st.one_of(st.just(b""), st.just(bytes(4)), st.binary(max_size=100)))
     if payload and draw(st.booleans()):
-        payload = bytes((draw(st.sampled_from((128, 129, 133, 134, 1))),)) + payload[1:]
+        payload = bytes((draw(st.sampled_from((128, 129, 133, 134, 135, 136, 137, 1))),)) + payload[1:]
     packet = ipv6.build_packet(
         draw(_addresses), draw(_addresses), draw(st.sampled_from((58, 59, 17, 0))), payload,
-        draw(st.sampled_from((255, 64, 0))),
+        draw(st.sampled_from((255, 64, 2, 1, 0))),
     )
     if draw(st.booleans()):
         packet = packet[: draw(st.integers(0, len(packet)))] + draw(st.binary(max_size=8))
@@ -558,10 +560,23 @@ class FuzzTests(SynchronousTestCase):
         self.assertIsInstance(payload, bytes)
         if destination is REPLY:
             self.assertEqual(event, ANSWERED_RS)  # only an RA goes back to the sender
+            return
+        host, port = destination
+        socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
+        self.assertTrue(0 <= port <= 0xFFFF if key == RAW else 0 < port <= 0xFFFF)
+        # What crosses the server: a bubble or an echo, between global addresses, routed natively.
+        sent = parse_datagram(payload)
+        header = sent.header
+        self.assertTrue(is_global_unicast(header.destination), header)
+        if is_bubble(header):
+            self.assertNotEqual(key, RAW)
+            self.assertTrue(is_global_unicast(header.source) or ipv6.is_link_local(header.source), header)
         else:
-            host, port = destination
-            socket.inet_pton(socket.AF_INET6 if key == RAW else socket.AF_INET, host)  # a literal address
-            self.assertTrue(0 <= port <= 0xFFFF if key == RAW else 0 < port <= 0xFFFF)
+            self.assertTrue(ipv6.is_echo(sent.packet, header), header)
+            self.assertTrue(is_global_unicast(header.source), header)
+            self.assertEqual(sent.trailer, b"")
+        if key == RAW:
+            self.assertEqual(header.hop_limit + 1, parse_datagram(data).header.hop_limit)
 
     @settings(max_examples=400, deadline=None)
     @given(st.binary(max_size=200), _sources, st.sampled_from((PRIMARY, SECONDARY)))
