@@ -47,6 +47,9 @@ MAX_REFRESH_INTERVAL = 120.0
 IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 characters
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
+# Router Solicitations per second answered for one source address: above this the limit
+# protects nothing (a server answers ~150k RS/s in all).
+MAX_RS_RATE = 1_000_000.0
 BROADCAST = IPv4Address("255.255.255.255")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -194,6 +197,13 @@ def _refresh_interval(node: Node) -> float:
     return value
 
 
+def _rs_rate(node: Node) -> float:
+    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of Router Solicitations per second"))
+    if not (math.isfinite(value) and 0 < value <= MAX_RS_RATE):
+        raise _Invalid(f"{_describe(node)} is out of range: more than 0, at most {MAX_RS_RATE:.0f} per second")
+    return value
+
+
 def _interface(node: Node) -> str:
     """A name the Linux kernel accepts for a new link (see dev_valid_name())."""
     value = _text(node, "an interface name")
@@ -272,7 +282,14 @@ _mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
 # without a default, except those derived in _Reader (server bind_address2).
 _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
-    ServerConfig: {"bind_address": _ipv4, "bind_address2": _ipv4, "prefix": _prefix, "mtu": _mtu},
+    ServerConfig: {
+        "bind_address": _ipv4,
+        "bind_address2": _ipv4,
+        "prefix": _prefix,
+        "mtu": _mtu,
+        "rs_rate": _rs_rate,
+        "rs_burst": _int_in(1, 1_000_000),
+    },
     RelayConfig: {
         "interface": _interface,
         "bind_address": _ipv4,

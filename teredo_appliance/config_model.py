@@ -14,6 +14,11 @@ TEREDO_PORT = 3544  # RFC 4380 §4: the IANA-assigned Teredo UDP port
 DEFAULT_PREFIX = IPv6Network("2001::/32")  # RFC 4380 §2.6
 TEREDO_MTU = 1280  # RFC 4380 §5.1.2
 ANY_IPV4 = IPv4Address("0.0.0.0")
+# Router Solicitations answered per source IPv4 address: a client sends one every 30 s
+# (RFC 4380 §5.2.7), so 20/s serves 600 clients behind one NAT address, while a forged
+# source (the server as a reflector) gets 20 RAs a second, not line rate.
+DEFAULT_RS_RATE = 20.0
+DEFAULT_RS_BURST = 40
 
 ROLE_NAMES = ("server", "relay", "client")
 
@@ -24,6 +29,8 @@ class ServerConfig:
     bind_address2: IPv4Address
     prefix: IPv6Network = DEFAULT_PREFIX
     mtu: int = TEREDO_MTU
+    rs_rate: float = DEFAULT_RS_RATE
+    rs_burst: int = DEFAULT_RS_BURST
 
 
 @dataclass(frozen=True)

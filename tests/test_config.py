@@ -358,8 +358,30 @@ class ValueTests(SynchronousTestCase):
                 bind_address2=IPv4Address("198.18.0.2"),
                 prefix=IPv6Network("2001::/32"),
                 mtu=1280,
+                rs_rate=20.0,
+                rs_burst=40,
             ),
         )
+
+    def test_server_rs_rate_limit(self) -> None:
+        text = "roles:\n  server:\n    bind_address: 198.18.0.1\n    rs_rate: {}\n    rs_burst: {}\n"
+        server = parse(text.format(2.5, 5)).roles.server
+        self.assertEqual((server.rs_rate, server.rs_burst), (2.5, 5))
+        self.assertEqual(parse(text.format(1000, 1)).roles.server.rs_rate, 1000.0)
+        out_of_range = (
+            "teredo.yaml:4: roles.server.rs_rate: {} is out of range: more than 0, at most 1000000 per second"
+        )
+        for rate, burst, expected in (
+            ("0", "5", out_of_range.format(0)),
+            ("-1", "5", out_of_range.format(-1)),
+            (".nan", "5", out_of_range.format(".nan")),
+            ("2000001", "5", out_of_range.format(2000001)),
+            ("fast", "5", "teredo.yaml:4: roles.server.rs_rate: expected a number of Router Solicitations per second,"
+                          " got 'fast'"),
+            ("20", "0", "teredo.yaml:5: roles.server.rs_burst: 0 is out of range 1..1000000"),
+            ("20", "1.5", "teredo.yaml:5: roles.server.rs_burst: expected an integer, got 1.5"),
+        ):
+            self.assertEqual(errors(text.format(rate, burst)), [expected], (rate, burst))
 
     def test_client_defaults_and_types(self) -> None:
         text = """\

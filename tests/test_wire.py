@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from ipaddress import IPv6Address, IPv6Network
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from teredo_appliance.wire.address import (
     teredo_server,
 )
 from teredo_appliance.wire.errors import ParseError
+from teredo_appliance.wire.scope import is_global_unicast
 from tests.vectors import MIREDO
 
 SERVER = ipv4_to_int("198.18.0.1")
@@ -179,7 +181,9 @@ class DatagramRulesTests(SynchronousTestCase):
         bubble = teredo.build_bubble(bytes(16), CLIENT_TEREDO)
         datagram = teredo.parse_datagram(bubble + b"\x01\x02trailer")
         self.assertEqual(datagram.packet, bubble)
+        self.assertEqual(datagram.trailer, b"\x01\x02trailer")  # kept apart, for a server to forward
         self.assertTrue(teredo.is_bubble(datagram.header))
+        self.assertEqual(teredo.parse_datagram(bubble).trailer, b"")
 
     def test_bubble_hop_limit_is_not_checked(self) -> None:
         bubble = bytearray(teredo.build_bubble(bytes(16), CLIENT_TEREDO))
@@ -270,3 +274,42 @@ class Icmpv6ErrorTests(SynchronousTestCase):
         header = ipv6.parse_header(packet)
         self.assertTrue(ipv6.checksum_ok(packet, header))
         self.assertEqual(ipv6.parse_echo(packet, header), ipv6.Echo(True, identifier, sequence, data))
+
+
+# RFC 4291 §2.4 and friends, written as networks: the oracle for the byte-level predicate.
+NOT_GLOBAL = [IPv6Network(n) for n in ("ff00::/8", "fe80::/10", "fec0::/10", "fc00::/7", "::/96", "::ffff:0:0/96")]
+_NEAR_EDGES = ("fe00::", "febf:ffff::", "fbff::1", "::1:0:0:1", "::fffe:0:1", "2001::1", "2001:db8::1", "64:ff9b::1",
+               "fe7f::1")
+_edges = st.sampled_from(
+    [n.network_address.packed for n in NOT_GLOBAL]
+    + [n.broadcast_address.packed for n in NOT_GLOBAL]
+    + [IPv6Address(a).packed for a in _NEAR_EDGES]
+)
+
+
+class ScopeTests(SynchronousTestCase):
+    def test_examples(self) -> None:
+        for text in ("2001:db8::1", "2001:0:c612:1::1", "2a00::1", "64:ff9b::198.18.0.1", "::1:0:0:0:1"):
+            self.assertTrue(is_global_unicast(IPv6Address(text).packed), text)
+        for text in ("::", "::1", "::198.18.0.1", "::ffff:198.18.0.1", "fe80::1", "febf::1", "fec0::1", "fc00::1",
+                     "fdff::1", "ff02::1", "ff0e::1"):
+            self.assertFalse(is_global_unicast(IPv6Address(text).packed), text)
+
+    @given(addresses16 | _edges)
+    def test_agrees_with_the_networks(self, address: bytes) -> None:
+        expected = not any(IPv6Address(address) in network for network in NOT_GLOBAL)
+        self.assertEqual(is_global_unicast(address), expected, IPv6Address(address))
+
+
+class EchoTests(SynchronousTestCase):
+    def test_is_echo(self) -> None:
+        for reply in (False, True):
+            packet = ipv6.build_echo(CLIENT_TEREDO, CLIENT_TEREDO, 1, 2, b"", reply=reply)
+            self.assertTrue(ipv6.is_echo(packet, ipv6.parse_header(packet)))
+        for packet in (
+            ipv6.build_icmpv6(CLIENT_TEREDO, CLIENT_TEREDO, 128, 1, bytes(4)),  # a code
+            ipv6.build_icmpv6(CLIENT_TEREDO, CLIENT_TEREDO, 136, 0, bytes(20)),  # NA
+            ipv6.build_packet(CLIENT_TEREDO, CLIENT_TEREDO, 58, bytes((128, 0, 0, 0))),  # header cut short
+            ipv6.build_packet(CLIENT_TEREDO, CLIENT_TEREDO, 17, bytes((128, 0)) + bytes(6)),  # not ICMPv6
+        ):
+            self.assertFalse(ipv6.is_echo(packet, ipv6.parse_header(packet)))

@@ -46,6 +46,8 @@ class ServerService(RoleService):
             mtu=config.mtu,
             port=port,
             reachable_ipv4=reachable_ipv4,
+            rs_rate=config.rs_rate,
+            rs_burst=config.rs_burst,
         )
         self.raw = RawIPv6Sender(self.counters)
         self.protocols: dict[str, TeredoUDP] = {}
@@ -59,17 +61,21 @@ class ServerService(RoleService):
         handle = self.machine.handle
         protocols = self.protocols
         raw_send = self.raw.send
+        counters = self.counters
+        seconds = self.reactor.seconds
         aton = socket.inet_aton
         from_bytes = int.from_bytes
 
         def receive(data: bytes, source: tuple[str, int]) -> None:
-            output = handle(data, from_bytes(aton(source[0]), "big"), source[1], which)
+            output = handle(data, from_bytes(aton(source[0]), "big"), source[1], which, seconds())
             if output is not None:
-                key, payload, destination = output
+                key, payload, destination, sent = output
                 if key == RAW:
-                    raw_send(payload, destination[0])  # type: ignore[index]
+                    ok = raw_send(payload, destination[0])  # type: ignore[index]
                 else:
-                    protocols[key].send(payload, destination or source)
+                    ok = protocols[key].send(payload, destination or source)
+                if ok:  # a refused send was counted as a drop by the sender
+                    counters[sent] += 1
 
         return receive
 

@@ -99,13 +99,21 @@ class Echo(NamedTuple):
     data: bytes
 
 
+def is_echo(packet: bytes, header: IPv6Header) -> bool:
+    """Whether `packet` carries an ICMPv6 echo request or reply (code 0, header complete)."""
+    return (
+        header.next_header == NEXT_HEADER_ICMPV6
+        and header.payload_length >= _ECHO.size
+        and packet[HEADER_LENGTH] in (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+        and packet[HEADER_LENGTH + 1] == 0
+    )
+
+
 def parse_echo(packet: bytes, header: IPv6Header) -> Echo | None:
     """The echo request/reply in `packet`, or None if it carries something else."""
-    if header.next_header != NEXT_HEADER_ICMPV6 or header.payload_length < _ECHO.size:
+    if not is_echo(packet, header):
         return None
-    icmp_type, code, _checksum, identifier, sequence = _ECHO.unpack_from(packet, HEADER_LENGTH)
-    if icmp_type not in (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY) or code != 0:
-        return None
+    icmp_type, _code, _checksum, identifier, sequence = _ECHO.unpack_from(packet, HEADER_LENGTH)
     data = packet[HEADER_LENGTH + _ECHO.size : HEADER_LENGTH + header.payload_length]
     return Echo(icmp_type == ICMPV6_ECHO_REPLY, identifier, sequence, data)
 

@@ -55,8 +55,9 @@ def origin_indication(ip: int, port: int) -> bytes:
 class Datagram(NamedTuple):
     auth: AuthIndicator | None
     origin: OriginIndication | None
-    packet: bytes  # the IPv6 packet, trailing bytes (RFC 6081 trailers) removed
+    packet: bytes  # the IPv6 packet alone
     header: IPv6Header
+    trailer: bytes = b""  # whatever follows the IPv6 packet: RFC 6081 trailers (or junk)
 
 
 def parse_datagram(data: bytes) -> Datagram:
@@ -75,9 +76,9 @@ def parse_datagram(data: bytes) -> Datagram:
     packet = data[offset:] if offset else data
     header = parse_header(packet)
     end = HEADER_LENGTH + header.payload_length
-    if len(packet) != end:
-        packet = packet[:end]
-    return Datagram(auth, origin, packet, header)
+    if len(packet) == end:
+        return Datagram(auth, origin, packet, header)
+    return Datagram(auth, origin, packet[:end], header, packet[end:])
 
 
 def _parse_auth(data: bytes) -> tuple[AuthIndicator, int]:

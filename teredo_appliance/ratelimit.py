@@ -1,0 +1,52 @@
+"""Per-key rate limits with bounded memory, fed a clock value like the role machines.
+
+`KeyedRateLimit` is a token bucket per key, kept in the form of the generic cell rate
+algorithm: one float per key, the time at which that key's bucket will be full again
+minus one token ("theoretical arrival time"), so a check is one dict read, a compare and
+one dict write, with no per-key object. The table is two generations of dicts: when the
+young one holds half the capacity it becomes the old one and the previous old one is
+forgotten. A key seen again is copied to the young generation, so an active sender is
+never forgotten, and memory never exceeds `capacity` entries. A forgotten key starts
+again with a full bucket: an attacker who cycles through `capacity / 2` fresh keys to
+make that happen has sent far more than the burst it wins back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class KeyedRateLimit:
+    """At most `burst` events at once per key, then `rate` per second."""
+
+    def __init__(self, rate: float, burst: int, capacity: int) -> None:
+        if rate <= 0 or burst < 1 or capacity < 2:
+            raise ValueError("rate must be positive, burst and capacity at least 1 and 2")
+        self._interval = 1.0 / rate
+        # The b-th event of a burst finds its key (b - 1) intervals in debt; a millionth
+        # of an interval of slack keeps float rounding from refusing it.
+        self._tolerance = (burst - 1 + 1e-6) * self._interval
+        self._generation = capacity // 2
+        self._young: dict[Hashable, float] = {}
+        self._old: dict[Hashable, float] = {}
+
+    def allow(self, key: Hashable, now: float) -> bool:
+        """Whether one more event for `key` at `now` is within the limit (and count it if so)."""
+        young = self._young
+        due = young.get(key)
+        if due is None:
+            due = self._old.get(key, now)
+            if len(young) >= self._generation:
+                self._old = young
+                young = self._young = {}
+            young[key] = due
+        if due < now:
+            due = now
+        if due - now > self._tolerance:
+            return False
+        young[key] = due + self._interval
+        return True
+
+    def __len__(self) -> int:
+        """Keys remembered (both generations; a key may be in both)."""
+        return len(self._young) + len(self._old)
