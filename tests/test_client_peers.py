@@ -220,6 +220,16 @@ class TeredoPeerTests(SynchronousTestCase):
         self.assertEqual(h.sent, [])
         self.assertEqual(h.counters.drops(), {"tun.non-global-peer": 1})
 
+    def test_peer_at_a_non_global_mapping_is_not_trusted(self) -> None:
+        """RFC 4380 §5.2.4: its packets would make us send to an address we must not."""
+        h = Harness()
+        link_local = TeredoAddress(ipv4_to_int("198.18.0.1"), 0, 40000, ipv4_to_int("169.254.1.2")).pack()
+        h.peers.from_udp(build_bubble(link_local, ME), "169.254.1.2", 40000, h.now)
+        h.peers.from_udp(data(ME, source=link_local), "169.254.1.2", 40000, h.now)
+        h.peers.from_tun(data(link_local), h.now)
+        self.assertEqual((h.sent, h.tun), ([], []))
+        self.assertEqual(h.counters.drops(), {"non-global-peer": 2, "tun.non-global-peer": 1})
+
     def test_queue_is_bounded(self) -> None:
         h = Harness()
         for _ in range(3):

@@ -329,6 +329,27 @@ class TeredoToIPv6Tests(MachineHarness):
         self.machine.from_udp(origin_indication(ipv4_to_int(PEER_IP), PEER_PORT) + packet, PEER_MAPPING, 0.0)
         self.assertEqual(self.written, [packet])
 
+    def test_non_global_mapping_is_never_trusted_nor_sent_to(self) -> None:
+        """RFC 4380 §5.4.1 MUST: no packet or bubble to a mapping that is not global."""
+        sources = [(teredo(mapped_ip=ip, port=4000), (ip, 4000)) for ip in ("169.254.7.8", "10.0.0.5", "192.168.1.1")]
+        sources.append((teredo(server="172.16.0.1"), PEER_MAPPING))  # a server no one can reach
+        for source, mapping in sources:
+            self.machine.from_udp(build_bubble(source, RELAY_LINK_LOCAL), mapping, 0.0)
+            self.machine.from_udp(echo(source, NATIVE), mapping, 0.0)
+            self.machine.from_tun(echo(NATIVE, source), 0.1)
+        self.machine.on_timer(2.0)
+        self.assertEqual((self.sent, self.written), ([], []))
+        self.assertEqual(len(self.machine.peers), 0)
+        self.assertEqual(self.drops(), {"udp.non-global-source": 8, "tun.not-global": 4})
+
+    def test_reachable_ipv4_widens_for_tests_only(self) -> None:
+        machine = RelayMachine(PREFIX, 1280, 8, lambda *sent: self.sent.append(sent), self.written.append,
+                               self.counters, reachable_ipv4=lambda ip: True)
+        lan = teredo(mapped_ip="10.0.0.5", port=4000)
+        machine.from_udp(echo(lan, NATIVE), ("10.0.0.5", 4000), 0.0)
+        machine.from_tun(echo(NATIVE, lan), 0.1)
+        self.assertEqual(self.sent, [(echo(NATIVE, lan), ("10.0.0.5", 4000))])
+
     def test_bubble_from_unknown_peer_creates_trusted_entry_only(self) -> None:
         self.trust()
         self.assertEqual((self.written, self.sent), ([], []))

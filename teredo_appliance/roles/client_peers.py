@@ -202,8 +202,12 @@ class ClientPeers:
             return
         if source[:4] == self._prefix:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
-            if teredo_mapping(source) != (ipv4_to_int(host), port):
+            ip = ipv4_to_int(host)
+            if teredo_mapping(source) != (ip, port):
                 self.counters.drop("teredo-mapping-mismatch")
+                return
+            if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(source))):
+                self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
                 return
             self._trust(source, (host, port), now)
             if bubble:

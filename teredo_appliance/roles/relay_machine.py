@@ -59,6 +59,9 @@ class RelayMachine:
     is reachable from anywhere (no NAT or a cone NAT), so the direct bubble that opens our
     own NAT binding (RFC 4380 §5.4.1) is not needed. `error_source(destination)` picks the
     source of an ICMPv6 error sent to `destination` (see RelayService for the choice).
+    `reachable_ipv4` says which mapped and server IPv4 addresses a peer may have (RFC 4380
+    §5.4.1: never send to one that is not global); only tests on private addresses widen
+    it. It is asked once per new peer, never for a trusted peer's packets.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class RelayMachine:
         *,
         cone: bool = False,
         error_source: ErrorSource = link_local_source,
+        reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
@@ -83,6 +87,7 @@ class RelayMachine:
         self._send = send
         self._write = write
         self._error_source = error_source
+        self._reachable_ipv4 = reachable_ipv4
         self._icmp_window = float("-inf")
         self._icmp_budget = 0
 
@@ -129,6 +134,9 @@ class RelayMachine:
             mapped_ip, mapped_port = teredo_mapping(src)
             if mapped_port != source[1] or int_to_ipv4(mapped_ip) != source[0]:
                 counters.drop("udp.source-mismatch")
+                return None
+            if not self._reachable(src):
+                counters.drop("udp.non-global-source")  # trusting it would send there
                 return None
             counters["peers.trusted"] += 1
             for queued in self.peers.trust(src, source, now):  # in arrival order
@@ -183,11 +191,10 @@ class RelayMachine:
         peers = self.peers
         peer = peers.get(dst)  # not trusted: the fast path took those
         if peer is None:
-            mapped_ip, mapped_port = teredo_mapping(dst)
-            server = teredo_server(dst)
-            if not (is_global_ipv4(mapped_ip) and is_global_ipv4(server)):
+            if not self._reachable(dst):
                 counters.drop("tun.not-global")  # RFC 4380 §5.4.1: MUST be silently discarded
                 return None
+            mapped_ip, mapped_port = teredo_mapping(dst)
             peer = peers.get_or_create(dst, (int_to_ipv4(mapped_ip), mapped_port), now)
         wake = None
         if not peer.attempts:  # no discovery round running: start one
@@ -203,6 +210,11 @@ class RelayMachine:
         else:
             counters.drop("tun.queue-full")
         return wake
+
+    def _reachable(self, address: bytes) -> bool:
+        """Whether the mapping and server a Teredo address embeds may be sent to (§5.4.1)."""
+        reachable = self._reachable_ipv4
+        return reachable(teredo_mapping(address)[0]) and reachable(teredo_server(address))
 
     def _bubble(self, peer: Peer) -> None:
         """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one."""
