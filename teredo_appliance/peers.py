@@ -14,12 +14,14 @@ peers that used their 4 bubbles and went idle, held until their 300 s window clo
 that expiry cannot hand a silent destination a fresh bubble budget (RFC 4380 §5.2.6);
 they are the first evicted when the table is full.
 
-A relay's table also keeps at most one trusted address per mapping: a Teredo client's
-socket has one mapping and one address (a new server gives a new address that
-supersedes the old), while a forger on one IPv4:port can mint 2^48 valid-looking
-Teredo sources that embed it; without this each would become a trusted entry and
-push real peers out. A client's table must not do this: every native IPv6 host it
-reaches shares its relay's mapping.
+A relay's table also keeps at most a few (`ADDRESSES_PER_MAPPING`) trusted addresses
+per mapping: a forger on one IPv4:port can mint 2^48 valid-looking Teredo sources that
+embed it, and without a cap each would become a trusted entry and push real peers out.
+A real mapping rarely has more than one address, but a client restarted on a fixed port
+(or moved to another server) has a new one while the old may still be in use; one per
+mapping made the two supersede each other at every packet, each switch costing a bubble
+round. The least recently heard address gives way. A client's table must not do this:
+every native IPv6 host it reaches shares its relay's mapping.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ QUEUE_BYTES = 1280
 # pending for at most ~8 s; 4 MiB holds thousands of first packets. When it is full the
 # packet is dropped but the bubble still goes out, so a retransmission gets through.
 TOTAL_QUEUE_BYTES = 4 << 20
+# Trusted addresses a relay keeps per mapping (module docstring): room for a restarted
+# client's old and new addresses, while a forger's mapping holds no more than this.
+ADDRESSES_PER_MAPPING = 4
 
 
 class Peer:
@@ -104,7 +109,7 @@ class PeerTable:
         queue_bytes: int = QUEUE_BYTES,
         idle_timeout: float = IDLE_TIMEOUT,
         total_queue_bytes: int = TOTAL_QUEUE_BYTES,
-        one_address_per_mapping: bool = False,
+        addresses_per_mapping: int | None = None,
     ) -> None:
         if max_peers < 1:
             raise ValueError(f"max_peers must be at least 1, not {max_peers}")
@@ -120,8 +125,10 @@ class PeerTable:
         self._spent: OrderedDict[bytes, Peer] = OrderedDict()
         # Peers in a discovery round, in order of their last bubble (= retry deadline).
         self._retry: OrderedDict[bytes, Peer] = OrderedDict()
-        # mapping -> the one trusted address at it (relay tables only; see the module docstring).
-        self._by_mapping: dict[Mapping, bytes] | None = {} if one_address_per_mapping else None
+        # mapping -> the trusted addresses at it, at most `addresses_per_mapping` (relay
+        # tables only; see the module docstring). None: no cap.
+        self.addresses_per_mapping = addresses_per_mapping
+        self._by_mapping: dict[Mapping, list[bytes]] | None = {} if addresses_per_mapping else None
         self._queued = 0
         self.evicted = 0
         self.expired = 0
@@ -165,17 +172,30 @@ class PeerTable:
         return self._take_queue(peer)
 
     def _claim_mapping(self, addr: bytes, mapping: Mapping) -> None:
-        """Make `addr` the one trusted address at `mapping`, dropping a previous holder."""
+        """Add `addr` to the trusted addresses at `mapping`; if that makes one too many, the
+        least recently heard of the others gives way."""
         by_mapping = self._by_mapping
-        assert by_mapping is not None
-        holder = by_mapping.get(mapping)
-        if holder is not None and holder != addr:
-            self._remove(self._trusted[holder])
-            self.superseded += 1
+        assert by_mapping is not None and self.addresses_per_mapping is not None
         current = self._trusted.get(addr)
-        if current is not None and by_mapping.get(current.mapping) == addr:  # the peer moved
-            del by_mapping[current.mapping]
-        by_mapping[mapping] = addr
+        if current is not None:
+            if current.mapping == mapping:
+                return
+            self._unclaim(current)  # the peer moved
+        holders = by_mapping.setdefault(mapping, [])
+        if len(holders) >= self.addresses_per_mapping:
+            trusted = self._trusted
+            self._remove(min((trusted[holder] for holder in holders), key=attrgetter("last_rx")))
+            self.superseded += 1
+            holders = by_mapping.setdefault(mapping, [])
+        holders.append(addr)
+
+    def _unclaim(self, peer: Peer) -> None:
+        """Take trusted `peer` off its mapping's list of addresses."""
+        assert self._by_mapping is not None
+        holders = self._by_mapping[peer.mapping]  # type: ignore[index]  # trusted => mapped
+        holders.remove(peer.addr)
+        if not holders:
+            del self._by_mapping[peer.mapping]  # type: ignore[arg-type]
 
     def enqueue(self, peer: Peer, packet: bytes) -> bool:
         """Queue `packet` for `peer` (which must be in the table); False if over a bound."""
@@ -334,8 +354,8 @@ class PeerTable:
     def _remove(self, peer: Peer) -> None:
         if peer.trusted:
             del self._trusted[peer.addr]
-            if self._by_mapping is not None and self._by_mapping.get(peer.mapping) == peer.addr:
-                del self._by_mapping[peer.mapping]
+            if self._by_mapping is not None:
+                self._unclaim(peer)
         elif self._untrusted.pop(peer.addr, None) is None:
             del self._spent[peer.addr]
         self._retry.pop(peer.addr, None)

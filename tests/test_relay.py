@@ -22,7 +22,7 @@ from twisted.trial import unittest
 
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import LinkError
-from teredo_appliance.peers import IDLE_TIMEOUT, QUEUE_BYTES
+from teredo_appliance.peers import ADDRESSES_PER_MAPPING, IDLE_TIMEOUT, QUEUE_BYTES
 from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
 from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.stats import Counters
@@ -385,6 +385,8 @@ class PeerTableBoundsTests(MachineHarness):
         self.assertEqual([self.machine.peers.get(p) is not None for p in others], [False, False, True, True])
         self.assertEqual(self.machine.peers.stats()["evicted"], 2)
 
+
+class AddressesPerMappingTests(MachineHarness):
     def test_forged_sources_from_one_mapping_do_not_push_out_real_peers(self) -> None:
         """One host can mint endless valid Teredo sources embedding its own IPv4:port."""
         self.trust(now=0.0)
@@ -393,9 +395,19 @@ class PeerTableBoundsTests(MachineHarness):
             forged = teredo(mapped_ip=attacker[0], port=attacker[1], server=f"198.18.1.{n + 1}")
             self.machine.from_udp(echo(forged, NATIVE), attacker, 1.0)
         self.assertEqual(len(self.written), 20)  # each packet itself is legitimate and forwarded
-        self.assertEqual(len(self.machine.peers), 2)
+        self.assertEqual(len(self.machine.peers), 1 + ADDRESSES_PER_MAPPING)
         self.assertTrue(self.machine.peers.get(PEER).trusted)
-        self.assertEqual(self.machine.peers.stats()["superseded"], 19)
+        self.assertEqual(self.machine.peers.stats()["superseded"], 20 - ADDRESSES_PER_MAPPING)
+
+    def test_a_restarted_client_on_the_same_port_does_not_flap(self) -> None:
+        """Its old and new addresses both stay trusted: no bubble round at each switch."""
+        restarted = teredo(flags=0x0400)
+        for peer in (PEER, restarted):
+            self.machine.from_udp(echo(peer, NATIVE), PEER_MAPPING, 0.0)
+        for now, peer in enumerate((PEER, restarted, PEER, restarted)):
+            self.machine.from_tun(echo(NATIVE, peer), float(now))
+        self.assertEqual(self.counters["bubbles.sent"], 0)
+        self.assertEqual(self.sent, [(echo(NATIVE, peer), PEER_MAPPING) for peer in (PEER, restarted) * 2])
 
 
 @st.composite

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Network
 from typing import Any
 
-from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.peers import ADDRESSES_PER_MAPPING, BUBBLE_RETRIES, Mapping, Peer, PeerTable
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.errors import ParseError
@@ -82,7 +82,7 @@ class RelayMachine:
         self.prefix32 = prefix.network_address.packed[:4]
         self.mtu = mtu
         self.cone = cone
-        self.peers = PeerTable(max_peers, one_address_per_mapping=True)
+        self.peers = PeerTable(max_peers, addresses_per_mapping=ADDRESSES_PER_MAPPING)
         self.counters = counters
         self._send = send
         self._write = write
