@@ -293,6 +293,18 @@ class IncomingTests(SynchronousTestCase):
 
 
 class IcmpRateTests(SynchronousTestCase):
+    def test_give_up_answers_the_newest_queued_packet_only(self) -> None:
+        h = Harness()
+        packets = [data(size=n) for n in (1, 2, 3)]
+        for packet in packets:
+            h.peers.from_tun(packet, h.now)
+        h.advance(20)
+        [error] = h.tun
+        header = parse_header(error)
+        self.assertEqual((header.destination, header.hop_limit, error[40]), (ME, 64, 1))
+        self.assertEqual(quoted_packet(error, header), packets[-1])
+        self.assertEqual(h.counters.drops(), {"peer-unreachable": 3})
+
     def test_at_most_ten_errors_a_second(self) -> None:
         h = Harness()
         for n in range(20):

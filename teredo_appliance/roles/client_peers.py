@@ -305,24 +305,29 @@ class ClientPeers:
                 self._unreachable(self.table.give_up(peer), now)
 
     def _unreachable(self, packets: list[bytes], now: float) -> None:
-        """Tell the local stack its packets cannot be delivered (RFC 4443 §3.1), at most 10/s."""
+        """Drop what waited for an unreachable peer; tell the local stack once (RFC 4443 §3.1),
+        for the newest of its packets, and at most 10 times a second in all."""
         address = self.address
+        newest = None
         for packet in packets:
             if packet[8:24] != address:
                 self.counters.drop("held-unconfirmed")  # held incoming from a relay never confirmed
                 continue
             self.counters.drop("peer-unreachable")
-            if now >= self._icmp_second + 1.0:
-                self._icmp_second, self._icmp_sent = now, 0
-            if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
-                continue
-            try:
-                header = parse_header(packet)
-            except ParseError:
-                continue
-            if error_allowed(packet, header):
-                self._icmp_sent += 1
-                self._write_tun(build_unreachable(LINK_LOCAL, packet, header.source, UNREACHABLE_ADDRESS))
+            newest = packet
+        if newest is None:
+            return
+        if now >= self._icmp_second + 1.0:
+            self._icmp_second, self._icmp_sent = now, 0
+        if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
+            return
+        try:
+            header = parse_header(newest)
+        except ParseError:
+            return
+        if error_allowed(newest, header):
+            self._icmp_sent += 1
+            self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:
         return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats()}

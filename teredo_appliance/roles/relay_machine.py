@@ -241,10 +241,14 @@ class RelayMachine:
             if peer.attempts <= BUBBLE_RETRIES and self.peers.try_bubble(peer, now):
                 self._bubble(peer)
                 continue
-            # RFC 4380 §5.4.1: no answer after the retries; tell each queued packet's sender.
-            for packet in self.peers.give_up(peer):
-                self.counters.drop("tun.peer-unreachable")
-                self._icmp_error(packet, parse_header(packet), now, build_unreachable, UNREACHABLE_ADDRESS)
+            # RFC 4380 §5.4.1: no answer after the retries. Every queued packet is dropped, but
+            # one error (for the newest) tells the sender: one per packet would let a burst
+            # towards a silent peer turn into a burst of errors.
+            queued = self.peers.give_up(peer)
+            if queued:
+                self.counters["drop.tun.peer-unreachable"] += len(queued)
+                newest = queued[-1]
+                self._icmp_error(newest, parse_header(newest), now, build_unreachable, UNREACHABLE_ADDRESS)
         return self.peers.next_deadline()
 
     # -- ICMPv6 errors (RFC 4443) --------------------------------------------------------
