@@ -227,6 +227,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "prefix": _prefix,
         "mtu": _mtu,
         "max_peers": _int_in(1),
+        "bubbles_per_second": _int_in(2),
     },
     ClientConfig: {
         "server_address": _host,

@@ -34,6 +34,7 @@ class RelayConfig:
     prefix: IPv6Network = DEFAULT_PREFIX
     mtu: int = TEREDO_MTU
     max_peers: int = 65536
+    bubbles_per_second: int = 1000  # relay-wide cap on discovery bubbles
 
 
 @dataclass(frozen=True)

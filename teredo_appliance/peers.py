@@ -46,6 +46,12 @@ BUBBLE_LIMIT = 4
 BUBBLE_WINDOW = 300.0
 # RFC 4380 §5.2.4 case 5, §5.4.1 case 3: unanswered bubble repeated every 2 s up to 3 times.
 BUBBLE_RETRIES = 3
+# Rounds of discovery a waiting packet keeps going: the round in progress (or the one it
+# starts) and one retry. More rounds only for more packets, so one packet towards a
+# silent peer costs 2 rounds, not 1 + BUBBLE_RETRIES (RFC 4380 §5.2.6: "strike a balance
+# between reliability and unnecessary retransmissions"; a TCP or DNS retransmission buys
+# the next round).
+ROUNDS_PER_PACKET = 2
 # Per-peer queue, as Miredo: one full-MTU (1280-byte, RFC 4380 §5.1) packet or a burst of
 # small ones (a TCP SYN, a DNS query). A peer answers within one round trip, so more
 # only buys an attacker memory: the worst case is max_peers x QUEUE_BYTES.
@@ -72,6 +78,7 @@ class Peer:
         "nonce",
         "queue",
         "queued",
+        "rounds",
         "trusted",
     )
 
@@ -84,7 +91,8 @@ class Peer:
         self.queued = 0  # bytes in queue
         self.bubbles = 0  # bubbles sent without a reply (RFC 4380 §5.2.6)
         self.bubble_at = 0.0  # time of the last of them
-        self.attempts = 0  # bubbles in the current discovery round; 0 = no round
+        self.attempts = 0  # rounds (bubbles) so far in the current discovery; 0 = none running
+        self.rounds = 0  # rounds the packets waiting for this peer have asked for
         self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
 
 
@@ -93,11 +101,12 @@ class PeerTable:
 
     Lifecycle of an unknown Teredo destination (relay, or client to another client):
     `get_or_create`, `enqueue`, `try_bubble` (send the bubbles if True); the peer's
-    reply makes the caller `trust` it, which returns the queue in arrival order. Each
-    unanswered bubble is retried via `due_for_retry`; after `BUBBLE_RETRIES` the caller
+    reply makes the caller `trust` it, which returns the queue in arrival order. An
+    unanswered bubble comes back from `due_for_retry`; while `retry_wanted` (each packet
+    enqueued buys rounds, `ROUNDS_PER_PACKET`) the caller bubbles again, else it
     `give_up`s, answering the returned packets with ICMPv6 unreachable. The entry stays
-    (untrusted, bubble budget spent) until it expires, so further packets are refused at
-    once instead of restarting discovery.
+    (untrusted, its bubble count kept) until it expires, so after 4 unanswered bubbles
+    further packets are refused at once instead of restarting discovery.
 
     Methods taking a `Peer` expect one that is in the table now: look it up again after
     any call that may have evicted or expired it.
@@ -166,7 +175,7 @@ class PeerTable:
         peer.trusted = True
         peer.mapping = mapping
         peer.last_rx = now
-        peer.bubbles = peer.attempts = 0
+        peer.bubbles = peer.attempts = peer.rounds = 0
         peer.nonce = None
         self._retry.pop(addr, None)
         return self._take_queue(peer)
@@ -198,7 +207,14 @@ class PeerTable:
             del self._by_mapping[peer.mapping]  # type: ignore[arg-type]
 
     def enqueue(self, peer: Peer, packet: bytes) -> bool:
-        """Queue `packet` for `peer` (which must be in the table); False if over a bound."""
+        """Queue `packet` for `peer` (which must be in the table); False if over a bound.
+
+        Either way the packet asked for the peer: discovery may run one round past the
+        one in progress (`ROUNDS_PER_PACKET` in all for the packet that starts it).
+        """
+        wanted = max(peer.attempts, 1) + ROUNDS_PER_PACKET - 1
+        if wanted > peer.rounds:
+            peer.rounds = min(wanted, 1 + BUBBLE_RETRIES)
         size = len(packet)
         if peer.queued + size > self.queue_bytes or self._queued + size > self.total_queue_bytes:
             return False
@@ -236,8 +252,8 @@ class PeerTable:
     def due_for_retry(self, now: float) -> list[Peer]:
         """Untrusted peers whose last bubble went unanswered for 2 s, removed from the schedule.
 
-        For each, the caller either gives up (`peer.attempts > BUBBLE_RETRIES`) or
-        bubbles again through `try_bubble`, which schedules the next retry.
+        For each, the caller bubbles again through `try_bubble` (which schedules the next
+        retry) if `retry_wanted`, or gives up.
         """
         due = []
         for peer in self._retry.values():
@@ -248,9 +264,13 @@ class PeerTable:
             del self._retry[peer.addr]
         return due
 
+    def retry_wanted(self, peer: Peer) -> bool:
+        """Whether the packets waiting for `peer` still want another round of discovery."""
+        return peer.attempts < peer.rounds
+
     def give_up(self, peer: Peer) -> list[bytes]:
-        """End `peer`'s discovery round unanswered; returns its queue, oldest first."""
-        peer.attempts = 0
+        """End `peer`'s discovery unanswered; returns its queue, oldest first."""
+        peer.attempts = peer.rounds = 0
         self._retry.pop(peer.addr, None)
         return self._take_queue(peer)
 

@@ -174,16 +174,20 @@ class RelayTrustTests(SynchronousTestCase):
                 times.append(h.now - 100)
                 h.take()
             h.advance(2)
-        self.assertEqual(times, [0.0, 2.0, 4.0, 6.0])
+        self.assertEqual(times, [0.0, 2.0])  # one packet buys two rounds (RFC 4380 §5.2.6)
         self.assertEqual(len(h.tun), 1)
         error = parse_header(h.tun[0])
         self.assertEqual(error.destination, ME)
         self.assertEqual(h.tun[0][40], 1)  # destination unreachable
         self.assertEqual(quoted_packet(h.tun[0], error), packet)
+        h.peers.from_tun(data(size=4), h.now)  # the next packet: the other two of 4 per 300 s
+        h.advance(20)
+        self.assertEqual(len(h.take()), 2)
+        self.assertEqual(len(h.tun), 2)
         # Budget spent: the next packet is refused at once, no new probe.
         h.peers.from_tun(data(size=5), h.now)
         self.assertEqual(h.sent, [])
-        self.assertEqual(len(h.tun), 2)
+        self.assertEqual(len(h.tun), 3)
 
 
 class TeredoPeerTests(SynchronousTestCase):

@@ -96,10 +96,12 @@ BROKEN = [
           relay:
             mtu: 1200
             max_peers: 0
+            bubbles_per_second: 1
         """,
         [
             "teredo.yaml:3: roles.relay.mtu: 1200 is out of range 1280..65535",
             "teredo.yaml:4: roles.relay.max_peers: 0 must be at least 1",
+            "teredo.yaml:5: roles.relay.bubbles_per_second: 1 must be at least 2",
         ],
     ),
     (

@@ -12,7 +12,6 @@ from teredo_appliance.peers import (
     ADDRESSES_PER_MAPPING,
     BUBBLE_INTERVAL,
     BUBBLE_LIMIT,
-    BUBBLE_RETRIES,
     BUBBLE_WINDOW,
     IDLE_TIMEOUT,
     QUEUE_BYTES,
@@ -203,13 +202,13 @@ class PacingTests(SynchronousTestCase):
 
 
 class RetryTests(SynchronousTestCase):
-    def test_three_retries_two_seconds_apart_then_give_up(self) -> None:
-        """What the relay does: bubble, retry at +2, +4, +6, give up at +8."""
+    def test_packets_buy_rounds_two_seconds_apart_then_give_up(self) -> None:
+        """What the relay does: bubble, retry at +2, and at +4 and +6 only for later packets."""
         table = PeerTable(8)
         peer = table.get_or_create(addr(1), MAPPING, 0.0)
         table.enqueue(peer, b"one")
-        table.enqueue(peer, b"two")
         self.assertTrue(table.try_bubble(peer, 0.0))
+        table.enqueue(peer, b"two")  # during the first round: no extra round
         sent, gave_up = [0.0], []
         now = 0.0
         while now < 20.0:
@@ -217,18 +216,34 @@ class RetryTests(SynchronousTestCase):
             assert deadline is not None
             now = deadline
             for due in table.due_for_retry(now):
-                if due.attempts > BUBBLE_RETRIES:
+                if not table.retry_wanted(due):
                     gave_up.append((now, table.give_up(due)))
                 elif table.try_bubble(due, now):
                     sent.append(now)
+                    if now in (2.0, 4.0):
+                        table.enqueue(due, b"%d" % now)  # a packet in each later round: one more
             if gave_up:
                 break
         self.assertEqual(sent, [0.0, 2.0, 4.0, 6.0])
-        self.assertEqual(gave_up, [(8.0, [b"one", b"two"])])
+        self.assertEqual(gave_up, [(8.0, [b"one", b"two", b"2", b"4"])])
         # The entry stays, its budget spent: no new round until it expires.
         self.assertEqual((peer.attempts, peer.queued), (0, 0))
+        table.enqueue(peer, b"late")
         self.assertFalse(table.try_bubble(peer, 9.0))
         self.assertEqual(table.next_deadline(), IDLE_TIMEOUT)
+
+    def test_one_packet_buys_two_rounds(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        table.enqueue(peer, b"one")
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        [due] = table.due_for_retry(2.0)
+        self.assertTrue(table.retry_wanted(due))
+        self.assertTrue(table.try_bubble(due, 2.0))
+        [due] = table.due_for_retry(4.0)
+        self.assertFalse(table.retry_wanted(due))
+        self.assertEqual(table.give_up(due), [b"one"])
+        self.assertEqual(peer.bubbles, 2)  # half the budget left for the next packet
 
     def test_not_due_before_two_seconds(self) -> None:
         table = PeerTable(8)
@@ -434,7 +449,7 @@ class InvariantTests(SynchronousTestCase):
             elif op == "retry":
                 for due in table.due_for_retry(now):
                     self.assertFalse(due.trusted)
-                    if due.attempts > BUBBLE_RETRIES:
+                    if not table.retry_wanted(due):
                         self.assertEqual(table.give_up(due), model.pop(due.addr, []))
                     else:
                         self.assertTrue(table.try_bubble(due, now))

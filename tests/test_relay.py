@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
@@ -155,18 +156,43 @@ class IPv6ToTeredoTests(MachineHarness):
         self.assertLessEqual(self.machine.peers.stats()["queued_bytes"], QUEUE_BYTES)
         self.assertEqual(self.drops(), {"tun.queue-full": 2})
 
-    def test_bubbles_retried_every_2s_three_times_then_unreachable(self) -> None:
-        packets = [echo(NATIVE, PEER, sequence) for sequence in range(3)]
+    def test_one_packet_costs_two_rounds_of_bubbles(self) -> None:
+        """RFC 4380 §5.2.6: a packet towards a silent peer buys a round and one retry, not 8 bubbles."""
+        packets = [echo(NATIVE, PEER, sequence) for sequence in range(3)]  # a burst counts once
         for packet in packets:
             self.machine.from_tun(packet, 0.0)
-        for now in (2.0, 4.0, 6.0):
-            self.assertEqual(self.machine.on_timer(now), now + 2.0)
-        self.assertEqual(self.counters["bubbles.sent"], 8)  # 4 times indirect + direct
+        self.assertEqual(self.machine.on_timer(2.0), 4.0)
+        self.assertEqual(self.counters["bubbles.sent"], 4)  # 2 times indirect + direct
         self.assertEqual(self.written, [])
-        self.machine.on_timer(8.0)
-        self.assertEqual(self.counters["bubbles.sent"], 8)
+        self.machine.on_timer(4.0)
+        for now in range(6, 40, 2):
+            self.machine.on_timer(float(now))
+        self.assertEqual(self.counters["bubbles.sent"], 4)
+        self.assertEqual(len(self.sent), 4)
         self.assertEqual(self.drops(), {"tun.peer-unreachable": 3})
         self.assertEqual(self.machine.peers.stats()["queued_bytes"], 0)
+
+    def test_each_later_packet_buys_one_more_round(self) -> None:
+        self.machine.from_tun(echo(NATIVE, PEER, 1), 0.0)
+        self.machine.on_timer(2.0)  # second round
+        self.machine.from_tun(echo(NATIVE, PEER, 2), 3.0)  # a retransmission: one round more
+        for now in range(4, 40, 2):
+            self.machine.on_timer(float(now))
+        self.assertEqual(self.counters["bubbles.sent"], 6)
+        self.assertEqual(self.drops(), {"tun.peer-unreachable": 2})
+
+    def test_relay_wide_bubble_rate_is_capped(self) -> None:
+        """One packet to each of 100 silent peers cannot make the relay bubble 400 times a second."""
+        machine = RelayMachine(PREFIX, 1280, 1000, lambda *sent: self.sent.append(sent), self.written.append,
+                               self.counters, bubbles_per_second=50)
+        for n in range(100):
+            machine.from_tun(echo(NATIVE, teredo(port=1000 + n)), 0.5)
+        self.assertEqual(len(self.sent), 50)
+        self.assertEqual(self.counters["bubbles.sent"], 50)
+        self.assertEqual(self.counters["bubbles.rate-limited"], 150)
+        self.assertEqual(self.counters["queued"], 100)  # the packets wait for the next round
+        machine.on_timer(2.5)
+        self.assertEqual(len(self.sent), 100)
 
     def test_give_up_answers_the_newest_queued_packet_only(self) -> None:
         """One destination unreachable per failed discovery, not one per queued packet."""
@@ -199,6 +225,9 @@ class IPv6ToTeredoTests(MachineHarness):
         self.machine.from_tun(echo(NATIVE, PEER), 0.0)
         for now in (2.0, 4.0, 6.0, 8.0):
             self.machine.on_timer(now)
+            if now < 6.0:
+                self.machine.from_tun(echo(NATIVE, PEER), now + 1.0)  # retransmissions: 4 rounds
+        self.assertEqual(self.counters["bubbles.sent"], 8)
         self.sent.clear()
         self.written.clear()
         self.machine.from_tun(echo(NATIVE, PEER, 9), 10.0)
@@ -214,9 +243,10 @@ class IPv6ToTeredoTests(MachineHarness):
             self.machine.on_timer(now)
         self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND)
         self.assertEqual(self.counters["icmp.rate-limited"], 5)
-        self.machine.from_tun(echo(NATIVE, peers[0]), 8.5)
+        not_teredo = echo(NATIVE, IPv6Address("2001:db9::1").packed)
+        self.machine.from_tun(not_teredo, 4.5)
         self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND)  # same second
-        self.machine.from_tun(echo(NATIVE, peers[0]), 9.0)
+        self.machine.from_tun(not_teredo, 5.0)
         self.assertEqual(len(self.written), ICMP_ERRORS_PER_SECOND + 1)
 
     def test_no_error_about_an_error(self) -> None:
@@ -516,6 +546,18 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         [(port, protocol, interface, _)] = self.reactor.udp_ports
         self.assertEqual((port, interface, protocol), (3544, "198.18.0.10", self.service.udp))
 
+    def test_bubble_cap_comes_from_the_config(self) -> None:
+        self.service = RelayService(
+            replace(self.config, bubbles_per_second=2),
+            reactor=self.reactor,
+            tun_system=self.system,
+            link_factory=lambda name: FakeLink(name, self.calls, self.failing),
+        )
+        self.start()
+        self.from_kernel(echo(NATIVE, PEER), echo(NATIVE, teredo(port=1000)))
+        self.assertEqual(len(self.udp_sent()), 2)  # one round
+        self.assertEqual(self.service.counters["bubbles.rate-limited"], 2)
+
     def test_failed_route_leaves_nothing_open(self) -> None:
         self.failing.add("add_route")
         self.assertRaises(LinkError, self.service.privilegedStartService)
@@ -550,9 +592,6 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.from_kernel(echo(NATIVE, PEER))
         self.reactor.advance(2.0)
         self.assertEqual(len(self.udp_sent()), 4)
-        self.reactor.advance(2.0)
-        self.reactor.advance(2.0)
-        self.assertEqual(len(self.udp_sent()), 8)
         self.assertEqual(list(self.device().writeBuffer), [])
         self.reactor.advance(2.0)
         [error] = self.device().writeBuffer

@@ -31,7 +31,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.peers import Mapping, Peer, PeerTable
+from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.errors import ParseError
@@ -79,8 +80,7 @@ class ClientPeers:
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
         self._server: Mapping = ("", 0)
-        self._icmp_second = 0.0
-        self._icmp_sent = 0
+        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
@@ -297,7 +297,7 @@ class ClientPeers:
         """Expire idle peers; repeat discovery for the unanswered, or give up on them."""
         self.table.expire(now)
         for peer in self.table.due_for_retry(now):
-            if peer.attempts <= BUBBLE_RETRIES and self.address is not None and self.table.try_bubble(peer, now):
+            if self.table.retry_wanted(peer) and self.address is not None and self.table.try_bubble(peer, now):
                 self._discover(peer)
             else:
                 self.counters["client.peer_unreachable"] += 1
@@ -317,16 +317,11 @@ class ClientPeers:
             newest = packet
         if newest is None:
             return
-        if now >= self._icmp_second + 1.0:
-            self._icmp_second, self._icmp_sent = now, 0
-        if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
-            return
         try:
             header = parse_header(newest)
         except ParseError:
             return
-        if error_allowed(newest, header):
-            self._icmp_sent += 1
+        if error_allowed(newest, header) and self._icmp_rate.allow(now):
             self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:

@@ -70,6 +70,7 @@ class RelayService(TunneledRole):
             self.tunnel.write,
             self.counters,
             error_source=error_source,
+            bubbles_per_second=config.bubbles_per_second,
         )
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:

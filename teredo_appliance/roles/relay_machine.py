@@ -16,7 +16,8 @@ from collections.abc import Callable
 from ipaddress import IPv6Network
 from typing import Any
 
-from teredo_appliance.peers import ADDRESSES_PER_MAPPING, BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTable
+from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.errors import ParseError
@@ -41,6 +42,10 @@ TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indire
 RELAY_LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")
 # Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
 ICMP_ERRORS_PER_SECOND = 10
+# Relay-wide cap on bubbles (datagrams, not rounds): RFC 4380 §5.2.6 paces each peer, but
+# packets towards many silent peers would still make the relay spray the Internet (and
+# the peers' servers) with bubbles. 1000/s is 500 discoveries a second, ~60 kB/s.
+BUBBLES_PER_SECOND = 1000
 
 Send = Callable[[bytes, Mapping], object]
 Write = Callable[[bytes], object]
@@ -62,6 +67,8 @@ class RelayMachine:
     `reachable_ipv4` says which mapped and server IPv4 addresses a peer may have (RFC 4380
     §5.4.1: never send to one that is not global); only tests on private addresses widen
     it. It is asked once per new peer, never for a trusted peer's packets.
+    `bubbles_per_second` caps the bubbles of all discoveries together; a round over the
+    cap is not sent (counted) and the packets wait for the next one.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class RelayMachine:
         cone: bool = False,
         error_source: ErrorSource = link_local_source,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+        bubbles_per_second: int = BUBBLES_PER_SECOND,
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
@@ -88,8 +96,9 @@ class RelayMachine:
         self._write = write
         self._error_source = error_source
         self._reachable_ipv4 = reachable_ipv4
-        self._icmp_window = float("-inf")
-        self._icmp_budget = 0
+        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._bubble_rate = PerSecond(bubbles_per_second)
+        self._round_cost = 1 if cone else 2  # bubbles per round (see _bubble)
 
     # -- Teredo -> IPv6 (RFC 4380 §5.4.2) ----------------------------------------------
 
@@ -203,7 +212,7 @@ class RelayMachine:
                 counters.drop("tun.peer-unreachable")
                 self._icmp_error(packet, header, now, build_unreachable, UNREACHABLE_ADDRESS)
                 return None
-            self._bubble(peer)
+            self._bubble(peer, now)
             wake = peers.next_deadline()
         if peers.enqueue(peer, packet):
             counters["queued"] += 1
@@ -216,15 +225,21 @@ class RelayMachine:
         reachable = self._reachable_ipv4
         return reachable(teredo_mapping(address)[0]) and reachable(teredo_server(address))
 
-    def _bubble(self, peer: Peer) -> None:
-        """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one."""
+    def _bubble(self, peer: Peer, now: float) -> None:
+        """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one.
+
+        Over the relay-wide cap the round is lost as if on the wire: the peer's pacing
+        already counted it, its retry is scheduled, and its packets stay queued.
+        """
+        cost = self._round_cost
+        if not self._bubble_rate.allow(now, cost):
+            self.counters["bubbles.rate-limited"] += cost
+            return
         bubble = build_bubble(RELAY_LINK_LOCAL, peer.addr)
         self._send(bubble, (int_to_ipv4(teredo_server(peer.addr)), TEREDO_PORT))
-        sent = 1
         if not self.cone:
             self._send(bubble, peer.mapping)
-            sent = 2
-        self.counters["bubbles.sent"] += sent
+        self.counters["bubbles.sent"] += cost
 
     # -- timers --------------------------------------------------------------------------
 
@@ -238,8 +253,8 @@ class RelayMachine:
         """
         self.peers.expire(now)
         for peer in self.peers.due_for_retry(now):
-            if peer.attempts <= BUBBLE_RETRIES and self.peers.try_bubble(peer, now):
-                self._bubble(peer)
+            if self.peers.retry_wanted(peer) and self.peers.try_bubble(peer, now):
+                self._bubble(peer, now)
                 continue
             # RFC 4380 §5.4.1: no answer after the retries. Every queued packet is dropped, but
             # one error (for the newest) tells the sender: one per packet would let a burst
@@ -264,13 +279,9 @@ class RelayMachine:
         """Report a dropped packet to its sender, at most ICMP_ERRORS_PER_SECOND per second."""
         if not error_allowed(invoking, header):  # RFC 4443 §2.4 (e)
             return
-        if now >= self._icmp_window + 1.0:
-            self._icmp_window = now
-            self._icmp_budget = ICMP_ERRORS_PER_SECOND
-        if not self._icmp_budget:
+        if not self._icmp_rate.allow(now):
             self.counters["icmp.rate-limited"] += 1
             return
-        self._icmp_budget -= 1
         sender = header.source
         self.counters["icmp.sent"] += 1
         self._write(build(self._error_source(sender), invoking, sender, parameter))
