@@ -65,14 +65,41 @@ TOTAL_QUEUE_BYTES = 4 << 20
 ADDRESSES_PER_MAPPING = 4
 
 
-class Peer:
+class Pacing:
+    """RFC 4380 §5.2.6 for the bubbles to one destination: 2 s apart, and after 4
+    unanswered ones, nothing until 300 s after the last.
+
+    Measuring the 300 s from the last bubble (not from the first) needs only a count and a
+    time, and still allows at most 4 in any 300 s window. An answer resets it (the owner
+    sets `bubbles` to 0 or drops the object).
+    """
+
+    __slots__ = ("bubble_at", "bubbles")
+
+    def __init__(self) -> None:
+        self.bubbles = 0  # bubbles sent without a reply
+        self.bubble_at = 0.0  # time of the last of them
+
+    def allow(self, now: float) -> bool:
+        """Whether a bubble may go now; if so, it is counted."""
+        if self.bubbles:
+            if now < self.bubble_at + BUBBLE_INTERVAL:
+                return False
+            if self.bubbles >= BUBBLE_LIMIT:
+                if now < self.bubble_at + BUBBLE_WINDOW:
+                    return False
+                self.bubbles = 0
+        self.bubbles += 1
+        self.bubble_at = now
+        return True
+
+
+class Peer(Pacing):
     """One entry of the list of peers (RFC 4380 §5.2): constant size, no per-peer dict."""
 
     __slots__ = (
         "addr",
         "attempts",
-        "bubble_at",
-        "bubbles",
         "last_rx",
         "mapping",
         "nonce",
@@ -89,8 +116,8 @@ class Peer:
         self.last_rx = now  # last reception (or creation): drives expiry
         self.queue: list[bytes] | None = None  # allocated on first enqueue
         self.queued = 0  # bytes in queue
-        self.bubbles = 0  # bubbles sent without a reply (RFC 4380 §5.2.6)
-        self.bubble_at = 0.0  # time of the last of them
+        self.bubbles = 0  # Pacing: bubbles sent without a reply (RFC 4380 §5.2.6)
+        self.bubble_at = 0.0  # Pacing: time of the last of them
         self.attempts = 0  # rounds (bubbles) so far in the current discovery; 0 = none running
         self.rounds = 0  # rounds the packets waiting for this peer have asked for
         self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
@@ -138,6 +165,8 @@ class PeerTable:
         # tables only; see the module docstring). None: no cap.
         self.addresses_per_mapping = addresses_per_mapping
         self._by_mapping: dict[Mapping, list[bytes]] | None = {} if addresses_per_mapping else None
+        # mapping -> pacing of the bubbles answering ones it sent through our server (client).
+        self._replies: OrderedDict[Mapping, Pacing] = OrderedDict()
         self._queued = 0
         self.evicted = 0
         self.expired = 0
@@ -164,6 +193,8 @@ class PeerTable:
         """
         if self._by_mapping is not None:
             self._claim_mapping(addr, mapping)
+        if self._replies:
+            self._replies.pop(mapping, None)
         peer = self._untrusted.pop(addr, None) or self._spent.pop(addr, None)
         if peer is None:
             peer = self._trusted.get(addr)
@@ -226,23 +257,33 @@ class PeerTable:
         self._queued += size
         return True
 
+    def try_reply_bubble(self, mapping: Mapping, now: float) -> bool:
+        """Whether a bubble answering one received through our server (RFC 4380 §5.2.3: the
+        origin asks us to open our NAT) may go to `mapping` now; if so, count it.
+
+        Paced as our own bubbles, but per mapping, not per IPv6 source: relays all bubble
+        from the same link-local, and the answer to a relay comes from a native host's
+        address. A reception from the mapping (`trust`, `touch_rx`) is the answer that
+        renews the budget. At most `max_peers` mappings are remembered, oldest forgotten.
+        """
+        replies = self._replies
+        pacing = replies.get(mapping)
+        if pacing is None:
+            if len(replies) >= self.max_peers:
+                replies.popitem(last=False)
+            pacing = replies[mapping] = Pacing()
+        else:
+            replies.move_to_end(mapping)
+        return pacing.allow(now)
+
     def try_bubble(self, peer: Peer, now: float) -> bool:
         """Whether a bubble (or the client's echo probe) may go to `peer` now; if so, count it.
 
-        RFC 4380 §5.2.6 pacing: 2 s apart, and after 4 unanswered ones, nothing until
-        300 s after the last. Measuring the 300 s from the last bubble (not from the first)
-        needs only a count and a time, and still allows at most 4 in any 300 s window.
-        An untrusted peer is (re)scheduled for `due_for_retry` 2 s from now.
+        RFC 4380 §5.2.6 pacing (`Pacing`). An untrusted peer is (re)scheduled for
+        `due_for_retry` 2 s from now.
         """
-        if peer.bubbles:
-            if now < peer.bubble_at + BUBBLE_INTERVAL:
-                return False
-            if peer.bubbles >= BUBBLE_LIMIT:
-                if now < peer.bubble_at + BUBBLE_WINDOW:
-                    return False
-                peer.bubbles = 0
-        peer.bubbles += 1
-        peer.bubble_at = now
+        if not peer.allow(now):
+            return False
         if not peer.trusted:
             peer.attempts += 1
             self._retry[peer.addr] = peer
@@ -277,6 +318,8 @@ class PeerTable:
     def touch_rx(self, peer: Peer, now: float) -> None:
         """A packet from `peer` was accepted: it stays valid another `idle_timeout`."""
         peer.last_rx = now
+        if self._replies:
+            self._replies.pop(peer.mapping, None)  # type: ignore[call-overload]
         if peer.trusted:
             self._trusted.move_to_end(peer.addr)
         else:

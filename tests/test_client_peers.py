@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.peers import QUEUE_BYTES
+from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
 from teredo_appliance.roles.client_peers import ICMP_ERRORS_PER_SECOND, ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
@@ -31,6 +31,7 @@ RELAY = ("198.18.0.10", 49030)
 OTHER_RELAY = ("198.18.0.11", 3544)
 V6HOST = IPv6Address("2001:db8:1::2").packed
 ROUTER = IPv6Address("2001:db8:1::99").packed
+RELAY_LINK_LOCAL = IPv6Address("fe80::ffff:ffff:ffff").packed  # every relay's bubble source
 PEER = TeredoAddress(ipv4_to_int("198.18.0.1"), 0x0400, 40000, ipv4_to_int("198.18.0.200")).pack()
 PEER_MAPPING = ("198.18.0.200", 40000)
 
@@ -89,6 +90,40 @@ class IndirectBubbleTests(SynchronousTestCase):
         h.peers.from_udp(bubble, *SERVER, h.now)
         self.assertEqual(h.sent, [])
         self.assertEqual(h.counters.drops(), {"origin-non-global": 1})
+
+    def test_replies_are_paced_like_our_own_bubbles(self) -> None:
+        """RFC 4380 §5.2.6 MUST: 2 s apart, at most 4 in 300 s to one peer without an answer."""
+        h = Harness()
+        bubble = MIREDO["bubble-forwarded-with-origin"].payload  # origin: RELAY
+        for n in range(50):
+            h.peers.from_udp(bubble, *SERVER, h.now + n / 50)
+        self.assertEqual(h.take(), [(MIREDO["bubble-client-to-relay"].payload, RELAY)])
+        for t in (1.9, 2.0, 4.0, 6.0, 8.0, 100.0):
+            h.peers.from_udp(bubble, *SERVER, h.now + t)
+        self.assertEqual(len(h.take()), 3)  # at +2, +4, +6: four in all
+        self.assertEqual(h.counters.drops(), {"bubble-reply-paced": 49 + 3})
+        h.peers.from_udp(bubble, *SERVER, h.now + 6.0 + BUBBLE_WINDOW)
+        self.assertEqual(len(h.take()), 1)
+
+    def test_an_answer_from_the_origin_renews_the_replies(self) -> None:
+        h = Harness()
+        bubble = MIREDO["bubble-forwarded-with-origin"].payload
+        for t in (0.0, 2.0, 4.0, 6.0):
+            h.peers.from_udp(bubble, *SERVER, h.now + t)
+        h.now += 7.0
+        h.peers.from_tun(data(), h.now)  # the relay that bubbled us answers our echo test
+        h.reply_to(h.echo_test())
+        h.take()
+        h.peers.from_udp(bubble, *SERVER, h.now + 1.0)
+        self.assertEqual(h.take(), [(MIREDO["bubble-client-to-relay"].payload, RELAY)])
+
+    def test_two_relays_bubbling_at_once_are_both_answered(self) -> None:
+        """Relays all bubble from the same link-local: replies are paced per origin."""
+        h = Harness()
+        for relay in (RELAY, OTHER_RELAY):
+            bubble = origin_indication(ipv4_to_int(relay[0]), relay[1]) + build_bubble(RELAY_LINK_LOCAL, ME)
+            h.peers.from_udp(bubble, *SERVER, h.now)
+        self.assertEqual([to for _, to in h.take()], [RELAY, OTHER_RELAY])
 
     def test_server_relays_nothing_but_bubbles(self) -> None:
         h = Harness()

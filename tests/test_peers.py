@@ -201,6 +201,25 @@ class PacingTests(SynchronousTestCase):
         self.assertEqual(table.due_for_retry(10.0), [])
 
 
+class ReplyBubbleTests(SynchronousTestCase):
+    def test_paced_per_mapping_and_renewed_by_an_answer(self) -> None:
+        table = PeerTable(8)
+        self.assertEqual([table.try_reply_bubble(MAPPING, t) for t in (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)],
+                         [True, False, True, True, True, False])
+        self.assertTrue(table.try_reply_bubble(("198.18.0.101", 1), 8.0))  # another origin
+        table.trust(addr(1), MAPPING, 9.0)  # a reception from it: the answer
+        self.assertTrue(table.try_reply_bubble(MAPPING, 9.0))
+        self.assertFalse(table.try_reply_bubble(MAPPING, 10.0))
+        table.touch_rx(table.get(addr(1)), 20.0)
+        self.assertTrue(table.try_reply_bubble(MAPPING, 10.5))
+
+    def test_remembered_mappings_are_bounded(self) -> None:
+        table = PeerTable(4)
+        for port in range(100):
+            table.try_reply_bubble(("198.18.0.100", port), 0.0)
+        self.assertEqual(len(table._replies), 4)
+
+
 class RetryTests(SynchronousTestCase):
     def test_packets_buy_rounds_two_seconds_apart_then_give_up(self) -> None:
         """What the relay does: bubble, retry at +2, and at +4 and +6 only for later packets."""

@@ -196,7 +196,7 @@ class ClientPeers:
         bubble = header.payload_length == 0 and header.next_header == NEXT_HEADER_NONE
         if (host, port) == self._server:
             if bubble and origin is not None:
-                self._answer_indirect_bubble(source, origin.ip, origin.port)
+                self._answer_indirect_bubble(source, origin.ip, origin.port, now)
             else:
                 self.counters.drop("from-server")  # our server relays bubbles and nothing else to us
             return
@@ -233,10 +233,17 @@ class ClientPeers:
         if self.table.try_bubble(peer, now):
             self._discover(peer)
 
-    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int) -> None:
-        """A peer (relay or client) bubbled us through our server: open our NAT towards it."""
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> None:
+        """A peer (relay or client) bubbled us through our server: open our NAT towards it.
+
+        Anyone can make our server relay a bubble with an origin of their choosing, so
+        replies are paced as our own bubbles are (RFC 4380 §5.2.6).
+        """
         if not is_global_ipv4(ip):
             self.counters.drop("origin-non-global")
+            return
+        if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
+            self.counters.drop("bubble-reply-paced")
             return
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
