@@ -108,6 +108,36 @@ BROKEN = [
         """\
         roles:
           relay:
+            served_prefixes:
+              - 2000::/3
+              - 198.18.0.0/15
+              - 2001:db8::1/32
+        """,
+        [
+            "teredo.yaml:3: roles.relay.served_prefixes: item 1 (line 5): '198.18.0.0/15' is not an IPv6 prefix"
+            " (like 2001::/32); item 2 (line 6): '2001:db8::1/32' has bits set after the prefix length",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            served_prefixes: []
+        """,
+        ["teredo.yaml:3: roles.relay.served_prefixes: expected at least one of IPv6 prefixes, got an empty list"],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            served_prefixes: 2000::/3
+        """,
+        ["teredo.yaml:3: roles.relay.served_prefixes: expected a list of IPv6 prefixes, got '2000::/3'"],
+    ),
+    (
+        """\
+        roles:
+          relay:
             mtu: "1280"
             bind_address: [198.18.0.1]
         """,
@@ -315,6 +345,11 @@ class ValueTests(SynchronousTestCase):
             self.assertEqual(config, Config(roles=RolesConfig(relay=RelayConfig())))
             self.assertIsNone(config.manhole)
             self.assertEqual(config.log, LogConfig(level="info"))
+
+    def test_relay_served_prefixes(self) -> None:
+        self.assertEqual(RelayConfig().served_prefixes, (IPv6Network("2000::/3"),))
+        relay = parse("roles:\n  relay:\n    served_prefixes: [2001:db8::/32, 2a00::/12]\n").roles.relay
+        self.assertEqual(relay.served_prefixes, (IPv6Network("2001:db8::/32"), IPv6Network("2a00::/12")))
 
     def test_server_defaults(self) -> None:
         server = parse("roles:\n  server:\n    bind_address: 198.18.0.1\n").roles.server

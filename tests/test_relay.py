@@ -341,6 +341,35 @@ class TeredoToIPv6Tests(MachineHarness):
             {"udp.multicast-destination": 1, "udp.link-local-destination": 1, "udp.teredo-destination": 1},
         )
 
+    def test_only_served_destinations_reached(self) -> None:
+        """RFC 4380 §5.4.2, RFC 6324: ULA, site-local, v4-mapped, loopback, 6to4... never."""
+        self.trust()
+        refused = ["fc00::1", "fd12:3456::1", "fec0::1", "::ffff:198.18.0.5", "::1", "::", "2002:c612:5::1",
+                   "4000::1", "::5"]
+        for destination in refused:
+            self.machine.from_udp(echo(PEER, IPv6Address(destination).packed), PEER_MAPPING, 1.0)
+        self.assertEqual(self.written, [])
+        self.assertEqual(self.drops(), {"udp.unserved-destination": len(refused)})
+        # The lab's native host is in the documentation /32, a different /32 than Teredo's.
+        self.assertFalse(IPv6Network("2001:db8::/32").subnet_of(IPv6Network("2001::/32")))
+        for destination in ("2001:db8:1::2", "2a00:1450::1", "3fff::1", "2001:4860::8888"):
+            self.machine.from_udp(echo(PEER, IPv6Address(destination).packed), PEER_MAPPING, 1.0)
+        self.assertEqual(len(self.written), 4)
+
+    def test_served_prefixes_narrow_but_never_widen_past_the_fixed_list(self) -> None:
+        for served, allowed, refused in (
+            ([IPv6Network("2001:db8:1::/48")], "2001:db8:1::2", "2001:db8:2::1"),
+            ([IPv6Network("::/0")], "4000::1", "fd00::1"),
+        ):
+            written: list[bytes] = []
+            machine = RelayMachine(PREFIX, 1280, 8, lambda *sent: None, written.append, Counters(),
+                                   served_prefixes=served)
+            machine.from_udp(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING, 0.0)
+            for destination in (allowed, refused):
+                machine.from_udp(echo(PEER, IPv6Address(destination).packed), PEER_MAPPING, 1.0)
+            self.assertEqual(written, [echo(PEER, IPv6Address(allowed).packed)])
+            self.assertEqual(machine.counters.drops(), {"udp.unserved-destination": 1})
+
     def test_malformed_datagrams_dropped_by_reason(self) -> None:
         packet = echo(PEER, NATIVE)
         for data in (b"", b"\x00", packet[:39], b"\x50" + packet[1:], packet[:-1], b"\x00\x01\x00\x00", b"\x00\x00"):
@@ -456,7 +485,8 @@ def teredo_datagrams(draw: Any) -> bytes:
         return noise
     payload = draw(st.binary(max_size=200))
     src = draw(st.sampled_from([PEER, NATIVE, RELAY_LINK_LOCAL, bytes(16)]))
-    dst = draw(st.sampled_from([NATIVE, PEER, RELAY_LINK_LOCAL, bytes.fromhex("ff02" + "00" * 13 + "01")]))
+    dst = draw(st.sampled_from([NATIVE, PEER, RELAY_LINK_LOCAL, bytes.fromhex("ff02" + "00" * 13 + "01"),
+                                IPv6Address("fd00::1").packed, IPv6Address("2002::1").packed]))
     packet = build_packet(src, dst, draw(st.sampled_from([58, 59, 6, 17])), payload)
     if draw(st.booleans()):
         packet = packet[: draw(st.integers(0, len(packet)))] + noise[:8]
@@ -546,17 +576,28 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         [(port, protocol, interface, _)] = self.reactor.udp_ports
         self.assertEqual((port, interface, protocol), (3544, "198.18.0.10", self.service.udp))
 
-    def test_bubble_cap_comes_from_the_config(self) -> None:
+    def configure(self, **changes: Any) -> None:
         self.service = RelayService(
-            replace(self.config, bubbles_per_second=2),
+            replace(self.config, **changes),
             reactor=self.reactor,
             tun_system=self.system,
             link_factory=lambda name: FakeLink(name, self.calls, self.failing),
         )
+
+    def test_bubble_cap_comes_from_the_config(self) -> None:
+        self.configure(bubbles_per_second=2)
         self.start()
         self.from_kernel(echo(NATIVE, PEER), echo(NATIVE, teredo(port=1000)))
         self.assertEqual(len(self.udp_sent()), 2)  # one round
         self.assertEqual(self.service.counters["bubbles.rate-limited"], 2)
+
+    def test_served_prefixes_come_from_the_config(self) -> None:
+        self.configure(served_prefixes=(IPv6Network("2001:db8:2::/48"),))
+        self.start()
+        for destination in (NATIVE, IPv6Address("2001:db8:2::1").packed):
+            self.service.udp.datagramReceived(echo(PEER, destination), PEER_MAPPING)
+        self.assertEqual(list(self.device().writeBuffer), [echo(PEER, IPv6Address("2001:db8:2::1").packed)])
+        self.assertEqual(self.service.counters.drops(), {"udp.unserved-destination": 1})
 
     def test_failed_route_leaves_nothing_open(self) -> None:
         self.failing.add("add_route")

@@ -71,6 +71,7 @@ class RelayService(TunneledRole):
             self.counters,
             error_source=error_source,
             bubbles_per_second=config.bubbles_per_second,
+            served_prefixes=config.served_prefixes,
         )
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:

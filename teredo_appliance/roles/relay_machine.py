@@ -12,10 +12,11 @@ Everything else takes the slow path, which parses fully and counts each drop by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv6Network
 from typing import Any
 
+from teredo_appliance.config_model import GLOBAL_UNICAST
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTable
 from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
@@ -33,6 +34,7 @@ from teredo_appliance.wire.ipv6 import (
     is_multicast,
     parse_header,
 )
+from teredo_appliance.wire.prefixes import PrefixFilter
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 
 TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indirect bubbles
@@ -46,6 +48,22 @@ ICMP_ERRORS_PER_SECOND = 10
 # packets towards many silent peers would still make the relay spray the Internet (and
 # the peers' servers) with bubbles. 1000/s is 500 discoveries a second, ~60 kB/s.
 BUBBLES_PER_SECOND = 1000
+# RFC 4380 §5.4.2: a relay forwards Teredo packets to the native IPv6 it serves. Whatever
+# the served prefixes say, these are never native IPv6 destinations reached through us.
+NEVER_SERVED = tuple(
+    IPv6Network(prefix)
+    for prefix in (
+        "::/128",  # unspecified (RFC 4291 §2.5.2)
+        "::1/128",  # loopback (RFC 4291 §2.5.3)
+        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
+        "fc00::/7",  # unique local (RFC 4193)
+        "fe80::/10",  # link-local (RFC 4291 §2.5.6)
+        "fec0::/10",  # site-local, deprecated (RFC 3879)
+        "ff00::/8",  # multicast (RFC 4291 §2.7)
+        "2001::/32",  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
+        "2002::/16",  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
+    )
+)
 
 Send = Callable[[bytes, Mapping], object]
 Write = Callable[[bytes], object]
@@ -68,7 +86,8 @@ class RelayMachine:
     §5.4.1: never send to one that is not global); only tests on private addresses widen
     it. It is asked once per new peer, never for a trusted peer's packets.
     `bubbles_per_second` caps the bubbles of all discoveries together; a round over the
-    cap is not sent (counted) and the packets wait for the next one.
+    cap is not sent (counted) and the packets wait for the next one. Teredo packets go to
+    native IPv6 only towards `served_prefixes`, never towards `NEVER_SERVED`.
     """
 
     def __init__(
@@ -84,6 +103,7 @@ class RelayMachine:
         error_source: ErrorSource = link_local_source,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         bubbles_per_second: int = BUBBLES_PER_SECOND,
+        served_prefixes: Iterable[IPv6Network] = (GLOBAL_UNICAST,),
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
@@ -99,20 +119,21 @@ class RelayMachine:
         self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
         self._bubble_rate = PerSecond(bubbles_per_second)
         self._round_cost = 1 if cone else 2  # bubbles per round (see _bubble)
+        self._serves = PrefixFilter(served_prefixes, NEVER_SERVED).allows
 
     # -- Teredo -> IPv6 (RFC 4380 §5.4.2) ----------------------------------------------
 
     def from_udp(self, data: bytes, source: Mapping, now: float) -> float | None:
         """A datagram from `source`; returns a new wake-up time for `on_timer`, or None."""
         # Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at
-        # its mapping, to a unicast non-Teredo destination outside fe80::/10 and ff00::/8.
+        # its mapping, to a served destination outside our Teredo prefix.
         size = len(data)
         if (
             size > HEADER_LENGTH
             and data[0] >> 4 == 6
             and (data[4] << 8 | data[5]) + HEADER_LENGTH == size
-            and data[24] < 0xFE
             and data[24:28] != self.prefix32
+            and self._serves(data[24:40])
         ):
             peer = self.peers.get(data[8:24])
             if peer is not None and peer.trusted and peer.mapping == source:
@@ -162,6 +183,8 @@ class RelayMachine:
             counters.drop("udp.link-local-destination")
         elif dst[:4] == self.prefix32:
             counters.drop("udp.teredo-destination")  # no Teredo-to-Teredo through a relay
+        elif not self._serves(dst):
+            counters.drop("udp.unserved-destination")  # RFC 4380 §5.4.2, RFC 6324
         else:
             counters["to_ipv6"] += 1
             self._write(packet)
