@@ -140,28 +140,47 @@ def _host(node: Node) -> str:
     return value
 
 
-def _host_list(node: Node) -> tuple[str, ...]:
-    if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
-        return ()
-    if not isinstance(node, SequenceNode):
-        raise _Invalid(f"expected a list of hostnames or IPv4 addresses, got {_describe(node)}")
-    hosts, problems = [], []
-    for index, item in enumerate(node.value):
+def _list_of(check: Callable[[Node], object], what: str, *, empty: bool = True) -> Callable[[Node], tuple]:
+    """A YAML list whose items each pass `check`; every bad item is named with its line.
+    Null is the empty list, which `empty=False` refuses."""
+
+    def check_list(node: Node) -> tuple:
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
+            items = []
+        elif isinstance(node, SequenceNode):
+            items = node.value
+        else:
+            raise _Invalid(f"expected a list of {what}, got {_describe(node)}")
+        if not items and not empty:
+            raise _Invalid(f"expected at least one of {what}, got an empty list")
+        values, problems = [], []
+        for index, item in enumerate(items):
+            try:
+                values.append(check(item))
+            except _Invalid as e:
+                problems.append(f"item {index} (line {item.start_mark.line + 1}): {e}")
+        if problems:
+            raise _Invalid("; ".join(problems))
+        return tuple(values)
+
+    return check_list
+
+
+def _ipv6_network(node: Node) -> IPv6Network:
+    value = _text(node, "an IPv6 prefix")
+    try:
+        return IPv6Network(value)
+    except ValueError:
         try:
-            hosts.append(_host(item))
-        except _Invalid as e:
-            problems.append(f"item {index} (line {item.start_mark.line + 1}): {e}")
-    if problems:
-        raise _Invalid("; ".join(problems))
-    return tuple(hosts)
+            IPv6Network(value, strict=False)
+        except ValueError:
+            raise _Invalid(f"{value!r} is not an IPv6 prefix (like 2001::/32)") from None
+        raise _Invalid(f"{value!r} has bits set after the prefix length") from None
 
 
 def _prefix(node: Node) -> IPv6Network:
     value = _text(node, "an IPv6 prefix")
-    try:
-        prefix = IPv6Network(value)
-    except ValueError:
-        raise _Invalid(f"{value!r} is not an IPv6 prefix (like 2001::/32)") from None
+    prefix = _ipv6_network(node)
     if prefix.prefixlen != TEREDO_PREFIX_LENGTH:
         raise _Invalid(f"{value!r} is not a /{TEREDO_PREFIX_LENGTH} (RFC 4380 §2.6)")
     if prefix.is_multicast:
@@ -297,11 +316,13 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "prefix": _prefix,
         "mtu": _mtu,
         "max_peers": _int_in(1),
+        "bubbles_per_second": _int_in(2),
+        "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
     },
     ClientConfig: {
         "server_address": _host,
         "server_address2": _optional(_ipv4),
-        "fallback_servers": _host_list,
+        "fallback_servers": _list_of(_host, "hostnames or IPv4 addresses"),
         "interface": _interface,
         "bind_address": _ipv4,
         "bind_port": _int_in(0, 65535),

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv6Network
 
 TEREDO_PORT = 3544  # RFC 4380 §4: the IANA-assigned Teredo UDP port
 DEFAULT_PREFIX = IPv6Network("2001::/32")  # RFC 4380 §2.6
+GLOBAL_UNICAST = IPv6Network("2000::/3")  # RFC 4291 §2.4, RFC 3587: what a relay serves by default
 TEREDO_MTU = 1280  # RFC 4380 §5.1.2
 ANY_IPV4 = IPv4Address("0.0.0.0")
 # Router Solicitations answered per source IPv4 address: a client sends one every 30 s
@@ -41,6 +42,8 @@ class RelayConfig:
     prefix: IPv6Network = DEFAULT_PREFIX
     mtu: int = TEREDO_MTU
     max_peers: int = 65536
+    bubbles_per_second: int = 1000  # relay-wide cap on discovery bubbles
+    served_prefixes: tuple[IPv6Network, ...] = (GLOBAL_UNICAST,)  # native destinations forwarded to
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ peers that used their 4 bubbles and went idle, held until their 300 s window clo
 that expiry cannot hand a silent destination a fresh bubble budget (RFC 4380 §5.2.6);
 they are the first evicted when the table is full.
 
-A relay's table also keeps at most one trusted address per mapping: a Teredo client's
-socket has one mapping and one address (a new server gives a new address that
-supersedes the old), while a forger on one IPv4:port can mint 2^48 valid-looking
-Teredo sources that embed it; without this each would become a trusted entry and
-push real peers out. A client's table must not do this: every native IPv6 host it
-reaches shares its relay's mapping.
+A relay's table also keeps at most a few (`ADDRESSES_PER_MAPPING`) trusted addresses
+per mapping: a forger on one IPv4:port can mint 2^48 valid-looking Teredo sources that
+embed it, and without a cap each would become a trusted entry and push real peers out.
+A real mapping rarely has more than one address, but a client restarted on a fixed port
+(or moved to another server) has a new one while the old may still be in use; one per
+mapping made the two supersede each other at every packet, each switch costing a bubble
+round. The least recently heard address gives way. A client's table must not do this:
+every native IPv6 host it reaches shares its relay's mapping.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ BUBBLE_LIMIT = 4
 BUBBLE_WINDOW = 300.0
 # RFC 4380 §5.2.4 case 5, §5.4.1 case 3: unanswered bubble repeated every 2 s up to 3 times.
 BUBBLE_RETRIES = 3
+# Rounds of discovery a waiting packet keeps going: the round in progress (or the one it
+# starts) and one retry. More rounds only for more packets, so one packet towards a
+# silent peer costs 2 rounds, not 1 + BUBBLE_RETRIES (RFC 4380 §5.2.6: "strike a balance
+# between reliability and unnecessary retransmissions"; a TCP or DNS retransmission buys
+# the next round).
+ROUNDS_PER_PACKET = 2
 # Per-peer queue, as Miredo: one full-MTU (1280-byte, RFC 4380 §5.1) packet or a burst of
 # small ones (a TCP SYN, a DNS query). A peer answers within one round trip, so more
 # only buys an attacker memory: the worst case is max_peers x QUEUE_BYTES.
@@ -52,21 +60,52 @@ QUEUE_BYTES = 1280
 # pending for at most ~8 s; 4 MiB holds thousands of first packets. When it is full the
 # packet is dropped but the bubble still goes out, so a retransmission gets through.
 TOTAL_QUEUE_BYTES = 4 << 20
+# Trusted addresses a relay keeps per mapping (module docstring): room for a restarted
+# client's old and new addresses, while a forger's mapping holds no more than this.
+ADDRESSES_PER_MAPPING = 4
 
 
-class Peer:
+class Pacing:
+    """RFC 4380 §5.2.6 for the bubbles to one destination: 2 s apart, and after 4
+    unanswered ones, nothing until 300 s after the last.
+
+    Measuring the 300 s from the last bubble (not from the first) needs only a count and a
+    time, and still allows at most 4 in any 300 s window. An answer resets it (the owner
+    sets `bubbles` to 0 or drops the object).
+    """
+
+    __slots__ = ("bubble_at", "bubbles")
+
+    def __init__(self) -> None:
+        self.bubbles = 0  # bubbles sent without a reply
+        self.bubble_at = 0.0  # time of the last of them
+
+    def allow(self, now: float) -> bool:
+        """Whether a bubble may go now; if so, it is counted."""
+        if self.bubbles:
+            if now < self.bubble_at + BUBBLE_INTERVAL:
+                return False
+            if self.bubbles >= BUBBLE_LIMIT:
+                if now < self.bubble_at + BUBBLE_WINDOW:
+                    return False
+                self.bubbles = 0
+        self.bubbles += 1
+        self.bubble_at = now
+        return True
+
+
+class Peer(Pacing):
     """One entry of the list of peers (RFC 4380 §5.2): constant size, no per-peer dict."""
 
     __slots__ = (
         "addr",
         "attempts",
-        "bubble_at",
-        "bubbles",
         "last_rx",
         "mapping",
         "nonce",
         "queue",
         "queued",
+        "rounds",
         "trusted",
     )
 
@@ -77,9 +116,10 @@ class Peer:
         self.last_rx = now  # last reception (or creation): drives expiry
         self.queue: list[bytes] | None = None  # allocated on first enqueue
         self.queued = 0  # bytes in queue
-        self.bubbles = 0  # bubbles sent without a reply (RFC 4380 §5.2.6)
-        self.bubble_at = 0.0  # time of the last of them
-        self.attempts = 0  # bubbles in the current discovery round; 0 = no round
+        self.bubbles = 0  # Pacing: bubbles sent without a reply (RFC 4380 §5.2.6)
+        self.bubble_at = 0.0  # Pacing: time of the last of them
+        self.attempts = 0  # rounds (bubbles) so far in the current discovery; 0 = none running
+        self.rounds = 0  # rounds the packets waiting for this peer have asked for
         self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
 
 
@@ -88,11 +128,12 @@ class PeerTable:
 
     Lifecycle of an unknown Teredo destination (relay, or client to another client):
     `get_or_create`, `enqueue`, `try_bubble` (send the bubbles if True); the peer's
-    reply makes the caller `trust` it, which returns the queue in arrival order. Each
-    unanswered bubble is retried via `due_for_retry`; after `BUBBLE_RETRIES` the caller
+    reply makes the caller `trust` it, which returns the queue in arrival order. An
+    unanswered bubble comes back from `due_for_retry`; while `retry_wanted` (each packet
+    enqueued buys rounds, `ROUNDS_PER_PACKET`) the caller bubbles again, else it
     `give_up`s, answering the returned packets with ICMPv6 unreachable. The entry stays
-    (untrusted, bubble budget spent) until it expires, so further packets are refused at
-    once instead of restarting discovery.
+    (untrusted, its bubble count kept) until it expires, so after 4 unanswered bubbles
+    further packets are refused at once instead of restarting discovery.
 
     Methods taking a `Peer` expect one that is in the table now: look it up again after
     any call that may have evicted or expired it.
@@ -104,7 +145,7 @@ class PeerTable:
         queue_bytes: int = QUEUE_BYTES,
         idle_timeout: float = IDLE_TIMEOUT,
         total_queue_bytes: int = TOTAL_QUEUE_BYTES,
-        one_address_per_mapping: bool = False,
+        addresses_per_mapping: int | None = None,
     ) -> None:
         if max_peers < 1:
             raise ValueError(f"max_peers must be at least 1, not {max_peers}")
@@ -120,8 +161,12 @@ class PeerTable:
         self._spent: OrderedDict[bytes, Peer] = OrderedDict()
         # Peers in a discovery round, in order of their last bubble (= retry deadline).
         self._retry: OrderedDict[bytes, Peer] = OrderedDict()
-        # mapping -> the one trusted address at it (relay tables only; see the module docstring).
-        self._by_mapping: dict[Mapping, bytes] | None = {} if one_address_per_mapping else None
+        # mapping -> the trusted addresses at it, at most `addresses_per_mapping` (relay
+        # tables only; see the module docstring). None: no cap.
+        self.addresses_per_mapping = addresses_per_mapping
+        self._by_mapping: dict[Mapping, list[bytes]] | None = {} if addresses_per_mapping else None
+        # mapping -> pacing of the bubbles answering ones it sent through our server (client).
+        self._replies: OrderedDict[Mapping, Pacing] = OrderedDict()
         self._queued = 0
         self.evicted = 0
         self.expired = 0
@@ -148,6 +193,8 @@ class PeerTable:
         """
         if self._by_mapping is not None:
             self._claim_mapping(addr, mapping)
+        if self._replies:
+            self._replies.pop(mapping, None)
         peer = self._untrusted.pop(addr, None) or self._spent.pop(addr, None)
         if peer is None:
             peer = self._trusted.get(addr)
@@ -159,26 +206,46 @@ class PeerTable:
         peer.trusted = True
         peer.mapping = mapping
         peer.last_rx = now
-        peer.bubbles = peer.attempts = 0
+        peer.bubbles = peer.attempts = peer.rounds = 0
         peer.nonce = None
         self._retry.pop(addr, None)
         return self._take_queue(peer)
 
     def _claim_mapping(self, addr: bytes, mapping: Mapping) -> None:
-        """Make `addr` the one trusted address at `mapping`, dropping a previous holder."""
+        """Add `addr` to the trusted addresses at `mapping`; if that makes one too many, the
+        least recently heard of the others gives way."""
         by_mapping = self._by_mapping
-        assert by_mapping is not None
-        holder = by_mapping.get(mapping)
-        if holder is not None and holder != addr:
-            self._remove(self._trusted[holder])
-            self.superseded += 1
+        assert by_mapping is not None and self.addresses_per_mapping is not None
         current = self._trusted.get(addr)
-        if current is not None and by_mapping.get(current.mapping) == addr:  # the peer moved
-            del by_mapping[current.mapping]
-        by_mapping[mapping] = addr
+        if current is not None:
+            if current.mapping == mapping:
+                return
+            self._unclaim(current)  # the peer moved
+        holders = by_mapping.setdefault(mapping, [])
+        if len(holders) >= self.addresses_per_mapping:
+            trusted = self._trusted
+            self._remove(min((trusted[holder] for holder in holders), key=attrgetter("last_rx")))
+            self.superseded += 1
+            holders = by_mapping.setdefault(mapping, [])
+        holders.append(addr)
+
+    def _unclaim(self, peer: Peer) -> None:
+        """Take trusted `peer` off its mapping's list of addresses."""
+        assert self._by_mapping is not None
+        holders = self._by_mapping[peer.mapping]  # type: ignore[index]  # trusted => mapped
+        holders.remove(peer.addr)
+        if not holders:
+            del self._by_mapping[peer.mapping]  # type: ignore[arg-type]
 
     def enqueue(self, peer: Peer, packet: bytes) -> bool:
-        """Queue `packet` for `peer` (which must be in the table); False if over a bound."""
+        """Queue `packet` for `peer` (which must be in the table); False if over a bound.
+
+        Either way the packet asked for the peer: discovery may run one round past the
+        one in progress (`ROUNDS_PER_PACKET` in all for the packet that starts it).
+        """
+        wanted = max(peer.attempts, 1) + ROUNDS_PER_PACKET - 1
+        if wanted > peer.rounds:
+            peer.rounds = min(wanted, 1 + BUBBLE_RETRIES)
         size = len(packet)
         if peer.queued + size > self.queue_bytes or self._queued + size > self.total_queue_bytes:
             return False
@@ -190,23 +257,33 @@ class PeerTable:
         self._queued += size
         return True
 
+    def try_reply_bubble(self, mapping: Mapping, now: float) -> bool:
+        """Whether a bubble answering one received through our server (RFC 4380 §5.2.3: the
+        origin asks us to open our NAT) may go to `mapping` now; if so, count it.
+
+        Paced as our own bubbles, but per mapping, not per IPv6 source: relays all bubble
+        from the same link-local, and the answer to a relay comes from a native host's
+        address. A reception from the mapping (`trust`, `touch_rx`) is the answer that
+        renews the budget. At most `max_peers` mappings are remembered, oldest forgotten.
+        """
+        replies = self._replies
+        pacing = replies.get(mapping)
+        if pacing is None:
+            if len(replies) >= self.max_peers:
+                replies.popitem(last=False)
+            pacing = replies[mapping] = Pacing()
+        else:
+            replies.move_to_end(mapping)
+        return pacing.allow(now)
+
     def try_bubble(self, peer: Peer, now: float) -> bool:
         """Whether a bubble (or the client's echo probe) may go to `peer` now; if so, count it.
 
-        RFC 4380 §5.2.6 pacing: 2 s apart, and after 4 unanswered ones, nothing until
-        300 s after the last. Measuring the 300 s from the last bubble (not from the first)
-        needs only a count and a time, and still allows at most 4 in any 300 s window.
-        An untrusted peer is (re)scheduled for `due_for_retry` 2 s from now.
+        RFC 4380 §5.2.6 pacing (`Pacing`). An untrusted peer is (re)scheduled for
+        `due_for_retry` 2 s from now.
         """
-        if peer.bubbles:
-            if now < peer.bubble_at + BUBBLE_INTERVAL:
-                return False
-            if peer.bubbles >= BUBBLE_LIMIT:
-                if now < peer.bubble_at + BUBBLE_WINDOW:
-                    return False
-                peer.bubbles = 0
-        peer.bubbles += 1
-        peer.bubble_at = now
+        if not peer.allow(now):
+            return False
         if not peer.trusted:
             peer.attempts += 1
             self._retry[peer.addr] = peer
@@ -216,8 +293,8 @@ class PeerTable:
     def due_for_retry(self, now: float) -> list[Peer]:
         """Untrusted peers whose last bubble went unanswered for 2 s, removed from the schedule.
 
-        For each, the caller either gives up (`peer.attempts > BUBBLE_RETRIES`) or
-        bubbles again through `try_bubble`, which schedules the next retry.
+        For each, the caller bubbles again through `try_bubble` (which schedules the next
+        retry) if `retry_wanted`, or gives up.
         """
         due = []
         for peer in self._retry.values():
@@ -228,15 +305,21 @@ class PeerTable:
             del self._retry[peer.addr]
         return due
 
+    def retry_wanted(self, peer: Peer) -> bool:
+        """Whether the packets waiting for `peer` still want another round of discovery."""
+        return peer.attempts < peer.rounds
+
     def give_up(self, peer: Peer) -> list[bytes]:
-        """End `peer`'s discovery round unanswered; returns its queue, oldest first."""
-        peer.attempts = 0
+        """End `peer`'s discovery unanswered; returns its queue, oldest first."""
+        peer.attempts = peer.rounds = 0
         self._retry.pop(peer.addr, None)
         return self._take_queue(peer)
 
     def touch_rx(self, peer: Peer, now: float) -> None:
         """A packet from `peer` was accepted: it stays valid another `idle_timeout`."""
         peer.last_rx = now
+        if self._replies:
+            self._replies.pop(peer.mapping, None)  # type: ignore[call-overload]
         if peer.trusted:
             self._trusted.move_to_end(peer.addr)
         else:
@@ -334,8 +417,8 @@ class PeerTable:
     def _remove(self, peer: Peer) -> None:
         if peer.trusted:
             del self._trusted[peer.addr]
-            if self._by_mapping is not None and self._by_mapping.get(peer.mapping) == peer.addr:
-                del self._by_mapping[peer.mapping]
+            if self._by_mapping is not None:
+                self._unclaim(peer)
         elif self._untrusted.pop(peer.addr, None) is None:
             del self._spent[peer.addr]
         self._retry.pop(peer.addr, None)

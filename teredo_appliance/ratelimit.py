@@ -1,19 +1,45 @@
-"""Per-key rate limits with bounded memory, fed a clock value like the role machines.
+"""Rate limits with bounded memory, fed a clock value like the role machines (sans-I/O).
 
-`KeyedRateLimit` is a token bucket per key, kept in the form of the generic cell rate
-algorithm: one float per key, the time at which that key's bucket will be full again
-minus one token ("theoretical arrival time"), so a check is one dict read, a compare and
-one dict write, with no per-key object. The table is two generations of dicts: when the
-young one holds half the capacity it becomes the old one and the previous old one is
-forgotten. A key seen again is copied to the young generation, so an active sender is
-never forgotten, and memory never exceeds `capacity` entries. A forgotten key starts
-again with a full bucket: an attacker who cycles through `capacity / 2` fresh keys to
-make that happen has sent far more than the burst it wins back.
+`PerSecond` is one budget for what a role originates (ICMPv6 errors, bubbles): the
+window opens at the first message after the previous window closed and allows `limit`
+messages until one second later; a count and a time, nothing per message.
+
+`KeyedRateLimit` is a token bucket per key (the server's RS limit per source address),
+kept in the form of the generic cell rate algorithm: one float per key, the time at
+which that key's bucket will be full again minus one token ("theoretical arrival time"),
+so a check is one dict read, a compare and one dict write, with no per-key object. The
+table is two generations of dicts: when the young one holds half the capacity it becomes
+the old one and the previous old one is forgotten. A key seen again is copied to the
+young generation, so an active sender is never forgotten, and memory never exceeds
+`capacity` entries. A forgotten key starts again with a full bucket: an attacker who
+cycles through `capacity / 2` fresh keys to make that happen has sent far more than the
+burst it wins back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+
+
+class PerSecond:
+    """At most `limit` units of cost in any window of one second that opens on use."""
+
+    __slots__ = ("_left", "_window", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._window = float("-inf")
+        self._left = 0
+
+    def allow(self, now: float, cost: int = 1) -> bool:
+        """Whether `cost` more units may go out at `now`; if so, they are spent."""
+        if now >= self._window + 1.0:
+            self._window = now
+            self._left = self.limit
+        if self._left < cost:
+            return False
+        self._left -= cost
+        return True
 
 
 class KeyedRateLimit:

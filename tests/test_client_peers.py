@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.peers import QUEUE_BYTES
+from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
 from teredo_appliance.roles.client_peers import ICMP_ERRORS_PER_SECOND, ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
@@ -31,6 +31,7 @@ RELAY = ("198.18.0.10", 49030)
 OTHER_RELAY = ("198.18.0.11", 3544)
 V6HOST = IPv6Address("2001:db8:1::2").packed
 ROUTER = IPv6Address("2001:db8:1::99").packed
+RELAY_LINK_LOCAL = IPv6Address("fe80::ffff:ffff:ffff").packed  # every relay's bubble source
 PEER = TeredoAddress(ipv4_to_int("198.18.0.1"), 0x0400, 40000, ipv4_to_int("198.18.0.200")).pack()
 PEER_MAPPING = ("198.18.0.200", 40000)
 
@@ -89,6 +90,40 @@ class IndirectBubbleTests(SynchronousTestCase):
         h.peers.from_udp(bubble, *SERVER, h.now)
         self.assertEqual(h.sent, [])
         self.assertEqual(h.counters.drops(), {"origin-non-global": 1})
+
+    def test_replies_are_paced_like_our_own_bubbles(self) -> None:
+        """RFC 4380 §5.2.6 MUST: 2 s apart, at most 4 in 300 s to one peer without an answer."""
+        h = Harness()
+        bubble = MIREDO["bubble-forwarded-with-origin"].payload  # origin: RELAY
+        for n in range(50):
+            h.peers.from_udp(bubble, *SERVER, h.now + n / 50)
+        self.assertEqual(h.take(), [(MIREDO["bubble-client-to-relay"].payload, RELAY)])
+        for t in (1.9, 2.0, 4.0, 6.0, 8.0, 100.0):
+            h.peers.from_udp(bubble, *SERVER, h.now + t)
+        self.assertEqual(len(h.take()), 3)  # at +2, +4, +6: four in all
+        self.assertEqual(h.counters.drops(), {"bubble-reply-paced": 49 + 3})
+        h.peers.from_udp(bubble, *SERVER, h.now + 6.0 + BUBBLE_WINDOW)
+        self.assertEqual(len(h.take()), 1)
+
+    def test_an_answer_from_the_origin_renews_the_replies(self) -> None:
+        h = Harness()
+        bubble = MIREDO["bubble-forwarded-with-origin"].payload
+        for t in (0.0, 2.0, 4.0, 6.0):
+            h.peers.from_udp(bubble, *SERVER, h.now + t)
+        h.now += 7.0
+        h.peers.from_tun(data(), h.now)  # the relay that bubbled us answers our echo test
+        h.reply_to(h.echo_test())
+        h.take()
+        h.peers.from_udp(bubble, *SERVER, h.now + 1.0)
+        self.assertEqual(h.take(), [(MIREDO["bubble-client-to-relay"].payload, RELAY)])
+
+    def test_two_relays_bubbling_at_once_are_both_answered(self) -> None:
+        """Relays all bubble from the same link-local: replies are paced per origin."""
+        h = Harness()
+        for relay in (RELAY, OTHER_RELAY):
+            bubble = origin_indication(ipv4_to_int(relay[0]), relay[1]) + build_bubble(RELAY_LINK_LOCAL, ME)
+            h.peers.from_udp(bubble, *SERVER, h.now)
+        self.assertEqual([to for _, to in h.take()], [RELAY, OTHER_RELAY])
 
     def test_server_relays_nothing_but_bubbles(self) -> None:
         h = Harness()
@@ -174,16 +209,20 @@ class RelayTrustTests(SynchronousTestCase):
                 times.append(h.now - 100)
                 h.take()
             h.advance(2)
-        self.assertEqual(times, [0.0, 2.0, 4.0, 6.0])
+        self.assertEqual(times, [0.0, 2.0])  # one packet buys two rounds (RFC 4380 §5.2.6)
         self.assertEqual(len(h.tun), 1)
         error = parse_header(h.tun[0])
         self.assertEqual(error.destination, ME)
         self.assertEqual(h.tun[0][40], 1)  # destination unreachable
         self.assertEqual(quoted_packet(h.tun[0], error), packet)
+        h.peers.from_tun(data(size=4), h.now)  # the next packet: the other two of 4 per 300 s
+        h.advance(20)
+        self.assertEqual(len(h.take()), 2)
+        self.assertEqual(len(h.tun), 2)
         # Budget spent: the next packet is refused at once, no new probe.
         h.peers.from_tun(data(size=5), h.now)
         self.assertEqual(h.sent, [])
-        self.assertEqual(len(h.tun), 2)
+        self.assertEqual(len(h.tun), 3)
 
 
 class TeredoPeerTests(SynchronousTestCase):
@@ -219,6 +258,16 @@ class TeredoPeerTests(SynchronousTestCase):
         h.peers.from_tun(data(local_peer), h.now)
         self.assertEqual(h.sent, [])
         self.assertEqual(h.counters.drops(), {"tun.non-global-peer": 1})
+
+    def test_peer_at_a_non_global_mapping_is_not_trusted(self) -> None:
+        """RFC 4380 §5.2.4: its packets would make us send to an address we must not."""
+        h = Harness()
+        link_local = TeredoAddress(ipv4_to_int("198.18.0.1"), 0, 40000, ipv4_to_int("169.254.1.2")).pack()
+        h.peers.from_udp(build_bubble(link_local, ME), "169.254.1.2", 40000, h.now)
+        h.peers.from_udp(data(ME, source=link_local), "169.254.1.2", 40000, h.now)
+        h.peers.from_tun(data(link_local), h.now)
+        self.assertEqual((h.sent, h.tun), ([], []))
+        self.assertEqual(h.counters.drops(), {"non-global-peer": 2, "tun.non-global-peer": 1})
 
     def test_queue_is_bounded(self) -> None:
         h = Harness()
@@ -283,6 +332,18 @@ class IncomingTests(SynchronousTestCase):
 
 
 class IcmpRateTests(SynchronousTestCase):
+    def test_give_up_answers_the_newest_queued_packet_only(self) -> None:
+        h = Harness()
+        packets = [data(size=n) for n in (1, 2, 3)]
+        for packet in packets:
+            h.peers.from_tun(packet, h.now)
+        h.advance(20)
+        [error] = h.tun
+        header = parse_header(error)
+        self.assertEqual((header.destination, header.hop_limit, error[40]), (ME, 64, 1))
+        self.assertEqual(quoted_packet(error, header), packets[-1])
+        self.assertEqual(h.counters.drops(), {"peer-unreachable": 3})
+
     def test_at_most_ten_errors_a_second(self) -> None:
         h = Harness()
         for n in range(20):

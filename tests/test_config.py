@@ -98,11 +98,43 @@ BROKEN = [
           relay:
             mtu: 1200
             max_peers: 0
+            bubbles_per_second: 1
         """,
         [
             "teredo.yaml:3: roles.relay.mtu: 1200 is out of range 1280..65535",
             "teredo.yaml:4: roles.relay.max_peers: 0 must be at least 1",
+            "teredo.yaml:5: roles.relay.bubbles_per_second: 1 must be at least 2",
         ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            served_prefixes:
+              - 2000::/3
+              - 198.18.0.0/15
+              - 2001:db8::1/32
+        """,
+        [
+            "teredo.yaml:3: roles.relay.served_prefixes: item 1 (line 5): '198.18.0.0/15' is not an IPv6 prefix"
+            " (like 2001::/32); item 2 (line 6): '2001:db8::1/32' has bits set after the prefix length",
+        ],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            served_prefixes: []
+        """,
+        ["teredo.yaml:3: roles.relay.served_prefixes: expected at least one of IPv6 prefixes, got an empty list"],
+    ),
+    (
+        """\
+        roles:
+          relay:
+            served_prefixes: 2000::/3
+        """,
+        ["teredo.yaml:3: roles.relay.served_prefixes: expected a list of IPv6 prefixes, got '2000::/3'"],
     ),
     (
         """\
@@ -348,6 +380,11 @@ class ValueTests(SynchronousTestCase):
             self.assertEqual(config, Config(roles=RolesConfig(relay=RelayConfig()), control=ControlConfig()))
             self.assertIsNone(config.manhole)
             self.assertEqual(config.log, LogConfig(level="info"))
+
+    def test_relay_served_prefixes(self) -> None:
+        self.assertEqual(RelayConfig().served_prefixes, (IPv6Network("2000::/3"),))
+        relay = parse("roles:\n  relay:\n    served_prefixes: [2001:db8::/32, 2a00::/12]\n").roles.relay
+        self.assertEqual(relay.served_prefixes, (IPv6Network("2001:db8::/32"), IPv6Network("2a00::/12")))
 
     def test_server_defaults(self) -> None:
         server = parse("roles:\n  server:\n    bind_address: 198.18.0.1\n").roles.server

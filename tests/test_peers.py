@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import (
+    ADDRESSES_PER_MAPPING,
     BUBBLE_INTERVAL,
     BUBBLE_LIMIT,
-    BUBBLE_RETRIES,
     BUBBLE_WINDOW,
     IDLE_TIMEOUT,
     QUEUE_BYTES,
@@ -201,14 +201,33 @@ class PacingTests(SynchronousTestCase):
         self.assertEqual(table.due_for_retry(10.0), [])
 
 
+class ReplyBubbleTests(SynchronousTestCase):
+    def test_paced_per_mapping_and_renewed_by_an_answer(self) -> None:
+        table = PeerTable(8)
+        self.assertEqual([table.try_reply_bubble(MAPPING, t) for t in (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)],
+                         [True, False, True, True, True, False])
+        self.assertTrue(table.try_reply_bubble(("198.18.0.101", 1), 8.0))  # another origin
+        table.trust(addr(1), MAPPING, 9.0)  # a reception from it: the answer
+        self.assertTrue(table.try_reply_bubble(MAPPING, 9.0))
+        self.assertFalse(table.try_reply_bubble(MAPPING, 10.0))
+        table.touch_rx(table.get(addr(1)), 20.0)
+        self.assertTrue(table.try_reply_bubble(MAPPING, 10.5))
+
+    def test_remembered_mappings_are_bounded(self) -> None:
+        table = PeerTable(4)
+        for port in range(100):
+            table.try_reply_bubble(("198.18.0.100", port), 0.0)
+        self.assertEqual(len(table._replies), 4)
+
+
 class RetryTests(SynchronousTestCase):
-    def test_three_retries_two_seconds_apart_then_give_up(self) -> None:
-        """What the relay does: bubble, retry at +2, +4, +6, give up at +8."""
+    def test_packets_buy_rounds_two_seconds_apart_then_give_up(self) -> None:
+        """What the relay does: bubble, retry at +2, and at +4 and +6 only for later packets."""
         table = PeerTable(8)
         peer = table.get_or_create(addr(1), MAPPING, 0.0)
         table.enqueue(peer, b"one")
-        table.enqueue(peer, b"two")
         self.assertTrue(table.try_bubble(peer, 0.0))
+        table.enqueue(peer, b"two")  # during the first round: no extra round
         sent, gave_up = [0.0], []
         now = 0.0
         while now < 20.0:
@@ -216,18 +235,34 @@ class RetryTests(SynchronousTestCase):
             assert deadline is not None
             now = deadline
             for due in table.due_for_retry(now):
-                if due.attempts > BUBBLE_RETRIES:
+                if not table.retry_wanted(due):
                     gave_up.append((now, table.give_up(due)))
                 elif table.try_bubble(due, now):
                     sent.append(now)
+                    if now in (2.0, 4.0):
+                        table.enqueue(due, b"%d" % now)  # a packet in each later round: one more
             if gave_up:
                 break
         self.assertEqual(sent, [0.0, 2.0, 4.0, 6.0])
-        self.assertEqual(gave_up, [(8.0, [b"one", b"two"])])
+        self.assertEqual(gave_up, [(8.0, [b"one", b"two", b"2", b"4"])])
         # The entry stays, its budget spent: no new round until it expires.
         self.assertEqual((peer.attempts, peer.queued), (0, 0))
+        table.enqueue(peer, b"late")
         self.assertFalse(table.try_bubble(peer, 9.0))
         self.assertEqual(table.next_deadline(), IDLE_TIMEOUT)
+
+    def test_one_packet_buys_two_rounds(self) -> None:
+        table = PeerTable(8)
+        peer = table.get_or_create(addr(1), MAPPING, 0.0)
+        table.enqueue(peer, b"one")
+        self.assertTrue(table.try_bubble(peer, 0.0))
+        [due] = table.due_for_retry(2.0)
+        self.assertTrue(table.retry_wanted(due))
+        self.assertTrue(table.try_bubble(due, 2.0))
+        [due] = table.due_for_retry(4.0)
+        self.assertFalse(table.retry_wanted(due))
+        self.assertEqual(table.give_up(due), [b"one"])
+        self.assertEqual(peer.bubbles, 2)  # half the budget left for the next packet
 
     def test_not_due_before_two_seconds(self) -> None:
         table = PeerTable(8)
@@ -296,22 +331,37 @@ class EvictionTests(SynchronousTestCase):
         self.assertRaises(ValueError, PeerTable, 0)
 
 
-class OneAddressPerMappingTests(SynchronousTestCase):
-    def test_forged_sources_from_one_mapping_hold_one_entry(self) -> None:
+class AddressesPerMappingTests(SynchronousTestCase):
+    def test_forged_sources_from_one_mapping_hold_a_few_entries(self) -> None:
         """A forger on one IPv4:port cannot fill a relay's table with trusted entries."""
-        table = PeerTable(8, one_address_per_mapping=True)
+        table = PeerTable(64, addresses_per_mapping=ADDRESSES_PER_MAPPING)
         table.trust(addr(100), ("198.18.0.200", 4000), 0.0)  # a real peer elsewhere
         for n in range(50):
-            table.trust(addr(n), MAPPING, 1.0)
-        self.assertEqual(len(table), 2)
-        self.assertTrue(table.get(addr(49)).trusted)
-        self.assertIsNone(table.get(addr(48)))
+            table.trust(addr(n), MAPPING, 1.0 + n)
+        self.assertEqual(len(table), 1 + ADDRESSES_PER_MAPPING)
+        self.assertEqual([n for n in range(50) if table.get(addr(n))], list(range(50 - ADDRESSES_PER_MAPPING, 50)))
         self.assertTrue(table.get(addr(100)).trusted)
-        self.assertEqual(table.stats()["superseded"], 49)
+        self.assertEqual(table.stats()["superseded"], 50 - ADDRESSES_PER_MAPPING)
         self.assertEqual(table.evicted, 0)
 
+    def test_a_restarted_client_keeps_both_addresses_trusted(self) -> None:
+        """A client restarted on a fixed port has a new address at the same mapping."""
+        table = PeerTable(8, addresses_per_mapping=ADDRESSES_PER_MAPPING)
+        for t in range(6):
+            table.trust(addr(t % 2), MAPPING, float(t))
+        self.assertTrue(table.get(addr(0)).trusted and table.get(addr(1)).trusted)
+        self.assertEqual(table.stats()["superseded"], 0)
+
+    def test_the_least_recently_heard_address_gives_way(self) -> None:
+        table = PeerTable(8, addresses_per_mapping=2)
+        table.trust(addr(1), MAPPING, 0.0)
+        table.trust(addr(2), MAPPING, 1.0)
+        table.touch_rx(table.get(addr(1)), 2.0)
+        table.trust(addr(3), MAPPING, 3.0)
+        self.assertEqual([table.get(addr(n)) is not None for n in (1, 2, 3)], [True, False, True])
+
     def test_a_peer_that_moves_frees_its_old_mapping(self) -> None:
-        table = PeerTable(8, one_address_per_mapping=True)
+        table = PeerTable(8, addresses_per_mapping=1)
         table.trust(addr(1), MAPPING, 0.0)
         table.trust(addr(1), ("198.18.0.100", 4001), 1.0)
         table.trust(addr(2), MAPPING, 2.0)  # the old mapping is free: nobody is superseded
@@ -319,11 +369,12 @@ class OneAddressPerMappingTests(SynchronousTestCase):
         self.assertEqual(table.stats()["superseded"], 0)
 
     def test_expired_holder_frees_the_mapping(self) -> None:
-        table = PeerTable(8, one_address_per_mapping=True)
+        table = PeerTable(8, addresses_per_mapping=1)
         table.trust(addr(1), MAPPING, 0.0)
         table.expire(IDLE_TIMEOUT)
         table.trust(addr(2), MAPPING, IDLE_TIMEOUT)
         self.assertEqual(table.stats()["superseded"], 0)
+        self.assertEqual(table._by_mapping, {MAPPING: [addr(2)]})
 
     def test_a_client_table_shares_a_mapping_between_peers(self) -> None:
         """Native IPv6 hosts all sit behind one relay mapping in a client's table."""
@@ -394,11 +445,11 @@ operations = st.lists(
 
 class InvariantTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
-    @given(operations, st.integers(1, 6), st.booleans())
+    @given(operations, st.integers(1, 6), st.sampled_from([None, 1, 2]))
     def test_random_operations_keep_invariants(self, ops: list[tuple[str, int, int]], max_peers: int,
-                                               unique: bool) -> None:
+                                               per_mapping: int | None) -> None:
         table = PeerTable(max_peers, queue_bytes=1000, idle_timeout=10.0, total_queue_bytes=2500,
-                          one_address_per_mapping=unique)
+                          addresses_per_mapping=per_mapping)
         model: dict[bytes, list[bytes]] = {}  # what each present peer should have queued
         now = 0.0
         for op, n, arg in ops:
@@ -424,7 +475,7 @@ class InvariantTests(SynchronousTestCase):
             elif op == "retry":
                 for due in table.due_for_retry(now):
                     self.assertFalse(due.trusted)
-                    if due.attempts > BUBBLE_RETRIES:
+                    if not table.retry_wanted(due):
                         self.assertEqual(table.give_up(due), model.pop(due.addr, []))
                     else:
                         self.assertTrue(table.try_bubble(due, now))
@@ -445,8 +496,10 @@ class InvariantTests(SynchronousTestCase):
             self.assertEqual(len(snapshot), len(table))
             self.assertEqual(sum(e["trusted"] for e in snapshot), stats["trusted"])
             self.assertEqual(table.next_deadline() is None, len(table) == 0)
-            if unique:  # one trusted address per mapping, and the index names exactly those
+            if per_mapping:  # a few trusted addresses per mapping, and the index names exactly those
                 trusted = [table.get(ip_address(e["address"]).packed) for e in snapshot if e["trusted"]]
-                mappings = [peer.mapping for peer in trusted]
-                self.assertEqual(len(mappings), len(set(mappings)))
-                self.assertEqual(table._by_mapping, {peer.mapping: peer.addr for peer in trusted})
+                index: dict[tuple[str, int], set[bytes]] = {}
+                for peer in trusted:
+                    index.setdefault(peer.mapping, set()).add(peer.addr)
+                self.assertLessEqual(max(map(len, index.values()), default=0), per_mapping)
+                self.assertEqual({m: set(a) for m, a in table._by_mapping.items()}, index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from ipaddress import IPv6Address, IPv6Network
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,6 +23,7 @@ from teredo_appliance.wire.address import (
 )
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.scope import is_global_unicast
+from teredo_appliance.wire.prefixes import PrefixFilter
 from tests.vectors import MIREDO
 
 SERVER = ipv4_to_int("198.18.0.1")
@@ -313,3 +314,34 @@ class EchoTests(SynchronousTestCase):
             ipv6.build_packet(CLIENT_TEREDO, CLIENT_TEREDO, 17, bytes((128, 0)) + bytes(6)),  # not ICMPv6
         ):
             self.assertFalse(ipv6.is_echo(packet, ipv6.parse_header(packet)))
+
+# Prefixes that share leading bits with each other and with the addresses drawn, so that
+# the deep levels of the filter's trie are exercised.
+_NEAR = st.sampled_from([0, 0x2001 << 112, 0x2001_0DB8 << 96, 0x2002 << 112, 0xFE80 << 112, 0xFFFF << 32])
+
+
+@st.composite
+def _prefixes(draw: st.DrawFn) -> IPv6Network:
+    length = draw(st.integers(0, 128))
+    base = draw(_NEAR) ^ draw(st.integers(0, 2**128 - 1)) >> draw(st.integers(0, 128))
+    return IPv6Network((base, length), strict=False)
+
+
+class PrefixFilterTests(SynchronousTestCase):
+    def test_relay_defaults(self) -> None:
+        served = PrefixFilter([IPv6Network("2000::/3")], [IPv6Network("2001::/32"), IPv6Network("2002::/16")])
+        verdicts = {a: served.allows(IPv6Address(a).packed) for a in ("2001:db8::1", "2001::1", "2002::1", "3fff::1",
+                                                                          "4000::1", "fd00::1", "2001:0:1::")}
+        self.assertEqual(verdicts, {"2001:db8::1": True, "2001::1": False, "2002::1": False, "3fff::1": True,
+                                    "4000::1": False, "fd00::1": False, "2001:0:1::": False})
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_prefixes(), max_size=4), st.lists(_prefixes(), max_size=4),
+           st.lists(st.one_of(_NEAR, st.integers(0, 2**128 - 1)), min_size=1, max_size=20))
+    def test_agrees_with_ipaddress(self, allow: list[IPv6Network], deny: list[IPv6Network],
+                                   addresses: list[int]) -> None:
+        prefix_filter = PrefixFilter(allow, deny)
+        for value in addresses:
+            address = IPv6Address(value)
+            expected = any(address in p for p in allow) and not any(address in p for p in deny)
+            self.assertEqual(prefix_filter.allows(address.packed), expected, str(address))

@@ -31,7 +31,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.peers import Mapping, Peer, PeerTable
+from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.errors import ParseError
@@ -79,8 +80,7 @@ class ClientPeers:
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
         self._server: Mapping = ("", 0)
-        self._icmp_second = 0.0
-        self._icmp_sent = 0
+        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
@@ -196,14 +196,18 @@ class ClientPeers:
         bubble = header.payload_length == 0 and header.next_header == NEXT_HEADER_NONE
         if (host, port) == self._server:
             if bubble and origin is not None:
-                self._answer_indirect_bubble(source, origin.ip, origin.port)
+                self._answer_indirect_bubble(source, origin.ip, origin.port, now)
             else:
                 self.counters.drop("from-server")  # our server relays bubbles and nothing else to us
             return
         if source[:4] == self._prefix:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
-            if teredo_mapping(source) != (ipv4_to_int(host), port):
+            ip = ipv4_to_int(host)
+            if teredo_mapping(source) != (ip, port):
                 self.counters.drop("teredo-mapping-mismatch")
+                return
+            if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(source))):
+                self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
                 return
             self._trust(source, (host, port), now)
             if bubble:
@@ -229,10 +233,17 @@ class ClientPeers:
         if self.table.try_bubble(peer, now):
             self._discover(peer)
 
-    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int) -> None:
-        """A peer (relay or client) bubbled us through our server: open our NAT towards it."""
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> None:
+        """A peer (relay or client) bubbled us through our server: open our NAT towards it.
+
+        Anyone can make our server relay a bubble with an origin of their choosing, so
+        replies are paced as our own bubbles are (RFC 4380 §5.2.6).
+        """
         if not is_global_ipv4(ip):
             self.counters.drop("origin-non-global")
+            return
+        if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
+            self.counters.drop("bubble-reply-paced")
             return
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
@@ -293,7 +304,7 @@ class ClientPeers:
         """Expire idle peers; repeat discovery for the unanswered, or give up on them."""
         self.table.expire(now)
         for peer in self.table.due_for_retry(now):
-            if peer.attempts <= BUBBLE_RETRIES and self.address is not None and self.table.try_bubble(peer, now):
+            if self.table.retry_wanted(peer) and self.address is not None and self.table.try_bubble(peer, now):
                 self._discover(peer)
             else:
                 self.counters["client.peer_unreachable"] += 1
@@ -301,24 +312,24 @@ class ClientPeers:
                 self._unreachable(self.table.give_up(peer), now)
 
     def _unreachable(self, packets: list[bytes], now: float) -> None:
-        """Tell the local stack its packets cannot be delivered (RFC 4443 §3.1), at most 10/s."""
+        """Drop what waited for an unreachable peer; tell the local stack once (RFC 4443 §3.1),
+        for the newest of its packets, and at most 10 times a second in all."""
         address = self.address
+        newest = None
         for packet in packets:
             if packet[8:24] != address:
                 self.counters.drop("held-unconfirmed")  # held incoming from a relay never confirmed
                 continue
             self.counters.drop("peer-unreachable")
-            if now >= self._icmp_second + 1.0:
-                self._icmp_second, self._icmp_sent = now, 0
-            if self._icmp_sent >= ICMP_ERRORS_PER_SECOND:
-                continue
-            try:
-                header = parse_header(packet)
-            except ParseError:
-                continue
-            if error_allowed(packet, header):
-                self._icmp_sent += 1
-                self._write_tun(build_unreachable(LINK_LOCAL, packet, header.source, UNREACHABLE_ADDRESS))
+            newest = packet
+        if newest is None:
+            return
+        try:
+            header = parse_header(newest)
+        except ParseError:
+            return
+        if error_allowed(newest, header) and self._icmp_rate.allow(now):
+            self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:
         return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats()}

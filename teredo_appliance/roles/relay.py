@@ -70,6 +70,8 @@ class RelayService(TunneledRole):
             self.tunnel.write,
             self.counters,
             error_source=error_source,
+            bubbles_per_second=config.bubbles_per_second,
+            served_prefixes=config.served_prefixes,
         )
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:

@@ -12,11 +12,13 @@ Everything else takes the slow path, which parses fully and counts each drop by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv6Network
 from typing import Any
 
-from teredo_appliance.peers import BUBBLE_RETRIES, Mapping, Peer, PeerTable
+from teredo_appliance.config_model import GLOBAL_UNICAST
+from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTable
+from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.errors import ParseError
@@ -32,6 +34,7 @@ from teredo_appliance.wire.ipv6 import (
     is_multicast,
     parse_header,
 )
+from teredo_appliance.wire.prefixes import PrefixFilter
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 
 TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indirect bubbles
@@ -41,6 +44,26 @@ TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indire
 RELAY_LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")
 # Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
 ICMP_ERRORS_PER_SECOND = 10
+# Relay-wide cap on bubbles (datagrams, not rounds): RFC 4380 §5.2.6 paces each peer, but
+# packets towards many silent peers would still make the relay spray the Internet (and
+# the peers' servers) with bubbles. 1000/s is 500 discoveries a second, ~60 kB/s.
+BUBBLES_PER_SECOND = 1000
+# RFC 4380 §5.4.2: a relay forwards Teredo packets to the native IPv6 it serves. Whatever
+# the served prefixes say, these are never native IPv6 destinations reached through us.
+NEVER_SERVED = tuple(
+    IPv6Network(prefix)
+    for prefix in (
+        "::/128",  # unspecified (RFC 4291 §2.5.2)
+        "::1/128",  # loopback (RFC 4291 §2.5.3)
+        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
+        "fc00::/7",  # unique local (RFC 4193)
+        "fe80::/10",  # link-local (RFC 4291 §2.5.6)
+        "fec0::/10",  # site-local, deprecated (RFC 3879)
+        "ff00::/8",  # multicast (RFC 4291 §2.7)
+        "2001::/32",  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
+        "2002::/16",  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
+    )
+)
 
 Send = Callable[[bytes, Mapping], object]
 Write = Callable[[bytes], object]
@@ -59,6 +82,12 @@ class RelayMachine:
     is reachable from anywhere (no NAT or a cone NAT), so the direct bubble that opens our
     own NAT binding (RFC 4380 §5.4.1) is not needed. `error_source(destination)` picks the
     source of an ICMPv6 error sent to `destination` (see RelayService for the choice).
+    `reachable_ipv4` says which mapped and server IPv4 addresses a peer may have (RFC 4380
+    §5.4.1: never send to one that is not global); only tests on private addresses widen
+    it. It is asked once per new peer, never for a trusted peer's packets.
+    `bubbles_per_second` caps the bubbles of all discoveries together; a round over the
+    cap is not sent (counted) and the packets wait for the next one. Teredo packets go to
+    native IPv6 only towards `served_prefixes`, never towards `NEVER_SERVED`.
     """
 
     def __init__(
@@ -72,33 +101,39 @@ class RelayMachine:
         *,
         cone: bool = False,
         error_source: ErrorSource = link_local_source,
+        reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+        bubbles_per_second: int = BUBBLES_PER_SECOND,
+        served_prefixes: Iterable[IPv6Network] = (GLOBAL_UNICAST,),
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
         self.prefix32 = prefix.network_address.packed[:4]
         self.mtu = mtu
         self.cone = cone
-        self.peers = PeerTable(max_peers, one_address_per_mapping=True)
+        self.peers = PeerTable(max_peers, addresses_per_mapping=ADDRESSES_PER_MAPPING)
         self.counters = counters
         self._send = send
         self._write = write
         self._error_source = error_source
-        self._icmp_window = float("-inf")
-        self._icmp_budget = 0
+        self._reachable_ipv4 = reachable_ipv4
+        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._bubble_rate = PerSecond(bubbles_per_second)
+        self._round_cost = 1 if cone else 2  # bubbles per round (see _bubble)
+        self._serves = PrefixFilter(served_prefixes, NEVER_SERVED).allows
 
     # -- Teredo -> IPv6 (RFC 4380 §5.4.2) ----------------------------------------------
 
     def from_udp(self, data: bytes, source: Mapping, now: float) -> float | None:
         """A datagram from `source`; returns a new wake-up time for `on_timer`, or None."""
         # Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at
-        # its mapping, to a unicast non-Teredo destination outside fe80::/10 and ff00::/8.
+        # its mapping, to a served destination outside our Teredo prefix.
         size = len(data)
         if (
             size > HEADER_LENGTH
             and data[0] >> 4 == 6
             and (data[4] << 8 | data[5]) + HEADER_LENGTH == size
-            and data[24] < 0xFE
             and data[24:28] != self.prefix32
+            and self._serves(data[24:40])
         ):
             peer = self.peers.get(data[8:24])
             if peer is not None and peer.trusted and peer.mapping == source:
@@ -130,6 +165,9 @@ class RelayMachine:
             if mapped_port != source[1] or int_to_ipv4(mapped_ip) != source[0]:
                 counters.drop("udp.source-mismatch")
                 return None
+            if not self._reachable(src):
+                counters.drop("udp.non-global-source")  # trusting it would send there
+                return None
             counters["peers.trusted"] += 1
             for queued in self.peers.trust(src, source, now):  # in arrival order
                 counters["to_teredo"] += 1
@@ -145,6 +183,8 @@ class RelayMachine:
             counters.drop("udp.link-local-destination")
         elif dst[:4] == self.prefix32:
             counters.drop("udp.teredo-destination")  # no Teredo-to-Teredo through a relay
+        elif not self._serves(dst):
+            counters.drop("udp.unserved-destination")  # RFC 4380 §5.4.2, RFC 6324
         else:
             counters["to_ipv6"] += 1
             self._write(packet)
@@ -183,11 +223,10 @@ class RelayMachine:
         peers = self.peers
         peer = peers.get(dst)  # not trusted: the fast path took those
         if peer is None:
-            mapped_ip, mapped_port = teredo_mapping(dst)
-            server = teredo_server(dst)
-            if not (is_global_ipv4(mapped_ip) and is_global_ipv4(server)):
+            if not self._reachable(dst):
                 counters.drop("tun.not-global")  # RFC 4380 §5.4.1: MUST be silently discarded
                 return None
+            mapped_ip, mapped_port = teredo_mapping(dst)
             peer = peers.get_or_create(dst, (int_to_ipv4(mapped_ip), mapped_port), now)
         wake = None
         if not peer.attempts:  # no discovery round running: start one
@@ -196,7 +235,7 @@ class RelayMachine:
                 counters.drop("tun.peer-unreachable")
                 self._icmp_error(packet, header, now, build_unreachable, UNREACHABLE_ADDRESS)
                 return None
-            self._bubble(peer)
+            self._bubble(peer, now)
             wake = peers.next_deadline()
         if peers.enqueue(peer, packet):
             counters["queued"] += 1
@@ -204,15 +243,26 @@ class RelayMachine:
             counters.drop("tun.queue-full")
         return wake
 
-    def _bubble(self, peer: Peer) -> None:
-        """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one."""
+    def _reachable(self, address: bytes) -> bool:
+        """Whether the mapping and server a Teredo address embeds may be sent to (§5.4.1)."""
+        reachable = self._reachable_ipv4
+        return reachable(teredo_mapping(address)[0]) and reachable(teredo_server(address))
+
+    def _bubble(self, peer: Peer, now: float) -> None:
+        """RFC 4380 §5.4.1 case 3: an indirect bubble via the peer's server, and a direct one.
+
+        Over the relay-wide cap the round is lost as if on the wire: the peer's pacing
+        already counted it, its retry is scheduled, and its packets stay queued.
+        """
+        cost = self._round_cost
+        if not self._bubble_rate.allow(now, cost):
+            self.counters["bubbles.rate-limited"] += cost
+            return
         bubble = build_bubble(RELAY_LINK_LOCAL, peer.addr)
         self._send(bubble, (int_to_ipv4(teredo_server(peer.addr)), TEREDO_PORT))
-        sent = 1
         if not self.cone:
             self._send(bubble, peer.mapping)
-            sent = 2
-        self.counters["bubbles.sent"] += sent
+        self.counters["bubbles.sent"] += cost
 
     # -- timers --------------------------------------------------------------------------
 
@@ -226,13 +276,17 @@ class RelayMachine:
         """
         self.peers.expire(now)
         for peer in self.peers.due_for_retry(now):
-            if peer.attempts <= BUBBLE_RETRIES and self.peers.try_bubble(peer, now):
-                self._bubble(peer)
+            if self.peers.retry_wanted(peer) and self.peers.try_bubble(peer, now):
+                self._bubble(peer, now)
                 continue
-            # RFC 4380 §5.4.1: no answer after the retries; tell each queued packet's sender.
-            for packet in self.peers.give_up(peer):
-                self.counters.drop("tun.peer-unreachable")
-                self._icmp_error(packet, parse_header(packet), now, build_unreachable, UNREACHABLE_ADDRESS)
+            # RFC 4380 §5.4.1: no answer after the retries. Every queued packet is dropped, but
+            # one error (for the newest) tells the sender: one per packet would let a burst
+            # towards a silent peer turn into a burst of errors.
+            queued = self.peers.give_up(peer)
+            if queued:
+                self.counters["drop.tun.peer-unreachable"] += len(queued)
+                newest = queued[-1]
+                self._icmp_error(newest, parse_header(newest), now, build_unreachable, UNREACHABLE_ADDRESS)
         return self.peers.next_deadline()
 
     # -- ICMPv6 errors (RFC 4443) --------------------------------------------------------
@@ -248,13 +302,9 @@ class RelayMachine:
         """Report a dropped packet to its sender, at most ICMP_ERRORS_PER_SECOND per second."""
         if not error_allowed(invoking, header):  # RFC 4443 §2.4 (e)
             return
-        if now >= self._icmp_window + 1.0:
-            self._icmp_window = now
-            self._icmp_budget = ICMP_ERRORS_PER_SECOND
-        if not self._icmp_budget:
+        if not self._icmp_rate.allow(now):
             self.counters["icmp.rate-limited"] += 1
             return
-        self._icmp_budget -= 1
         sender = header.source
         self.counters["icmp.sent"] += 1
         self._write(build(self._error_source(sender), invoking, sender, parameter))

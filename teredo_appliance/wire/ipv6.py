@@ -149,14 +149,15 @@ def _quoted(invoking: bytes) -> bytes:
 
 
 def build_unreachable(source: bytes, invoking: bytes, destination: bytes, code: int) -> bytes:
-    """Destination Unreachable from `source` (the reporting node) back to `destination`."""
-    return build_icmpv6(source, destination, ICMPV6_DEST_UNREACHABLE, code, bytes(4) + _quoted(invoking), 255)
+    """Destination Unreachable from `source` (the reporting node) back to `destination`.
+
+    Errors take the ordinary hop limit (64), as anything this host originates: they may be
+    routed to a distant sender, and 255 is what on-link-only messages (ND) carry."""
+    return build_icmpv6(source, destination, ICMPV6_DEST_UNREACHABLE, code, bytes(4) + _quoted(invoking))
 
 
 def build_packet_too_big(source: bytes, invoking: bytes, destination: bytes, mtu: int) -> bytes:
-    return build_icmpv6(
-        source, destination, ICMPV6_PACKET_TOO_BIG, 0, struct.pack("!I", mtu) + _quoted(invoking), 255
-    )
+    return build_icmpv6(source, destination, ICMPV6_PACKET_TOO_BIG, 0, struct.pack("!I", mtu) + _quoted(invoking))
 
 
 def quoted_packet(packet: bytes, header: IPv6Header) -> bytes | None:
