@@ -35,6 +35,7 @@ from teredo_appliance.config_model import (
 )
 from teredo_appliance.loglevel import LevelGate
 from teredo_appliance.reload import Plan, plan_reload
+from tests.test_config import no_longer_than
 
 SERVER = ServerConfig(bind_address=IPv4Address("198.18.0.1"), bind_address2=IPv4Address("198.18.0.2"))
 RELAY = RelayConfig(interface="tr-test")
@@ -345,6 +346,25 @@ class ReloadTests(ApplianceCase):
         self.assertIn("before", seen)
         self.assertNotIn("after", seen)
         self.assertIn("warned", seen)
+
+
+class ReloadFileSafetyTests(SynchronousTestCase):
+    def test_reload_from_a_fifo_answers_at_once_and_changes_nothing(self) -> None:
+        # The reload reads the file in the reactor thread: a blocking open() would freeze every role.
+        fifo = self.mktemp()
+        os.mkfifo(fifo)
+        world = World()
+        appliance = Appliance(fifo, make_config(server=SERVER), reactor=object(), role_factories=world.factories(),
+                              log_publisher=LogPublisher())
+        appliance.privilegedStartService()
+        appliance.startService()
+        self.addCleanup(appliance.stopService)
+        server = appliance.getServiceNamed("server")
+        with no_longer_than(5):
+            result = self.successResultOf(appliance.reload())
+        self.assertEqual(result, {"started": [], "stopped": [], "restarted": [], "unchanged": ["server"],
+                                  "errors": [f"{fifo}: cannot read: a FIFO, not a regular file"]})
+        self.assertIs(appliance.getServiceNamed("server"), server)
 
 
 class LevelGateTests(SynchronousTestCase):

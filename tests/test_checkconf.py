@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 from textwrap import dedent
 
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance import checkconf
 from teredo_appliance.config import DEFAULT_PATH, ConfigError
-from tests.test_config import BROKEN, SAMPLE
+from tests.test_config import BROKEN, REPO, SAMPLE
 
 
 class CheckconfTests(SynchronousTestCase):
@@ -87,3 +88,36 @@ class CheckconfTests(SynchronousTestCase):
         self.patch(checkconf, "load_config", load_config)
         self.assertEqual(self.run_checkconf(), (1, "", f"{DEFAULT_PATH}: stop\n"))
         self.assertEqual(seen, ["/etc/teredo/teredo.yaml"])
+
+
+class CheckconfProcessTests(SynchronousTestCase):
+    """The real command on hostile paths: exit 1 at once with one short line per error."""
+
+    def run_process(self, path: str) -> subprocess.CompletedProcess[str]:
+        command = "import sys; from teredo_appliance.checkconf import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", command, path], cwd=REPO, capture_output=True, text=True,
+                              timeout=30)
+
+    def assert_refused(self, path: str, expected: list[str]) -> None:
+        done = self.run_process(path)
+        self.assertEqual((done.returncode, done.stdout, done.stderr.splitlines()), (1, "", expected))
+
+    def test_fifo_device_huge_file_and_long_value(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        fifo = os.path.join(directory, "fifo.yaml")
+        os.mkfifo(fifo)
+        self.assert_refused(fifo, [f"{fifo}: cannot read: a FIFO, not a regular file"])
+        self.assert_refused("/dev/zero", ["/dev/zero: cannot read: a character device, not a regular file"])
+        huge = os.path.join(directory, "huge.yaml")
+        with open(huge, "w") as f:
+            f.write("#" * (2 * 1024 * 1024 - 1) + "\n")
+        self.assert_refused(huge, [f"{huge}: cannot read: too large (2097152 bytes; the limit is 1048576)"])
+        long_value = os.path.join(directory, "long.yaml")
+        with open(long_value, "w") as f:
+            f.write(f"roles:\n  relay:\n    prefix: {'x' * 1_000_000}\n    mtu: 1\n")
+        self.assert_refused(long_value, [
+            f"{long_value}:3: roles.relay.prefix: '{'x' * 59}... (1000002 characters) is not an IPv6 prefix"
+            " (like 2001::/32)",
+            f"{long_value}:4: roles.relay.mtu: 1 is out of range 1280..65535",
+        ])
