@@ -42,7 +42,7 @@ MAX_MTU = 65535  # the IPv6 payload length field is 16 bits
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
-IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 characters
+IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 bytes (UTF-8 counts per byte)
 LOG_LEVELS = ("debug", "info", "warn", "error")
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
@@ -214,8 +214,8 @@ def _refresh_interval(node: Node) -> float:
 def _interface(node: Node) -> str:
     """A name the Linux kernel accepts for a new link (see dev_valid_name())."""
     value = _text(node, "an interface name")
-    if not value or len(value) >= IFNAMSIZ:
-        raise _Invalid(f"{_quote(value)} is not an interface name (1 to {IFNAMSIZ - 1} characters)")
+    if not 0 < len(value.encode("utf-8", "surrogatepass")) < IFNAMSIZ:
+        raise _Invalid(f"{_quote(value)} is not an interface name (1 to {IFNAMSIZ - 1} bytes)")
     if value in (".", "..") or any(c in "/:" or c.isspace() for c in value):
         raise _Invalid(f"{_quote(value)} is not an interface name (no '/', ':' or whitespace)")
     return value
@@ -272,12 +272,17 @@ _ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientC
 
 @dataclass
 class _Section:
-    """A validated section: its values plus where each key was written, for later cross-checks."""
+    """A checked section: its valid values, where each key was written, and which keys are wrong.
+
+    A section with errors still takes part in the cross-role checks, through its valid keys,
+    so one pass reports everything.
+    """
 
     path: str
     line: int
     values: dict[str, object]
     lines: dict[str, int]
+    bad: set[str] = field(default_factory=set)  # keys with an error (or missing though required)
 
     def line_of(self, key: str) -> int:
         return self.lines.get(key, self.line)
@@ -354,25 +359,24 @@ class _Reader:
         return found
 
     def section(self, cls: type, node: Node, path: str, line: int) -> _Section | None:
-        """Check every key of one section; None if anything in it is wrong."""
+        """Check every key of one section; None only if it is not a mapping at all."""
         checks = _CHECKS[cls]
         found = self.entries(node, path, line, tuple(checks))
         if found is None:
             return None
         section = _Section(path, line, {}, {})
-        ok = True
         for key, (value_node, key_path, key_line) in found.items():
+            section.lines[key] = key_line
             try:
                 section.values[key] = checks[key](value_node)
-                section.lines[key] = key_line
             except _Invalid as e:
                 self.error(key_line, key_path, str(e))
-                ok = False
+                section.bad.add(key)
         for key in _REQUIRED.get(cls, ()):
             if key not in found:
                 self.error(line, f"{path}.{key}", "required key is missing")
-                ok = False
-        return section if ok else None
+                section.bad.add(key)
+        return section
 
     def roles(self, top: dict[str, tuple[Node, str, int]]) -> RolesConfig | None:
         if "roles" not in top:
@@ -385,44 +389,51 @@ class _Reader:
             self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(_ROLE_CLASSES)}")
             return None
         sections = {name: self.section(_ROLE_CLASSES[name], *found[name]) for name in found}
-        if "server" in sections and sections["server"] is not None:
-            sections["server"] = self.server_addresses(sections["server"])
-        if None in sections.values():
+        usable = {name: section for name, section in sections.items() if section is not None}
+        if "server" in usable:
+            self.server_addresses(usable["server"])
+        self.check_sockets(usable)
+        self.check_interfaces(usable)
+        if len(usable) < len(sections) or any(section.bad for section in usable.values()):
             return None
-        self.check_sockets(sections)
-        self.check_interfaces(sections)
         return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
 
-    def server_addresses(self, server: _Section) -> _Section | None:
+    def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""
-        ok = True
         for key in ("bind_address", "bind_address2"):
             if server.values.get(key) == ANY_IPV4:
                 self.error(server.line_of(key), f"{server.path}.{key}", "the server needs a specific address")
-                ok = False
-        primary = server.values["bind_address"]
-        if ok and "bind_address2" not in server.values:
-            if primary == BROADCAST:
-                self.error(
-                    server.line_of("bind_address"),
-                    f"{server.path}.bind_address",
-                    f"{primary} has no next address to default bind_address2 to; set bind_address2",
-                )
-                ok = False
-            else:
-                server.values["bind_address2"] = primary + 1
-        return server if ok else None
+                server.bad.add(key)
+        primary = server.values.get("bind_address")
+        if server.bad & {"bind_address", "bind_address2"} or primary is None or "bind_address2" in server.values:
+            return
+        if primary == BROADCAST:
+            self.error(
+                server.line_of("bind_address"),
+                f"{server.path}.bind_address",
+                f"{primary} has no next address to default bind_address2 to; set bind_address2",
+            )
+            server.bad.add("bind_address")
+        else:
+            server.values["bind_address2"] = primary + 1
 
     def check_sockets(self, sections: dict[str, _Section]) -> None:
-        """No two UDP sockets of the enabled roles may claim the same address:port."""
+        """No two UDP sockets of the enabled roles may claim the same address:port.
+
+        A socket whose address or port is itself wrong is left out: it would collide by mistake.
+        """
         sockets = []  # (dotted key, line, address, port)
         for name, section in sections.items():
             if name == "server":
-                keys = [("bind_address", TEREDO_PORT), ("bind_address2", TEREDO_PORT)]
+                keys = [(key, TEREDO_PORT) for key in ("bind_address", "bind_address2") if key in section.values]
+            elif "bind_port" in section.bad:
+                keys = []
             else:
                 port = section.values.get("bind_port", _ROLE_CLASSES[name].bind_port)
                 keys = [("bind_address", port)] if port else []  # port 0: the kernel picks a free one
             for key, port in keys:
+                if key in section.bad:
+                    continue
                 address = section.values.get(key, ANY_IPV4)
                 sockets.append((f"{section.path}.{key}", section.line_of(key), address, port))
         for index, (path, line, address, port) in enumerate(sockets):
@@ -436,6 +447,8 @@ class _Reader:
     def check_interfaces(self, sections: dict[str, _Section]) -> None:
         if "relay" in sections and "client" in sections:
             relay, client = sections["relay"], sections["client"]
+            if "interface" in relay.bad or "interface" in client.bad:
+                return
             name = client.values.get("interface", ClientConfig.interface)
             if name == relay.values.get("interface", RelayConfig.interface):
                 self.error(

@@ -70,6 +70,11 @@ BROKEN = [
         """,
         [
             "teredo.yaml:3: roles.relay.prefix: '2001::/48' is not a /32 (RFC 4380 §2.6)",
+            # the cross-role checks run even though both sections have errors
+            "teredo.yaml:4: roles.server.bind_address2: 198.18.0.2:3544 collides with roles.relay.bind_address"
+            " 0.0.0.0:3544",
+            "teredo.yaml:5: roles.server.bind_address: 198.18.0.1:3544 collides with roles.relay.bind_address"
+            " 0.0.0.0:3544",
             "teredo.yaml:6: roles.server.prefix: 'ff02::/32' is a multicast prefix",
         ],
     ),
@@ -131,7 +136,7 @@ BROKEN = [
             "teredo.yaml:3: roles.client.server_address: 'teredo_server.example' is not a hostname or IPv4 address",
             "teredo.yaml:4: roles.client.refresh_interval: 0 is out of range 1..120 seconds",
             "teredo.yaml:5: roles.client.interface: 'a-very-long-tun-name' is not an interface name"
-            " (1 to 15 characters)",
+            " (1 to 15 bytes)",
         ],
     ),
     (
@@ -295,7 +300,7 @@ class BrokenConfigTests(SynchronousTestCase):
             errors(text),
             [
                 "teredo.yaml:3: roles.relay.bind_port: 99999 is out of range 1..65535",
-                "teredo.yaml:4: roles.relay.interface: '' is not an interface name (1 to 15 characters)",
+                "teredo.yaml:4: roles.relay.interface: '' is not an interface name (1 to 15 bytes)",
                 "teredo.yaml:5: roles.bogus: unknown key; expected one of server, relay, client",
                 "teredo.yaml:7: log.level: 'loud' is not one of debug, info, warn, error",
             ],
@@ -488,6 +493,55 @@ class CollisionTests(SynchronousTestCase):
         for text, expected in cases:
             self.assertEqual(errors(text), [expected])
 
+    def test_collisions_are_reported_even_when_a_section_has_errors(self) -> None:
+        text = """\
+            roles:
+              server:
+                bind_address: 198.18.0.1
+                mtu: 9
+              relay:
+                bind_address: 198.18.0.2
+                interface: teredo
+              client:
+                server_address: -bad-
+                refresh_interval: 0
+            """
+        self.assertEqual(errors(text), [
+            "teredo.yaml:4: roles.server.mtu: 9 is out of range 1280..65535",
+            "teredo.yaml:6: roles.relay.bind_address: 198.18.0.2:3544 collides with roles.server.bind_address2"
+            " 198.18.0.2:3544",
+            "teredo.yaml:8: roles.client.interface: 'teredo' is also roles.relay.interface; each role needs its"
+            " own TUN device",
+            "teredo.yaml:9: roles.client.server_address: '-bad-' is not a hostname or IPv4 address",
+            "teredo.yaml:10: roles.client.refresh_interval: 0 is out of range 1..120 seconds",
+        ])
+
+    def test_a_wrong_address_or_port_is_not_also_a_collision(self) -> None:
+        # Left out, the wrong key would fall back to 0.0.0.0 or 3544 and collide by mistake.
+        text = """\
+            roles:
+              server: {bind_address: 198.18.0.1}
+              relay: {bind_address: 300.0.0.1}
+              client: {server_address: x.example, bind_port: -1}
+            """
+        self.assertEqual(errors(text), [
+            "teredo.yaml:3: roles.relay.bind_address: '300.0.0.1' is not an IPv4 address",
+            "teredo.yaml:4: roles.client.bind_port: -1 is out of range 0..65535",
+        ])
+        self.assertEqual(errors("roles:\n  server: {bind_address: 0.0.0.0}\n  relay: {bind_address: 198.18.0.9}\n"),
+                         ["teredo.yaml:2: roles.server.bind_address: the server needs a specific address"])
+
+
+class InterfaceNameTests(SynchronousTestCase):
+    """The kernel counts IFNAMSIZ in bytes: 15 at most, whatever the characters."""
+
+    def test_multibyte_names_are_counted_in_bytes(self) -> None:
+        self.assertEqual(errors("roles:\n  relay: {interface: ääääääää}\n"),
+                         ["teredo.yaml:2: roles.relay.interface: 'ääääääää' is not an interface name (1 to 15 bytes)"])
+        self.assertEqual(parse("roles:\n  relay: {interface: äääääää}\n").roles.relay.interface, "äääääää")
+        self.assertEqual(parse("roles:\n  relay: {interface: abcdefghijklmno}\n").roles.relay.interface,
+                         "abcdefghijklmno")
+
 
 class FileSafetyTests(SynchronousTestCase):
     """Whatever sits at the config path, loading it answers at once, with one short line."""
@@ -524,7 +578,7 @@ class FileSafetyTests(SynchronousTestCase):
         for message in found:
             self.assertLess(len(message), 200, message)
         self.assertEqual(found[0], f"teredo.yaml:3: roles.relay.interface: '{'x' * 59}..."
-                                   " (500002 characters) is not an interface name (1 to 15 characters)")
+                                   " (500002 characters) is not an interface name (1 to 15 bytes)")
         self.assertEqual(found[2], f"teredo.yaml:5: roles.relay.mtu: {'9' * 60}... (500 characters) is out of range"
                                    " 1280..65535")
         self.assertEqual(found[3], f"teredo.yaml:6: roles.relay.max_peers: {'9' * 60}... (5000 characters) is too"
