@@ -27,12 +27,13 @@ class FileRefused(Exception):
     """The path opened but is no regular file of acceptable size; the message says why."""
 
 
-def _kind(mode: int) -> str:
+def describe_kind(mode: int) -> str:
+    """'a FIFO', 'a directory', ...: what a non-regular file is, for error messages."""
     return next((name for test, name in _KINDS if test(mode)), "not a plain file")
 
 
-def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The whole content of the regular file at `path`, at most `limit` bytes.
+def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result]:
+    """The whole content of the regular file at `path` (at most `limit` bytes) and its status.
 
     Raises OSError when the path cannot be opened, FileRefused when it is not a regular
     file or is larger than `limit`. Never blocks on a FIFO or a device.
@@ -41,7 +42,7 @@ def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FileRefused(f"{_kind(info.st_mode)}, not a regular file")
+            raise FileRefused(f"{describe_kind(info.st_mode)}, not a regular file")
         if info.st_size > limit:
             raise FileRefused(f"too large ({info.st_size} bytes; the limit is {limit})")
         chunks, size = [], 0
@@ -53,6 +54,6 @@ def read_bounded(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
             size += len(chunk)
         if size > limit:
             raise FileRefused(f"too large (more than {limit} bytes)")
-        return b"".join(chunks)
+        return b"".join(chunks), info
     finally:
         os.close(fd)

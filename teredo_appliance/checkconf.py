@@ -1,4 +1,8 @@
-"""`teredo-checkconf [FILE]`: validate a teredo.yaml before (re)loading it, without root or DNS."""
+"""`teredo-checkconf [FILE]`: validate a teredo.yaml before (re)loading it, without root or DNS.
+
+Beyond what a reload checks, it also checks the files the config names (the console's
+authorized_keys and the place of its host key), as the user it runs as.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", nargs="?", default=DEFAULT_PATH, help=f"configuration file (default {DEFAULT_PATH})")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, check_files=True)
     except ConfigError as e:
         for error in e.errors:
             print(error, file=sys.stderr)

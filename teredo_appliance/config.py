@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network
 
 import yaml
+from twisted.internet.endpoints import serverFromString
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from teredo_appliance.boundedfile import MAX_FILE_BYTES, FileRefused, read_bounded
@@ -71,22 +72,25 @@ class _Invalid(Exception):
     """A value failed its check; the message completes "file:line: key: ..."."""
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the file at `path`; unreadable files are ConfigErrors too."""
+def load_config(path: str, *, check_files: bool = False) -> Config:
+    """Read and validate the file at `path`; unreadable files are ConfigErrors too.
+
+    With `check_files` (teredo-checkconf), the files the config names are checked as well.
+    """
     try:
-        text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
+        text = read_bounded(path, MAX_CONFIG_BYTES)[0].decode("utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
     except FileRefused as e:
         raise ConfigError([f"{path}: cannot read: {e}"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte offset {e.start})"]) from None
-    return parse_config(text, path)
+    return parse_config(text, path, check_files=check_files)
 
 
-def parse_config(text: str, filename: str) -> Config:
+def parse_config(text: str, filename: str, *, check_files: bool = False) -> Config:
     """Validate YAML `text`; `filename` only prefixes the error messages."""
-    reader = _Reader(filename)
+    reader = _Reader(filename, check_files=check_files)
     config = reader.config(text)
     if reader.errors or config is None:
         raise ConfigError([message for _, message in sorted(reader.errors, key=lambda error: error[0])])
@@ -230,6 +234,17 @@ def _optional(check: Callable[[Node], object]) -> Callable[[Node], object]:
     return optional
 
 
+def _server_endpoint(node: Node) -> str:
+    """A Twisted server endpoint description, parsed (never listened on)."""
+    value = _nonempty_text(node)
+    try:
+        serverFromString(None, value)
+    except Exception as error:  # endpoint parsers (plugins too) raise whatever they like
+        raise _Invalid(f"{_quote(value)} is not a server endpoint (like tcp:2222:interface=127.0.0.1):"
+                       f" {_cut(str(error))}") from None
+    return value
+
+
 def _log_level(node: Node) -> str:
     value = _text(node, "a log level")
     if value not in LOG_LEVELS:
@@ -262,7 +277,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "hook": _optional(_nonempty_text),
     },
-    ManholeConfig: {"listen": _nonempty_text, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
+    ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
     LogConfig: {"level": _log_level},
 }
 _REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
@@ -291,6 +306,7 @@ class _Section:
 @dataclass
 class _Reader:
     filename: str
+    check_files: bool = False  # also check the files the config names (the console's keys)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, message) to sort by line
 
     def error(self, line: int, path: str, message: str) -> None:
@@ -307,6 +323,8 @@ class _Reader:
         roles = self.roles(top)
         manhole = self.section(ManholeConfig, *top["manhole"]) if "manhole" in top else None
         log = self.section(LogConfig, *top["log"]) if "log" in top else None
+        if self.check_files and manhole is not None:
+            self.check_console_files(manhole)
         if self.errors or roles is None:
             return None
         return Config(
@@ -443,6 +461,25 @@ class _Reader:
                         line, path, f"{address}:{port} collides with {other_path} {other_address}:{other_port}"
                     )
                     break
+
+    def check_console_files(self, manhole: _Section) -> None:
+        """What the console would refuse at start: its authorized_keys file and host key place."""
+        from teredo_appliance.consolefiles import KeysRefused, host_key_problem, vet_authorized_keys
+
+        if "authorized_keys" not in manhole.bad:
+            path = manhole.values.get("authorized_keys", ManholeConfig.authorized_keys)
+            key_path, line = f"{manhole.path}.authorized_keys", manhole.line_of("authorized_keys")
+            try:
+                for number, why in vet_authorized_keys(path).ignored:
+                    self.error(line, key_path, f"{path} line {number}: {why}")
+            except KeysRefused as refused:
+                self.error(line, key_path, str(refused))
+            except OSError as error:
+                self.error(line, key_path, f"cannot read authorized_keys file {path}: {error.strerror}")
+        if "host_key" not in manhole.bad:
+            problem = host_key_problem(manhole.values.get("host_key", ManholeConfig.host_key))
+            if problem:
+                self.error(manhole.line_of("host_key"), f"{manhole.path}.host_key", problem)
 
     def check_interfaces(self, sections: dict[str, _Section]) -> None:
         if "relay" in sections and "client" in sections:
