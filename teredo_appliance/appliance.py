@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python.reflect import namedAny
 
-from teredo_appliance.config import ConfigError, load_config
+from teredo_appliance.config import ConfigError, load_config, truncation_hint
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
 from teredo_appliance.loglevel import LevelGate
 from teredo_appliance.privileges import describe_failure, preflight
@@ -233,6 +233,9 @@ class Appliance(MultiService):
     def _announce(self, plan: Any, old: Config, new: Config) -> None:
         """Log what the new file changes before applying it; stopping a component is a warning."""
         changes = "; ".join(describe_changes(old, new))
+        hint = truncation_hint(self.config_path)
+        if hint:
+            self.log.warn("reload: {hint}", hint=hint)
         removal = removal_warning(plan)  # (an event key named "warning" means a Python warning)
         if removal:
             self.log.warn("reload of {path}: {removal}; changes: {changes}",
@@ -256,10 +259,10 @@ class Appliance(MultiService):
         after = components(new)
         for name in plan.to_start():
             result["errors"] += preflight(name, after[name])
-        warning = removal_warning(plan)
+        warnings = [truncation_hint(self.config_path), removal_warning(plan)]
         result.update(start=list(plan.start), stop=list(plan.stop), restart=list(plan.restart),
                       unchanged=list(plan.keep), changes=describe_changes(self.config, new),
-                      warnings=[warning] if warning else [])
+                      warnings=[warning for warning in warnings if warning])
         return result
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
+from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, truncation_hint
 from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
 
 
@@ -57,4 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in summary(config):
         print(line)
+    hint = truncation_hint(args.file)
+    if hint:
+        print(f"warning: {hint}", file=sys.stderr)
     return 0

@@ -88,6 +88,21 @@ def load_config(path: str, *, check_files: bool = False) -> Config:
     return parse_config(text, path, check_files=check_files)
 
 
+def truncation_hint(path: str) -> str | None:
+    """A warning when the file's last line has no newline: it may have been cut short.
+
+    Only a hint (a valid file may lack it, and the file is read again): None when the file
+    ends with a newline, is empty or cannot be read.
+    """
+    try:
+        data = read_bounded(path, MAX_CONFIG_BYTES)[0]
+    except (OSError, FileRefused):
+        return None
+    if data and not data.endswith(b"\n"):
+        return f"{path}: the last line has no newline; was the file cut short? (replace it atomically)"
+    return None
+
+
 def parse_config(text: str, filename: str, *, check_files: bool = False) -> Config:
     """Validate YAML `text`; `filename` only prefixes the error messages."""
     reader = _Reader(filename, check_files=check_files)

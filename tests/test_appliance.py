@@ -404,6 +404,19 @@ class TruncatedFileTests(ApplianceCase):
         self.assertEqual(list(appliance), children)
         self.assertIs(appliance.config, config)
 
+    def test_a_last_line_without_newline_is_a_warning(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("roles:\n  server:\n    bind_address: 198.18.0.1\nmanhole:\n  authorized_keys: /etc/ter")
+        appliance = Appliance(path, make_config(server=SERVER), reactor=object(), role_factories=self.world.factories(),
+                              loader=ScriptedLoader(make_config(server=SERVER), make_config(server=SERVER)),
+                              log_publisher=self.publisher)
+        hint = f"{path}: the last line has no newline; was the file cut short? (replace it atomically)"
+        self.assertEqual(appliance.check()["warnings"], [hint])
+        events = self.captured()
+        self.successResultOf(appliance.reload())
+        self.assertIn(f"reload: {hint}", [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn])
+
     def test_check_reports_an_invalid_file(self) -> None:
         errors = ["teredo.yaml:3: roles.relay.mtu: 9 is out of range 1280..65535"]
         appliance = self.running(make_config(server=SERVER), ConfigError(errors))

@@ -126,6 +126,13 @@ class CheckconfTests(SynchronousTestCase):
         path = self.write("roles:\n  relay:\nmanhole:\n  authorized_keys: /nonexistent/keys\n")
         self.assertEqual(load_config(path).manhole.authorized_keys, "/nonexistent/keys")
 
+    def test_valid_file_without_final_newline_gets_a_warning(self) -> None:
+        path = self.write("roles:\n  relay:\n    mtu: 1280")
+        code, out, err = self.run_checkconf(path)
+        self.assertEqual((code, out.splitlines()[0][:6]), (0, "relay:"))
+        self.assertEqual(err, f"warning: {path}: the last line has no newline; was the file cut short?"
+                              " (replace it atomically)\n")
+
     def test_missing_file(self) -> None:
         missing = os.path.join(self.mktemp(), "teredo.yaml")
         self.assertEqual(self.run_checkconf(missing), (1, "", f"{missing}: cannot read: No such file or directory\n"))
