@@ -238,10 +238,10 @@ class Appliance(MultiService):
             self.log.warn("reload: {hint}", hint=hint)
         removal = removal_warning(plan)  # (an event key named "warning" means a Python warning)
         if removal:
-            self.log.warn("reload of {path}: {removal}; changes: {changes}",
+            self.log.warn("reloading {path}: {removal}; changes: {changes}",
                           path=self.config_path, removal=removal, changes=changes)
         elif changes:
-            self.log.info("reload of {path}: changes: {changes}", path=self.config_path, changes=changes)
+            self.log.info("reloading {path}: changes: {changes}", path=self.config_path, changes=changes)
 
     def check(self) -> dict[str, list[str]]:
         """A dry run of reload(): what it would start, stop and restart, and what stops it; changes nothing.

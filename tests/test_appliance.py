@@ -380,7 +380,7 @@ class TruncatedFileTests(ApplianceCase):
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(formatEvent(warnings[0]),
-                         "reload of teredo.yaml: roles.relay no longer in the file: stopping relay (if the file was"
+                         "reloading teredo.yaml: roles.relay no longer in the file: stopping relay (if the file was"
                          " cut short, restore it and reload); changes: roles.relay removed")
 
     def test_a_reload_that_only_changes_keys_logs_them_at_info(self) -> None:
@@ -388,7 +388,7 @@ class TruncatedFileTests(ApplianceCase):
         events = self.captured()
         self.reload(appliance)
         self.assertEqual([e["log_level"] for e in events], [LogLevel.info, LogLevel.info])
-        self.assertEqual(formatEvent(events[0]), "reload of teredo.yaml: changes: roles.relay.max_peers: 65536 -> 10")
+        self.assertEqual(formatEvent(events[0]), "reloading teredo.yaml: changes: roles.relay.max_peers: 65536 -> 10")
 
     def test_check_is_a_dry_run(self) -> None:
         appliance = self.running(make_config(server=SERVER, relay=RELAY),
