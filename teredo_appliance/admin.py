@@ -9,8 +9,6 @@ ed25519 key created once and kept, and each console owns its factory.
 from __future__ import annotations
 
 import os
-import stat
-import struct
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,9 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teredo_appliance.boundedfile import FileRefused, read_bounded
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ManholeConfig
 from teredo_appliance.console import ConsoleManhole
+from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, vet_authorized_keys
 from teredo_appliance.privileges import privileges_dropped
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-UNSAFE_MODE_BITS = stat.S_IWGRP | stat.S_IWOTH  # anyone who can write the list can log in
-_MALFORMED_KEY = (keys.BadKeyError, ValueError, LookupError, struct.error)  # what conch raises
 EXEC_REFUSAL = (b"teredo console: commands are not run over ssh exec; log in for the prompt (ssh -t), "
                 b"or run teredoctl on the box\n")
 
@@ -71,52 +69,28 @@ def _unreadable(what: str, path: str, error: OSError) -> ConsoleError:
 def load_authorized_keys(path: str) -> tuple[keys.Key, ...]:
     """The public keys listed in `path`; refuses a missing, keyless or group/other-writable file."""
     try:
-        mode = os.stat(path).st_mode
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise ConsoleError(f"manhole: authorized_keys file {path} does not exist "
-                           "(list the administrators' public keys in it, one per line)") from None
+        found = vet_authorized_keys(path)
+    except KeysRefused as error:
+        raise ConsoleError(f"manhole: {error}") from None
     except OSError as error:
         raise _unreadable("authorized_keys file", path, error) from None
-    if mode & UNSAFE_MODE_BITS:
-        raise ConsoleError(f"manhole: authorized_keys file {path} is writable by group or others "
-                           f"(mode {stat.S_IMODE(mode):04o}); run: chmod go-w {path}")
-    found: list[keys.Key] = []
-    ignored: list[int] = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        try:
-            # A line with options (from=..., command=...) fails here and is ignored: honouring
-            # its key while ignoring its restrictions would grant more than the file says.
-            key = keys.Key.fromString(line)
-        except _MALFORMED_KEY:
-            ignored.append(number)
-            continue
-        if key.isPublic():
-            found.append(key)
-        else:
-            ignored.append(number)
-    if ignored:
-        log.warn("manhole: {path}: ignored line(s) {lines}: not a plain public key",
-                 path=path, lines=", ".join(map(str, ignored)))
-    if not found:
-        raise ConsoleError(f"manhole: authorized_keys file {path} lists no valid public key "
-                           "(expected lines like 'ssh-ed25519 AAAA... admin@host')")
-    return tuple(found)
+    if found.ignored:
+        log.warn("manhole: {path}: ignored line(s) {lines}",
+                 path=path, lines="; ".join(f"{number}: {why}" for number, why in found.ignored))
+    return found.keys
 
 
 def load_or_create_host_key(path: str) -> keys.Key:
     """The console's private host key, created (ed25519, mode 0600) the first time."""
     try:
-        key = keys.Key.fromFile(path)
+        key = keys.Key.fromString(read_bounded(path)[0])
     except FileNotFoundError:
         return _create_host_key(path)
     except OSError as error:
         raise _unreadable("host key", path, error) from None
-    except _MALFORMED_KEY as error:
+    except FileRefused as refused:
+        raise ConsoleError(f"manhole: host key {path} is {refused}") from None
+    except MALFORMED_KEY as error:
         raise ConsoleError(f"manhole: host key {path} is not a private key conch can read: {error}") from None
     if key.isPublic():
         raise ConsoleError(f"manhole: host key {path} holds a public key; a private key is needed")

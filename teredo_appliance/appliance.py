@@ -21,20 +21,23 @@ from twisted.python.components import Componentized
 from twisted.python.reflect import namedAny
 
 from teredo_appliance import __version__
-from teredo_appliance.config import ConfigError, load_config
+from teredo_appliance.config import ConfigError, load_config, truncation_hint
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.loglevel import LogSink
 from teredo_appliance.privileges import describe_failure, preflight
 from teredo_appliance.reload import (
+    CHECK_KEYS,
     COMPONENT_ORDER,
     CONSOLE,
     CONTROL,
     METRICS,
     SERVICES,
     components,
+    describe_changes,
     empty_summary,
     plan_reload,
+    removal_warning,
 )
 from teredo_appliance.sdnotify import Notifier
 
@@ -220,6 +223,7 @@ class Appliance(MultiService):
             return self._report(result, unchanged=list(components(old)), errors=error.errors)
 
         plan = plan_reload(old, new)
+        self._announce(plan, old, new)
         before, after = components(old), components(new)
         # Everything that can be checked is checked before any running service is touched.
         built: dict[str, Service] = {}
@@ -265,6 +269,41 @@ class Appliance(MultiService):
             self.log.info("log level is now {new_level}, format {new_format}",
                           new_level=new.log.level, new_format=new.log.format)
         return self._report(result, unchanged=list(plan.keep))
+
+    def _announce(self, plan: Any, old: Config, new: Config) -> None:
+        """Log what the new file changes before applying it; stopping a component is a warning."""
+        changes = "; ".join(describe_changes(old, new))
+        hint = truncation_hint(self.config_path)
+        if hint:
+            self.log.warn("reload: {hint}", hint=hint)
+        removal = removal_warning(plan)  # (an event key named "warning" means a Python warning)
+        if removal:
+            self.log.warn("reloading {path}: {removal}; changes: {changes}",
+                          path=self.config_path, removal=removal, changes=changes)
+        elif changes:
+            self.log.info("reloading {path}: changes: {changes}", path=self.config_path, changes=changes)
+
+    def check(self) -> dict[str, list[str]]:
+        """A dry run of reload(): what it would start, stop and restart, and what stops it; changes nothing.
+
+        Plain lists of strings per key of CHECK_KEYS, for the console's check() and teredoctl.
+        Services are not built, so only what the file and the privileges say is checked.
+        """
+        result: dict[str, list[str]] = {key: [] for key in CHECK_KEYS}
+        try:
+            new = self._loader(self.config_path)
+        except ConfigError as error:
+            result.update(unchanged=list(components(self.config)), errors=list(error.errors))
+            return result
+        plan = plan_reload(self.config, new)
+        after = components(new)
+        for name in plan.to_start():
+            result["errors"] += preflight(name, after[name])
+        warnings = [truncation_hint(self.config_path), removal_warning(plan)]
+        result.update(start=list(plan.start), stop=list(plan.stop), restart=list(plan.restart),
+                      unchanged=list(plan.keep), changes=describe_changes(self.config, new),
+                      warnings=[warning for warning in warnings if warning])
+        return result
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:
         try:

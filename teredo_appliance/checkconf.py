@@ -1,7 +1,9 @@
 """`teredo-checkconf [--host] [FILE]`: validate a teredo.yaml before (re)loading it, without root or DNS.
 
-`--host` also checks what the host must provide (hostcheck.py); `--from-miredo FILE`
-prints a Miredo configuration converted to teredo.yaml (miredo_import.py).
+Beyond what a reload checks, it also checks the files the config names (the console's
+authorized_keys and the place of its host key), as the user it runs as. `--host` also
+checks what the host must provide (hostcheck.py); `--from-miredo FILE` prints a Miredo
+configuration converted to teredo.yaml (miredo_import.py).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import sys
 
 from teredo_appliance import __version__
-from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, parse_config
+from teredo_appliance.boundedfile import FileRefused, read_bounded
+from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, parse_config, truncation_hint
 from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.miredo_import import convert, looks_like_miredo
@@ -52,9 +55,8 @@ def summary(config: Config) -> list[str]:
 def from_miredo(path: str) -> int:
     """Print `path` converted to teredo.yaml; what was not carried over goes to stderr."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(path)[0].decode("utf-8")
+    except (OSError, FileRefused, UnicodeDecodeError) as e:
         print(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 1
     conversion = convert(text, path)
@@ -74,9 +76,8 @@ def from_miredo(path: str) -> int:
 def miredo_hint(path: str) -> str | None:
     """A pointer to --from-miredo when a file that failed is a Miredo configuration."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
+        text = read_bounded(path)[0].decode("utf-8", errors="replace")
+    except (OSError, FileRefused):
         return None
     if not looks_like_miredo(text):
         return None
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_miredo:
         return from_miredo(args.from_miredo)
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, check_files=True)
     except ConfigError as e:
         for error in e.errors:
             print(error, file=sys.stderr)
@@ -111,4 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host:
         for warning in host_warnings(config):
             print(f"warning: {warning}", file=sys.stderr)
+    hint = truncation_hint(args.file)
+    if hint:
+        print(f"warning: {hint}", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ import yaml
 from twisted.internet.endpoints import serverFromString
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from teredo_appliance.boundedfile import MAX_FILE_BYTES, FileRefused, read_bounded
 from teredo_appliance.config_model import (
     ANY_IPV4,
     TEREDO_PORT,
@@ -34,6 +35,7 @@ from teredo_appliance.config_model import (
 )
 
 DEFAULT_PATH = "/etc/teredo/teredo.yaml"
+MAX_CONFIG_BYTES = MAX_FILE_BYTES  # a real teredo.yaml is a few kB; a 50 MB one is a mistake or an attack
 
 TEREDO_PREFIX_LENGTH = 32  # RFC 4380 §2.6: the Teredo service prefix is a /32
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
@@ -44,12 +46,14 @@ UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NU
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
-IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 characters
+IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 bytes (UTF-8 counts per byte)
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
 # protects nothing (a server answers ~150k RS/s in all).
 MAX_RS_RATE = 1_000_000.0
+QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
+SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -59,6 +63,9 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _SCALARS = yaml.constructor.SafeConstructor()
+# libyaml composes 50 MB in 0.3 s where the pure-Python composer takes 18 s; its nodes carry
+# the same start_mark, so errors still name file:line.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(Exception):
@@ -73,21 +80,40 @@ class _Invalid(Exception):
     """A value failed its check; the message completes "file:line: key: ..."."""
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the file at `path`; unreadable files are ConfigErrors too."""
+def load_config(path: str, *, check_files: bool = False) -> Config:
+    """Read and validate the file at `path`; unreadable files are ConfigErrors too.
+
+    With `check_files` (teredo-checkconf), the files the config names are checked as well.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_bounded(path, MAX_CONFIG_BYTES)[0].decode("utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except FileRefused as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte offset {e.start})"]) from None
-    return parse_config(text, path)
+    return parse_config(text, path, check_files=check_files)
 
 
-def parse_config(text: str, filename: str) -> Config:
+def truncation_hint(path: str) -> str | None:
+    """A warning when the file's last line has no newline: it may have been cut short.
+
+    Only a hint (a valid file may lack it, and the file is read again): None when the file
+    ends with a newline, is empty or cannot be read.
+    """
+    try:
+        data = read_bounded(path, MAX_CONFIG_BYTES)[0]
+    except (OSError, FileRefused):
+        return None
+    if data and not data.endswith(b"\n"):
+        return f"{path}: the last line has no newline; was the file cut short? (replace it atomically)"
+    return None
+
+
+def parse_config(text: str, filename: str, *, check_files: bool = False) -> Config:
     """Validate YAML `text`; `filename` only prefixes the error messages."""
-    reader = _Reader(filename)
+    reader = _Reader(filename, check_files=check_files)
     config = reader.config(text)
     if reader.errors or config is None:
         raise ConfigError([message for _, message in sorted(reader.errors, key=lambda error: error[0])])
@@ -97,6 +123,17 @@ def parse_config(text: str, filename: str) -> Config:
 # --- value checks: each takes a YAML node and returns the value or raises _Invalid ---
 
 
+def _cut(text: str) -> str:
+    """`text` shortened to QUOTE_LIMIT characters: a 1 MB value must not make a 1 MB error line."""
+    if len(text) <= QUOTE_LIMIT:
+        return text
+    return f"{text[:QUOTE_LIMIT - 20]}... ({len(text)} characters)"
+
+
+def _quote(value: str) -> str:
+    return _cut(repr(value))
+
+
 def _describe(node: Node) -> str:
     if isinstance(node, MappingNode):
         return "a mapping"
@@ -104,7 +141,7 @@ def _describe(node: Node) -> str:
         return "a list"
     if node.tag == _NULL_TAG:
         return "null"
-    return repr(node.value) if node.tag == _STR_TAG else node.value
+    return _quote(node.value) if node.tag == _STR_TAG else _cut(node.value)
 
 
 def _text(node: Node, what: str = "a string") -> str:
@@ -126,7 +163,7 @@ def _ipv4(node: Node) -> IPv4Address:
     try:
         return IPv4Address(value)
     except ValueError:
-        raise _Invalid(f"{value!r} is not an IPv4 address") from None
+        raise _Invalid(f"{_quote(value)} is not an IPv4 address") from None
 
 
 def _host(node: Node) -> str:
@@ -136,7 +173,7 @@ def _host(node: Node) -> str:
     if all(label.isdigit() for label in labels):
         return str(_ipv4(node))
     if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
-        raise _Invalid(f"{value!r} is not a hostname or IPv4 address")
+        raise _Invalid(f"{_quote(value)} is not a hostname or IPv4 address")
     return value
 
 
@@ -160,7 +197,8 @@ def _list_of(check: Callable[[Node], object], what: str, *, empty: bool = True) 
             except _Invalid as e:
                 problems.append(f"item {index} (line {item.start_mark.line + 1}): {e}")
         if problems:
-            raise _Invalid("; ".join(problems))
+            more = [f"and {len(problems) - SHOWN_PROBLEMS} more"] if len(problems) > SHOWN_PROBLEMS else []
+            raise _Invalid("; ".join(problems[:SHOWN_PROBLEMS] + more))
         return tuple(values)
 
     return check_list
@@ -174,17 +212,17 @@ def _ipv6_network(node: Node) -> IPv6Network:
         try:
             IPv6Network(value, strict=False)
         except ValueError:
-            raise _Invalid(f"{value!r} is not an IPv6 prefix (like 2001::/32)") from None
-        raise _Invalid(f"{value!r} has bits set after the prefix length") from None
+            raise _Invalid(f"{_quote(value)} is not an IPv6 prefix (like 2001::/32)") from None
+        raise _Invalid(f"{_quote(value)} has bits set after the prefix length") from None
 
 
 def _prefix(node: Node) -> IPv6Network:
     value = _text(node, "an IPv6 prefix")
     prefix = _ipv6_network(node)
     if prefix.prefixlen != TEREDO_PREFIX_LENGTH:
-        raise _Invalid(f"{value!r} is not a /{TEREDO_PREFIX_LENGTH} (RFC 4380 §2.6)")
+        raise _Invalid(f"{_quote(value)} is not a /{TEREDO_PREFIX_LENGTH} (RFC 4380 §2.6)")
     if prefix.is_multicast:
-        raise _Invalid(f"{value!r} is a multicast prefix")
+        raise _Invalid(f"{_quote(value)} is a multicast prefix")
     return prefix
 
 
@@ -192,16 +230,19 @@ def _number(node: Node, tags: tuple[str, ...], what: str) -> float:
     if not isinstance(node, ScalarNode) or node.tag not in tags:
         raise _Invalid(f"expected {what}, got {_describe(node)}")
     construct = _SCALARS.construct_yaml_int if node.tag == _INT_TAG else _SCALARS.construct_yaml_float
-    return construct(node)
+    try:
+        return construct(node)
+    except ValueError:  # Python refuses to convert integers of more than 4300 digits
+        raise _Invalid(f"{_describe(node)} is too long for {what}") from None
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[Node], int]:
     def check(node: Node) -> int:
         value = _number(node, (_INT_TAG,), "an integer")
         if high is None and value < low:
-            raise _Invalid(f"{value} must be at least {low}")
+            raise _Invalid(f"{_describe(node)} must be at least {low}")
         if high is not None and not low <= value <= high:
-            raise _Invalid(f"{value} is out of range {low}..{high}")
+            raise _Invalid(f"{_describe(node)} is out of range {low}..{high}")
         return value
 
     return check
@@ -226,10 +267,10 @@ def _rs_rate(node: Node) -> float:
 def _interface(node: Node) -> str:
     """A name the Linux kernel accepts for a new link (see dev_valid_name())."""
     value = _text(node, "an interface name")
-    if not value or len(value) >= IFNAMSIZ:
-        raise _Invalid(f"{value!r} is not an interface name (1 to {IFNAMSIZ - 1} characters)")
+    if not 0 < len(value.encode("utf-8", "surrogatepass")) < IFNAMSIZ:
+        raise _Invalid(f"{_quote(value)} is not an interface name (1 to {IFNAMSIZ - 1} bytes)")
     if value in (".", "..") or any(c in "/:" or c.isspace() for c in value):
-        raise _Invalid(f"{value!r} is not an interface name (no '/', ':' or whitespace)")
+        raise _Invalid(f"{_quote(value)} is not an interface name (no '/', ':' or whitespace)")
     return value
 
 
@@ -242,17 +283,28 @@ def _optional(check: Callable[[Node], object]) -> Callable[[Node], object]:
     return optional
 
 
+def _server_endpoint(node: Node) -> str:
+    """A Twisted server endpoint description, parsed (never listened on)."""
+    value = _nonempty_text(node)
+    try:
+        serverFromString(None, value)
+    except Exception as error:  # endpoint parsers (plugins too) raise whatever they like
+        raise _Invalid(f"{_quote(value)} is not a server endpoint (like tcp:2222:interface=127.0.0.1):"
+                       f" {_cut(str(error))}") from None
+    return value
+
+
 def _log_level(node: Node) -> str:
     value = _text(node, "a log level")
     if value not in LOG_LEVELS:
-        raise _Invalid(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        raise _Invalid(f"{_quote(value)} is not one of {', '.join(LOG_LEVELS)}")
     return value
 
 
 def _log_format(node: Node) -> str:
     value = _text(node, "a log format")
     if value not in LOG_FORMATS:
-        raise _Invalid(f"{value!r} is not one of {', '.join(LOG_FORMATS)}")
+        raise _Invalid(f"{_quote(value)} is not one of {', '.join(LOG_FORMATS)}")
     return value
 
 
@@ -277,22 +329,11 @@ def _socket_path(node: Node) -> str:
     """An absolute path the kernel accepts for an AF_UNIX socket."""
     value = _text(node, "an absolute path")
     if not value.startswith("/"):
-        raise _Invalid(f"{value!r} is not an absolute path")
+        raise _Invalid(f"{_quote(value)} is not an absolute path")
     if len(value.encode()) >= UNIX_PATH_MAX or "\0" in value:
-        raise _Invalid(f"{value!r} is too long for a socket path (at most {UNIX_PATH_MAX - 1} bytes)")
+        raise _Invalid(f"{_quote(value)} is too long for a socket path (at most {UNIX_PATH_MAX - 1} bytes)")
     if value.endswith("/"):
-        raise _Invalid(f"{value!r} names a directory, not a socket")
-    return value
-
-
-def _endpoint(node: Node) -> str:
-    """A Twisted server endpoint description, checked for syntax (nothing is opened)."""
-    value = _nonempty_text(node)
-    try:
-        serverFromString(None, value)  # builds the endpoint object only; the reactor is not used
-    except (ValueError, KeyError, TypeError) as error:
-        raise _Invalid(f"{value!r} is not a Twisted endpoint description like 'tcp:9100:interface=127.0.0.1' "
-                       f"({error})") from None
+        raise _Invalid(f"{_quote(value)} names a directory, not a socket")
     return value
 
 
@@ -330,10 +371,10 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "hook": _optional(_nonempty_text),
     },
-    ManholeConfig: {"listen": _nonempty_text, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
+    ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
     LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
     ControlConfig: {"socket": _socket_path},
-    MetricsConfig: {"listen": _endpoint},
+    MetricsConfig: {"listen": _server_endpoint},
 }
 _REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
 _TOP_LEVEL = ("roles", "manhole", "log", "control", "metrics")
@@ -342,12 +383,17 @@ _ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientC
 
 @dataclass
 class _Section:
-    """A validated section: its values plus where each key was written, for later cross-checks."""
+    """A checked section: its valid values, where each key was written, and which keys are wrong.
+
+    A section with errors still takes part in the cross-role checks, through its valid keys,
+    so one pass reports everything.
+    """
 
     path: str
     line: int
     values: dict[str, object]
     lines: dict[str, int]
+    bad: set[str] = field(default_factory=set)  # keys with an error (or missing though required)
 
     def line_of(self, key: str) -> int:
         return self.lines.get(key, self.line)
@@ -356,6 +402,7 @@ class _Section:
 @dataclass
 class _Reader:
     filename: str
+    check_files: bool = False  # also check the files the config names (the console's keys)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, message) to sort by line
 
     def error(self, line: int, path: str, message: str) -> None:
@@ -374,6 +421,8 @@ class _Reader:
         log = self.section(LogConfig, *top["log"]) if "log" in top else None
         control = self.control(top["control"]) if "control" in top else ControlConfig()
         metrics = self.section(MetricsConfig, *top["metrics"]) if "metrics" in top else None
+        if self.check_files and manhole is not None:
+            self.check_console_files(manhole)
         if self.errors or roles is None:
             return None
         return Config(
@@ -396,7 +445,7 @@ class _Reader:
 
     def compose(self, text: str) -> Node | None:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=_YAML_LOADER)
         except yaml.MarkedYAMLError as e:
             context = f" ({e.context})" if e.context else ""
             self.error(e.problem_mark.line + 1, "", f"YAML syntax error: {e.problem}{context}")
@@ -428,7 +477,7 @@ class _Reader:
                 self.error(key_line, path, f"expected a key, got {_describe(key_node)}")
                 continue
             key = key_node.value
-            key_path = f"{path}.{key}" if path else key
+            key_path = f"{path}.{_cut(key)}" if path else _cut(key)
             if key in found:
                 self.error(key_line, key_path, f"duplicate key (first given on line {found[key][2]})")
             elif key not in allowed:
@@ -438,25 +487,24 @@ class _Reader:
         return found
 
     def section(self, cls: type, node: Node, path: str, line: int) -> _Section | None:
-        """Check every key of one section; None if anything in it is wrong."""
+        """Check every key of one section; None only if it is not a mapping at all."""
         checks = _CHECKS[cls]
         found = self.entries(node, path, line, tuple(checks))
         if found is None:
             return None
         section = _Section(path, line, {}, {})
-        ok = True
         for key, (value_node, key_path, key_line) in found.items():
+            section.lines[key] = key_line
             try:
                 section.values[key] = checks[key](value_node)
-                section.lines[key] = key_line
             except _Invalid as e:
                 self.error(key_line, key_path, str(e))
-                ok = False
+                section.bad.add(key)
         for key in _REQUIRED.get(cls, ()):
             if key not in found:
                 self.error(line, f"{path}.{key}", "required key is missing")
-                ok = False
-        return section if ok else None
+                section.bad.add(key)
+        return section
 
     def roles(self, top: dict[str, tuple[Node, str, int]]) -> RolesConfig | None:
         if "roles" not in top:
@@ -469,44 +517,51 @@ class _Reader:
             self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(_ROLE_CLASSES)}")
             return None
         sections = {name: self.section(_ROLE_CLASSES[name], *found[name]) for name in found}
-        if "server" in sections and sections["server"] is not None:
-            sections["server"] = self.server_addresses(sections["server"])
-        if None in sections.values():
+        usable = {name: section for name, section in sections.items() if section is not None}
+        if "server" in usable:
+            self.server_addresses(usable["server"])
+        self.check_sockets(usable)
+        self.check_interfaces(usable)
+        if len(usable) < len(sections) or any(section.bad for section in usable.values()):
             return None
-        self.check_sockets(sections)
-        self.check_interfaces(sections)
         return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
 
-    def server_addresses(self, server: _Section) -> _Section | None:
+    def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""
-        ok = True
         for key in ("bind_address", "bind_address2"):
             if server.values.get(key) == ANY_IPV4:
                 self.error(server.line_of(key), f"{server.path}.{key}", "the server needs a specific address")
-                ok = False
-        primary = server.values["bind_address"]
-        if ok and "bind_address2" not in server.values:
-            if primary == BROADCAST:
-                self.error(
-                    server.line_of("bind_address"),
-                    f"{server.path}.bind_address",
-                    f"{primary} has no next address to default bind_address2 to; set bind_address2",
-                )
-                ok = False
-            else:
-                server.values["bind_address2"] = primary + 1
-        return server if ok else None
+                server.bad.add(key)
+        primary = server.values.get("bind_address")
+        if server.bad & {"bind_address", "bind_address2"} or primary is None or "bind_address2" in server.values:
+            return
+        if primary == BROADCAST:
+            self.error(
+                server.line_of("bind_address"),
+                f"{server.path}.bind_address",
+                f"{primary} has no next address to default bind_address2 to; set bind_address2",
+            )
+            server.bad.add("bind_address")
+        else:
+            server.values["bind_address2"] = primary + 1
 
     def check_sockets(self, sections: dict[str, _Section]) -> None:
-        """No two UDP sockets of the enabled roles may claim the same address:port."""
+        """No two UDP sockets of the enabled roles may claim the same address:port.
+
+        A socket whose address or port is itself wrong is left out: it would collide by mistake.
+        """
         sockets = []  # (dotted key, line, address, port)
         for name, section in sections.items():
             if name == "server":
-                keys = [("bind_address", TEREDO_PORT), ("bind_address2", TEREDO_PORT)]
+                keys = [(key, TEREDO_PORT) for key in ("bind_address", "bind_address2") if key in section.values]
+            elif "bind_port" in section.bad:
+                keys = []
             else:
                 port = section.values.get("bind_port", _ROLE_CLASSES[name].bind_port)
                 keys = [("bind_address", port)] if port else []  # port 0: the kernel picks a free one
             for key, port in keys:
+                if key in section.bad:
+                    continue
                 address = section.values.get(key, ANY_IPV4)
                 sockets.append((f"{section.path}.{key}", section.line_of(key), address, port))
         for index, (path, line, address, port) in enumerate(sockets):
@@ -517,9 +572,30 @@ class _Reader:
                     )
                     break
 
+    def check_console_files(self, manhole: _Section) -> None:
+        """What the console would refuse at start: its authorized_keys file and host key place."""
+        from teredo_appliance.consolefiles import KeysRefused, host_key_problem, vet_authorized_keys
+
+        if "authorized_keys" not in manhole.bad:
+            path = manhole.values.get("authorized_keys", ManholeConfig.authorized_keys)
+            key_path, line = f"{manhole.path}.authorized_keys", manhole.line_of("authorized_keys")
+            try:
+                for number, why in vet_authorized_keys(path).ignored:
+                    self.error(line, key_path, f"{path} line {number}: {why}")
+            except KeysRefused as refused:
+                self.error(line, key_path, str(refused))
+            except OSError as error:
+                self.error(line, key_path, f"cannot read authorized_keys file {path}: {error.strerror}")
+        if "host_key" not in manhole.bad:
+            problem = host_key_problem(manhole.values.get("host_key", ManholeConfig.host_key))
+            if problem:
+                self.error(manhole.line_of("host_key"), f"{manhole.path}.host_key", problem)
+
     def check_interfaces(self, sections: dict[str, _Section]) -> None:
         if "relay" in sections and "client" in sections:
             relay, client = sections["relay"], sections["client"]
+            if "interface" in relay.bad or "interface" in client.bad:
+                return
             name = client.values.get("interface", ClientConfig.interface)
             if name == relay.values.get("interface", RelayConfig.interface):
                 self.error(

@@ -34,6 +34,7 @@ Teredo appliance console: a Python prompt inside the running daemon.
   peers(role)           peer table of 'relay' or 'client' (first {rows} rows; limit=0: all);
                         peers() shows every role's table
   reload()              re-read {path} and apply what changed; prints the summary when done
+  check()               what reload() would do now (a dry run: nothing changes)
   help()                this list
   exit()                leave (Ctrl-D too)
   appliance             the root service: appliance.status(), appliance.reload() -> Deferred
@@ -128,6 +129,18 @@ def render_summary(result: Mapping[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
+def render_check(result: Mapping[str, list[str]]) -> str:
+    """The dry run's answer: the actions first, then one line per change, warning and error."""
+    lines = [f"{'would ' + key if key in ('start', 'stop', 'restart') else key:<13}: {', '.join(result[key]) or '-'}"
+             for key in ("start", "stop", "restart", "unchanged")]
+    for key in ("changes", "warnings", "errors"):
+        lines += [f"{key:<13}: {result[key][0] if result[key] else '-'}"]
+        lines += [" " * 15 + line for line in result[key][1:]]
+    if not result["errors"]:
+        lines.append("reload() would apply this" if result["changes"] else "reload() would change nothing")
+    return "\n".join(lines)
+
+
 class ConsoleManhole(ColoredManhole):
     """One admin session: a Python prompt whose namespace drives the appliance."""
 
@@ -148,6 +161,7 @@ class ConsoleManhole(ColoredManhole):
             "status": self.status,
             "peers": self.peers,
             "reload": self.reload,
+            "check": self.check,
             "help": self.help,
             "exit": self.exit,
             "quit": self.exit,  # the builtins would raise SystemExit inside the daemon
@@ -224,6 +238,10 @@ class ConsoleManhole(ColoredManhole):
         d = self.appliance.reload()
         d.addCallbacks(lambda result: self.say(render_summary(result)), self._reload_failed)
         self.hold(d)
+
+    def check(self) -> None:
+        """What reload() would do with the file as it is now; changes nothing."""
+        self.say(render_check(self.appliance.check()))
 
     def _reload_failed(self, failure: Failure) -> None:
         self.log.failure("console reload failed", failure)

@@ -35,9 +35,8 @@ from twisted.python.failure import Failure
 
 import teredo_appliance
 import twisted
-from teredo_appliance.config import ConfigError, load_config
+from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ControlConfig
-from teredo_appliance.reload import plan_reload
 
 if TYPE_CHECKING:
     from teredo_appliance.appliance import Appliance
@@ -118,15 +117,11 @@ class ControlCommands:
         return answer
 
     def dry_run(self) -> Answer:
-        """Validate the file and say what a reload would do, touching nothing."""
-        path = self.appliance.config_path
-        try:
-            new = load_config(path)
-        except ConfigError as error:
-            return refusal(f"{path} is not valid", error.errors)
-        plan = plan_reload(self.appliance.config, new)
-        return {"ok": True, "result": {"start": list(plan.start), "stop": list(plan.stop),
-                                       "restart": list(plan.restart), "unchanged": list(plan.keep)}}
+        """What a reload would do, touching nothing: the appliance's own check(), as the console's."""
+        result = self.appliance.check()
+        if result["errors"]:
+            return {**refusal("reload would be refused", result["errors"]), "result": result}
+        return {"ok": True, "result": result}
 
 
 class ControlProtocol(LineOnlyReceiver, TimeoutMixin):

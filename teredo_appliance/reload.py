@@ -8,7 +8,7 @@ service (same sockets, TUN, peers, qualification).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from teredo_appliance.config_model import ROLE_NAMES, Config
@@ -20,6 +20,8 @@ SERVICES = (CONSOLE, CONTROL, METRICS)  # the components that are not roles, eac
 COMPONENT_ORDER = (*ROLE_NAMES, *SERVICES)  # start order; stops go in reverse
 
 SUMMARY_KEYS = ("started", "stopped", "restarted", "unchanged", "errors")
+CHECK_KEYS = ("start", "stop", "restart", "unchanged", "changes", "warnings", "errors")
+SHOWN_VALUE = 40  # characters of a value shown in a change line
 
 
 def components(config: Config) -> dict[str, Any]:
@@ -69,3 +71,45 @@ def plan_reload(old: Config, new: Config) -> Plan:
 def empty_summary() -> dict[str, list[str]]:
     """The reload result: component names per outcome, and one sentence per error."""
     return {key: [] for key in SUMMARY_KEYS}
+
+
+def section_path(name: str) -> str:
+    """Where a component's section sits in teredo.yaml."""
+    return name if name == CONSOLE else f"roles.{name}"
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
+
+
+def _field_changes(path: str, before: Any, after: Any) -> list[str]:
+    return [f"{path}.{f.name}: {_shown(getattr(before, f.name))} -> {_shown(getattr(after, f.name))}"
+            for f in fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """What a reload from `old` to `new` changes, one short line per section or key.
+
+    So an operator sees in the log what a truncated or mistaken file did: a removed role or
+    console is named as such, a changed key shows old -> new.
+    """
+    before, after = components(old), components(new)
+    lines = []
+    for name in COMPONENT_ORDER:
+        path = section_path(name)
+        if name in before and name not in after:
+            lines.append(f"{path} removed")
+        elif name in after and name not in before:
+            lines.append(f"{path} added")
+        elif name in before and before[name] != after[name]:
+            lines += _field_changes(path, before[name], after[name])
+    return lines + _field_changes("log", old.log, new.log)
+
+
+def removal_warning(plan: Plan) -> str | None:
+    """The warning a plan that stops components deserves (a cut file drops sections silently)."""
+    if not plan.stop:
+        return None
+    return (f"{', '.join(map(section_path, plan.stop))} no longer in the file: stopping"
+            f" {', '.join(plan.stop)} (if the file was cut short, restore it and reload)")

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from teredo_appliance.config_model import ControlConfig
-from teredo_appliance.console import render_peers, render_status, render_summary
+from teredo_appliance.console import render_check, render_peers, render_status, render_summary
 
 DEFAULT_SOCKET = ControlConfig.socket
 DEFAULT_PEER_ROWS = 50
@@ -94,8 +94,7 @@ def render(args: argparse.Namespace, result: Any) -> str:
     if args.command == "peers":
         return render_peers(result, show_all="teredoctl peers {role} --limit 0")
     if args.command == "reload" and args.dry_run:
-        return "\n".join(f"{key:<10}: {', '.join(result[key]) or '-'}"
-                         for key in ("start", "stop", "restart", "unchanged"))
+        return render_check(result)
     if args.command == "reload":  # errors go to stderr, one per line, as teredo-checkconf prints them
         return "\n".join(line for line in render_summary(result).splitlines() if not line.startswith("errors"))
     return "\n".join(f"{key}: {value}" for key, value in result.items())

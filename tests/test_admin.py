@@ -217,7 +217,18 @@ class SessionTests(SynchronousTestCase):
         channel.transport.write(b"help()\r")
         listed = [line.split()[0] for line in plain(bytes(channel.output)).splitlines() if line.startswith("  ")]
         self.assertEqual([name for name in listed if not name.startswith("peers()")],
-                         ["status()", "peers(role)", "reload()", "help()", "exit()", "appliance", "config"])
+                         ["status()", "peers(role)", "reload()", "check()", "help()", "exit()", "appliance",
+                          "config"])
+
+    def test_check_shows_what_a_reload_would_do_and_does_nothing(self) -> None:
+        appliance, channel, _ = self.open_console(make_config(server=SERVER))  # the relay's section is gone
+        del channel.output[:]
+        channel.transport.write(b"check()\r")
+        shown = plain(bytes(channel.output))
+        self.assertIn("would stop   : relay\n", shown)
+        self.assertIn("changes      : roles.relay removed\n", shown)
+        self.assertIn("warnings     : roles.relay no longer in the file: stopping relay", shown)
+        self.assertEqual(list(appliance.namedServices), ["server", "relay"])
 
     def test_config_names_the_configuration_in_force(self) -> None:
         _, channel, _ = self.open_console(make_config(server=SERVER, relay=RELAY_BIGGER))

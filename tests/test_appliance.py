@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teredo_appliance import privileges
@@ -35,7 +35,8 @@ from teredo_appliance.config_model import (
     ServerConfig,
 )
 from teredo_appliance.loglevel import LogSink
-from teredo_appliance.reload import Plan, plan_reload
+from teredo_appliance.reload import Plan, describe_changes, plan_reload
+from tests.test_config import no_longer_than
 
 SERVER = ServerConfig(bind_address=IPv4Address("198.18.0.1"), bind_address2=IPv4Address("198.18.0.2"))
 RELAY = RelayConfig(interface="tr-test")
@@ -353,6 +354,111 @@ class ReloadTests(ApplianceCase):
         self.assertIn("before", self.out.getvalue())
         self.assertNotIn("after", self.out.getvalue())
         self.assertIn("warned", self.out.getvalue())
+
+
+class TruncatedFileTests(ApplianceCase):
+    """A file cut short is often still valid: a reload must say loudly what it removes."""
+
+    def captured(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        self.patch(Appliance, "log", Logger(observer=events.append))
+        return events
+
+    def test_changes_are_described_section_by_section(self) -> None:
+        old = make_config(server=SERVER, relay=RELAY, manhole=ManholeConfig())
+        new = make_config(log="debug", relay=RELAY_BIGGER, client=CLIENT)
+        self.assertEqual(describe_changes(old, new), [
+            "roles.server removed",
+            "roles.relay.max_peers: 65536 -> 10",
+            "roles.client added",
+            "manhole removed",
+            "log.level: info -> debug",
+        ])
+        self.assertEqual(describe_changes(old, old), [])
+
+    def test_long_values_are_cut_in_change_lines(self) -> None:
+        changed = describe_changes(make_config(client=CLIENT),
+                                   make_config(client=ClientConfig(server_address="a" * 200 + ".example")))
+        self.assertEqual(changed, [f"roles.client.server_address: 198.18.0.1 -> {'a' * 37}..."])
+
+    def test_a_reload_that_removes_a_role_warns_with_the_diff(self) -> None:
+        appliance = self.running(make_config(server=SERVER, relay=RELAY), make_config(server=SERVER))
+        events = self.captured()
+        self.reload(appliance)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(formatEvent(warnings[0]),
+                         "reloading teredo.yaml: roles.relay no longer in the file: stopping relay (if the file was"
+                         " cut short, restore it and reload); changes: roles.relay removed")
+
+    def test_a_reload_that_only_changes_keys_logs_them_at_info(self) -> None:
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=RELAY_BIGGER))
+        events = self.captured()
+        self.reload(appliance)
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.info, LogLevel.info])
+        self.assertEqual(formatEvent(events[0]), "reloading teredo.yaml: changes: roles.relay.max_peers: 65536 -> 10")
+
+    def test_check_is_a_dry_run(self) -> None:
+        appliance = self.running(make_config(server=SERVER, relay=RELAY),
+                                 make_config(relay=RELAY_BIGGER, client=CLIENT))
+        config, children = appliance.config, list(appliance)
+        self.assertEqual(appliance.check(), {
+            "start": ["client"], "stop": ["server"], "restart": ["relay"], "unchanged": [],
+            "changes": ["roles.server removed", "roles.relay.max_peers: 65536 -> 10", "roles.client added"],
+            "warnings": ["roles.server no longer in the file: stopping server (if the file was cut short, restore it"
+                         " and reload)"],
+            "errors": []})
+        self.assertEqual(self.world.journal, [])
+        self.assertEqual(list(appliance), children)
+        self.assertIs(appliance.config, config)
+
+    def test_a_last_line_without_newline_is_a_warning(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("roles:\n  server:\n    bind_address: 198.18.0.1\nmanhole:\n  authorized_keys: /etc/ter")
+        appliance = Appliance(path, make_config(server=SERVER), reactor=object(), role_factories=self.world.factories(),
+                              loader=ScriptedLoader(make_config(server=SERVER), make_config(server=SERVER)),
+                              log_sink=self.sink)
+        hint = f"{path}: the last line has no newline; was the file cut short? (replace it atomically)"
+        self.assertEqual(appliance.check()["warnings"], [hint])
+        events = self.captured()
+        self.successResultOf(appliance.reload())
+        self.assertIn(f"reload: {hint}", [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn])
+
+    def test_check_reports_an_invalid_file(self) -> None:
+        errors = ["teredo.yaml:3: roles.relay.mtu: 9 is out of range 1280..65535"]
+        appliance = self.running(make_config(server=SERVER), ConfigError(errors))
+        self.assertEqual(appliance.check(), {"start": [], "stop": [], "restart": [], "unchanged": ["server"],
+                                             "changes": [], "warnings": [], "errors": errors})
+
+    def test_check_reports_what_privileges_forbid(self) -> None:
+        self.patch(privileges, "privileges_dropped", lambda: True)
+        self.patch(privileges, "has_capability", lambda cap, status_path=None: False)
+        appliance = self.running(make_config(server=SERVER), make_config(server=SERVER, relay=RELAY))
+        result = appliance.check()
+        self.assertEqual(result["start"], ["relay"])
+        self.assertEqual(len(result["errors"]), 1)
+        self.assertIn("relay", result["errors"][0])
+        self.assertEqual(self.world.journal, [])
+
+
+class ReloadFileSafetyTests(SynchronousTestCase):
+    def test_reload_from_a_fifo_answers_at_once_and_changes_nothing(self) -> None:
+        # The reload reads the file in the reactor thread: a blocking open() would freeze every role.
+        fifo = self.mktemp()
+        os.mkfifo(fifo)
+        world = World()
+        appliance = Appliance(fifo, make_config(server=SERVER), reactor=object(), role_factories=world.factories(),
+                              log_sink=LogSink(io.StringIO(), LogConfig()))
+        appliance.privilegedStartService()
+        appliance.startService()
+        self.addCleanup(appliance.stopService)
+        server = appliance.getServiceNamed("server")
+        with no_longer_than(5):
+            result = self.successResultOf(appliance.reload())
+        self.assertEqual(result, {"started": [], "stopped": [], "restarted": [], "unchanged": ["server"],
+                                  "errors": [f"{fifo}: cannot read: a FIFO, not a regular file"]})
+        self.assertIs(appliance.getServiceNamed("server"), server)
 
 
 class SighupTests(TestCase):

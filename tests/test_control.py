@@ -22,10 +22,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from teredo_appliance import control, teredoctl
-from teredo_appliance.config import ConfigError
+from teredo_appliance.config import ConfigError, load_config
 from teredo_appliance.config_model import Config, ControlConfig, RolesConfig, ServerConfig
+from teredo_appliance.reload import CHECK_KEYS
 
 SERVER = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"))
+
+
+NOTHING_CHECKED = {key: [] for key in CHECK_KEYS}
 
 
 class FakeAppliance:
@@ -51,6 +55,15 @@ class FakeAppliance:
         d: Deferred[dict[str, list[str]]] = Deferred()
         self.reloads.append(d)
         return d
+
+    def check(self) -> dict[str, list[str]]:
+        """The dry run (tested in test_appliance): scripted from what the file says here."""
+        try:
+            load_config(self.config_path)
+        except ConfigError as error:
+            return {**NOTHING_CHECKED, "unchanged": ["server", "control"], "errors": error.errors}
+        return {**NOTHING_CHECKED, "start": ["relay"], "stop": ["server"], "unchanged": ["control"],
+                "changes": ["roles.server removed", "roles.relay added"]}
 
 
 class Connection:
@@ -129,8 +142,11 @@ class ProtocolTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write("roles:\n  relay:\n")
         answer = self.ask(b'{"command": "reload", "dry_run": true}\n')
-        self.assertEqual(answer, {"ok": True, "result": {"start": ["relay"], "stop": ["server"], "restart": [],
-                                                         "unchanged": ["control"]}})
+        self.assertEqual(answer["ok"], True)
+        self.assertEqual({key: answer["result"][key] for key in ("start", "stop", "restart", "unchanged", "errors")},
+                         {"start": ["relay"], "stop": ["server"], "restart": [], "unchanged": ["control"],
+                          "errors": []})
+        self.assertIn("roles.server removed", answer["result"]["changes"])
         with open(path, "w") as f:
             f.write("roles:\n  relay:\n    mtu: 9\n")
         answer = self.ask(b'{"command": "reload", "dry_run": true}\n')

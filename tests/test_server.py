@@ -34,7 +34,7 @@ from teredo_appliance.roles.server_machine import (
     SECONDARY,
     ServerMachine,
 )
-from teredo_appliance.stats import Counters
+from teredo_appliance.stats import BYTES, Counters
 from teredo_appliance.wire import ipv6, nd
 from teredo_appliance.wire.address import FLAG_CONE, TeredoAddress, int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.scope import is_global_unicast
@@ -68,6 +68,11 @@ def rs(cone: bool = False, auth: AuthIndicator | None = AUTH) -> bytes:
 
 def echo(source: bytes, destination: bytes, data: bytes = b"x" * 16) -> bytes:
     return ipv6.build_echo(source, destination, 0x1512, 1, data)
+
+
+def events_and_drops(service: ServerService) -> dict[str, int]:
+    """What a datagram made the server do; byte counters (metrics) move with every packet."""
+    return {key: count for key, count in service.counters.items() if not key.startswith(BYTES)}
 
 
 class VectorTests(SynchronousTestCase):
@@ -461,7 +466,7 @@ class ServiceRateLimitTests(SynchronousTestCase):
         clock.advance(2.0)  # earns one more
         for _ in range(5):
             service.protocols[PRIMARY].datagramReceived(rs(), ("198.18.0.100", 52732))
-        self.assertEqual(service.counters, {ANSWERED_RS: 3, "drop.rs-rate-limited": 7})
+        self.assertEqual(events_and_drops(service), {ANSWERED_RS: 3, "drop.rs-rate-limited": 7})
         self.assertEqual(len(transport.written), 3)
 
 
@@ -486,19 +491,19 @@ class SendOutcomeTests(SynchronousTestCase):
         service = self.service(_RefusingTransport())
         service.protocols[PRIMARY].datagramReceived(MIREDO["bubble-relay-to-server"].payload, ("198.18.0.10", 49030))
         service.protocols[PRIMARY].datagramReceived(MIREDO["rs-with-auth-nonce"].payload, ("198.18.0.100", 52732))
-        self.assertEqual(service.counters, {"drop.send-enobufs": 2})
+        self.assertEqual(events_and_drops(service), {"drop.send-enobufs": 2})
 
     def test_failed_raw_send_is_a_drop_only(self) -> None:
         service = self.service(_RefusingTransport())  # the raw socket is not even open
         service.protocols[PRIMARY].datagramReceived(MIREDO["echo-test-via-server"].payload, ("198.18.0.100", 52732))
-        self.assertEqual(service.counters, {"drop.socket-closed": 1})
+        self.assertEqual(events_and_drops(service), {"drop.socket-closed": 1})
 
     def test_successful_sends_are_counted(self) -> None:
         transport = FakeDatagramTransport()
         service = self.service(transport)
         service.protocols[PRIMARY].datagramReceived(MIREDO["bubble-relay-to-server"].payload, ("198.18.0.10", 49030))
         service.protocols[PRIMARY].datagramReceived(MIREDO["rs-with-auth-nonce"].payload, ("198.18.0.100", 52732))
-        self.assertEqual(service.counters, {FORWARDED_TEREDO: 1, ANSWERED_RS: 1})
+        self.assertEqual(events_and_drops(service), {FORWARDED_TEREDO: 1, ANSWERED_RS: 1})
         self.assertEqual(
             transport.written,
             [(MIREDO["bubble-forwarded-with-origin"].payload, ("198.18.0.100", 52732)),
@@ -608,7 +613,7 @@ class ServiceFuzzTests(SynchronousTestCase):
     def test_one_counter_per_datagram(self, data: bytes, source: tuple[int, int], which: str, ok: bool) -> None:
         service = SendOutcomeTests.service(_FlakyTransport([ok]))
         service.protocols[which].datagramReceived(data, (int_to_ipv4(source[0]), source[1]))
-        self.assertEqual(sum(service.counters.values()), 1, service.counters)
+        self.assertEqual(sum(events_and_drops(service).values()), 1, service.counters)
 
 
 class RawSenderTests(SynchronousTestCase):

@@ -22,8 +22,8 @@ from teredo_appliance.wire.address import (
     teredo_server,
 )
 from teredo_appliance.wire.errors import ParseError
-from teredo_appliance.wire.scope import is_global_unicast
 from teredo_appliance.wire.prefixes import PrefixFilter
+from teredo_appliance.wire.scope import is_global_unicast
 from tests.vectors import MIREDO
 
 SERVER = ipv4_to_int("198.18.0.1")
