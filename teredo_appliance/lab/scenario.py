@@ -38,6 +38,7 @@ class Scenario:
     server2: str | None = None  # a second server at 198.18.0.5/.6 (clients' fallback), or none
     nat2: str = "cone"
     box: bool = False  # server and relay in one namespace; one twistd when both are ours
+    hostile: bool = False  # a hostile host on the lab's Internet (topology.Options.hostile)
 
     def __post_init__(self) -> None:
         for role in ("server", "relay", "client", "client2", "server2"):
@@ -47,7 +48,9 @@ class Scenario:
 
     @property
     def options(self) -> topology.Options:
-        return topology.Options(second_server=self.server2 is not None, box=self.box, nat2=self.nat2)
+        return topology.Options(
+            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile
+        )
 
     def describe(self) -> str:
         parts = [f"server={self.server}", f"relay={self.relay}", f"client={self.client}"]
@@ -55,6 +58,7 @@ class Scenario:
         parts += [f"server2={self.server2}"] if self.server2 else []
         parts += [f"nat2={self.nat2}"] if self.nat2 != "cone" else []
         parts += ["box"] if self.box else []
+        parts += ["hostile"] if self.hostile else []
         return " ".join(parts)
 
     def infrastructure(self) -> list[DaemonSpec]:
