@@ -29,19 +29,20 @@ from typing import ClassVar
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import attacks, checks, topology
+from teredo_appliance.lab import attacks, checks, cli, topology
 from teredo_appliance.lab.capture import ETH_P_IP, ETH_P_IPV6, Frame, ipv6_packets, read_frames, udp_datagrams
 from teredo_appliance.lab.lab import OURS, Lab, LabError
 from teredo_appliance.lab.scenario import Scenario, ours_missing, start
 from teredo_appliance.lab.sshconsole import ConsoleAccess, missing_tools
-from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4
+from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import HEADER_LENGTH, NEXT_HEADER_ICMPV6, checksum_ok, parse_header
-from teredo_appliance.wire.nd import parse_router_advertisement
-from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
+from teredo_appliance.wire.nd import parse_router_advertisement, teredo_prefix64
+from teredo_appliance.wire.teredo import Datagram, build_bubble, is_bubble, parse_datagram
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
+CAPTURED = ("server", "relay", "v6host", "hostile", "client1")  # where each attack is watched
 SILENT_HOSTS = 100
 SILENT_BASE_PORT = 41000
 MAX_BUBBLES_PER_SILENT_HOST = 4  # two rounds of direct + indirect bubble
@@ -83,6 +84,30 @@ def teredo_neighbor_advertisements(frames: Iterable[Frame]) -> list[Frame]:
                 and frame.packet[HEADER_LENGTH] == attacks.ICMPV6_NEIGHBOR_ADVERTISEMENT and teredo(header.source)):
             found.append(frame)
     return found
+
+
+def teredo_arrivals(frames: Iterable[Frame], to: str) -> list[Datagram]:
+    """The Teredo payloads (parsed; unparsable ones skipped) of UDP datagrams that arrived at IPv4 `to`."""
+    found = []
+    for datagram in udp_datagrams(f for f in frames if not f.outgoing):
+        if str(datagram.destination) == to:
+            with contextlib.suppress(ParseError):
+                found.append(parse_datagram(datagram.payload))
+    return found
+
+
+def inner_packets(datagrams: Iterable[Datagram]) -> list[Frame]:
+    """The IPv6 packets inside Teredo datagrams, as frames, for the same filters as captured IPv6."""
+    return [Frame(0.0, "teredo", False, ETH_P_IPV6, d.packet) for d in datagrams]
+
+
+def forged_ra_from(datagram: Datagram, hostile_server: str) -> bool:
+    """Whether a Teredo datagram is an RA advertising the hostile server's prefix."""
+    try:
+        ra = parse_router_advertisement(datagram.packet, datagram.header)
+    except ParseError:
+        return False
+    return any(prefix == teredo_prefix64(ipv4_to_int(hostile_server)) for prefix, _length in ra.prefixes)
 
 
 def bubbles_by_destination(frames: Iterable[Frame], to: str) -> dict[ipaddress.IPv6Address, list[float]]:
@@ -186,6 +211,22 @@ class HostileScaffoldingTests(unittest.SynchronousTestCase):
                                                                           bubble)))
         self.assertEqual(bubbles_by_destination(frames, "198.18.0.67"), {ipaddress.IPv6Address(peer): [1.0, 1.0, 3.0]})
 
+    def test_arrivals_and_forged_ra_recognition(self) -> None:
+        forged = attacks.forged_ra("198.18.0.66", "198.18.0.66", 40066, None)
+        frames = [Frame(1.0, "eth", False, ETH_P_IP, attacks.ipv4_udp("198.18.0.1", 3544, "198.19.0.2", 5, forged)),
+                  Frame(1.0, "eth", True, ETH_P_IP, attacks.ipv4_udp("198.19.0.2", 5, "198.18.0.1", 3544, forged)),
+                  Frame(1.0, "eth", False, ETH_P_IP, attacks.ipv4_udp("198.18.0.1", 3544, "198.19.0.2", 5, b"junk"))]
+        (arrived,) = teredo_arrivals(frames, "198.19.0.2")
+        self.assertTrue(forged_ra_from(arrived, "198.18.0.66"))
+        echo = attacks.marked_echo(attacks.packed("2001::1"), attacks.packed("fd00::1"), attacks.ECHO_NON_GLOBAL)
+        self.assertEqual(len(marked(inner_packets([arrived, parse_datagram(echo)]), attacks.ECHO_NON_GLOBAL)), 1)
+        self.assertFalse(forged_ra_from(arrived, "198.18.0.1"))
+
+    def test_cli_builds_a_hostile_lab(self) -> None:
+        args = cli._parser().parse_args(["up", "--hostile", "--server", "ours"])
+        self.assertTrue(cli._scenario(args).options.hostile)
+        self.assertFalse(cli._scenario(cli._parser().parse_args(["up"])).options.hostile)
+
     def test_pacing(self) -> None:
         self.assertIsNone(pacing_problem([0.0, 2.0, 4.1], 4, 1.9))
         self.assertIn("5 datagrams", pacing_problem([0, 2, 4, 6, 8], 4, 1.9))
@@ -240,7 +281,7 @@ class HostileRun:
             topology.SERVER_ADDRESS, topology.HOSTILE_LINK_LOCAL, attacks.LINK_LOCAL_PORT))
 
         with contextlib.ExitStack() as stack:
-            v6host, relay, hostile = (stack.enter_context(lab.capture(node)) for node in ("v6host", "relay", "hostile"))
+            paths = {node: stack.enter_context(lab.capture(node)) for node in CAPTURED}
             h, s = topology.HOSTILE_ADDRESS, topology.SERVER_ADDRESS
             self.attacker("hostile", "via-teredo", h, s, s, topology.IPV6_HOST, "all")
             self.attacker("hostile", "via-teredo", h, s, topology.RELAY_ADDRESS, topology.IPV6_HOST, "non-global")
@@ -251,70 +292,95 @@ class HostileRun:
             self.attacker("hostile", "spoofed-ras", s, int_to_ipv4(mapping.mapped_ip), str(mapping.mapped_port), h)
             time.sleep(BUBBLE_WATCH)
         addresses_after = self._client1_addresses()
-        native, at_relay, at_hostile = (read_frames(path) for path in (v6host, relay, hostile))
+        frames = {node: read_frames(path) for node, path in paths.items()}
 
-        self._judge_native_link(native)
-        self._judge_relay(at_relay, at_hostile, silent)
-        self._judge_client(at_hostile, mapping, addresses_before, addresses_after)
+        self._judge_server(frames)
+        self._judge_relay(frames, silent)
+        self._judge_client(frames, mapping, addresses_before, addresses_after)
+        results = runner.run((2, 3))  # before the console attacks, which may stall the server
+        self.verdict("reach-after", [r.line() for r in results if not r.ok], "; ".join(r.line() for r in results))
         self._judge_console(lab, console)
-        self._judge_afterwards(lab, runner)
+        traces = [name for name, text in lab.logs().items() if "Traceback" in text]
+        self.verdict("no-traceback", [f"{name}'s log holds a traceback" for name in traces],
+                     f"no traceback in {', '.join(lab.logs())}")
 
     def _client1_addresses(self) -> list[str]:
         return sorted(str(a) for ifname, a in self.lab.ipv6_addresses("client1")
                       if ifname == topology.CLIENT_INTERFACE and teredo(a))
 
-    def _judge_native_link(self, native: list[Frame]) -> None:
-        arrived = [f for f in native if not f.outgoing]
-        self.verdict("na", [f"on the native link at the IPv6 host: {describe(f)}"
-                            for f in teredo_neighbor_advertisements(arrived)],
-                     "no Teredo-sourced neighbor advertisement reached the native link")
-        self.verdict("hop-limit-1", [f"at the IPv6 host: {describe(f)}"
-                                     for f in marked(arrived, attacks.ECHO_HOP_LIMIT_1)],
-                     "the hop-limit-1 echo did not reach the native link")
-        normal = marked(arrived, attacks.ECHO_NORMAL)
-        hops = [parse_header(f.packet).hop_limit for f in normal]
+    def verdict_exercised(self, name: str, problems: list[str], fine: str, arrived: int, what: str) -> None:
+        """A verdict that also fails when the attack never reached its target (nothing was tested)."""
+        missing = [] if arrived else [f"not exercised: {what} never arrived"]
+        self.verdict(name, missing + problems, f"{fine} ({arrived} sent arrived)")
+
+    def _judge_server(self, frames: dict[str, list[Frame]]) -> None:
+        at_server = inner_packets(teredo_arrivals(frames["server"], topology.SERVER_ADDRESS))
+        native = [f for f in frames["v6host"] if not f.outgoing]
+        self.verdict_exercised(
+            "na", [f"on the native link at the IPv6 host: {describe(f)}"
+                   for f in teredo_neighbor_advertisements(native)],
+            "no Teredo-sourced neighbor advertisement reached the native link",
+            len(teredo_neighbor_advertisements(at_server)), "the NA at the server")
+        self.verdict_exercised(
+            "hop-limit-1", [f"at the IPv6 host: {describe(f)}" for f in marked(native, attacks.ECHO_HOP_LIMIT_1)],
+            "the hop-limit-1 echo did not reach the native link",
+            len(marked(at_server, attacks.ECHO_HOP_LIMIT_1)), "the hop-limit-1 echo at the server")
+        hops = [parse_header(f.packet).hop_limit for f in marked(native, attacks.ECHO_NORMAL)]
         self.verdict("normal-echo", [] if hops and set(hops) == {63} else
                      [f"the echo sent with hop limit 64 arrived at the IPv6 host {len(hops)} time(s), "
                       f"hop limits {hops} (wanted 63)"], "arrived with hop limit 63")
-        self.verdict("server-non-global", [f"via the server, at the IPv6 host: {describe(f)}"
-                                           for f in marked(native, attacks.ECHO_NON_GLOBAL)],
-                     "no ULA, site-local or v4-mapped echo reached the native link")
+        self.verdict_exercised(
+            "server-non-global", [f"via the server, at the IPv6 host: {describe(f)}"
+                                  for f in marked(native, attacks.ECHO_NON_GLOBAL)],
+            "no ULA, site-local or v4-mapped echo reached the native link",
+            len(marked(at_server, attacks.ECHO_NON_GLOBAL)), "the non-global echoes at the server")
 
-    def _judge_relay(self, at_relay: list[Frame], at_hostile: list[Frame], silent: list[ipaddress.IPv6Address]) -> None:
+    def _judge_relay(self, frames: dict[str, list[Frame]], silent: list[ipaddress.IPv6Address]) -> None:
+        at_relay = frames["relay"]
         on_tun = [f for f in at_relay if f.interface == topology.RELAY_INTERFACE]
-        self.verdict("relay-non-global", [f"on the relay's TUN: {describe(f)}"
-                                          for f in marked(on_tun, attacks.ECHO_NON_GLOBAL)],
-                     f"no ULA, site-local or v4-mapped echo reached {topology.RELAY_INTERFACE}")
+        arrived = teredo_arrivals(at_relay, topology.RELAY_ADDRESS)
+        self.verdict_exercised(
+            "relay-non-global", [f"on the relay's TUN: {describe(f)}" for f in marked(on_tun, attacks.ECHO_NON_GLOBAL)],
+            f"no ULA, site-local or v4-mapped echo reached {topology.RELAY_INTERFACE}",
+            len(marked(inner_packets(arrived), attacks.ECHO_NON_GLOBAL)), "the non-global echoes at the relay")
         link_local = topology.LINK_LOCAL_V4
         leaks = [f"relay sent {d.source}:{d.source_port} -> {d.destination}:{d.destination_port}"
                  for d in udp_datagrams(f for f in at_relay if f.outgoing) if d.destination in link_local]
         leaks += [f"the hostile host received {d.source}:{d.source_port} -> {d.destination}:{d.destination_port}"
-                  for d in udp_datagrams(f for f in at_hostile if not f.outgoing) if d.destination in link_local]
-        self.verdict("link-local", leaks, "nothing was sent to 169.254.0.0/16")
+                  for d in udp_datagrams(f for f in frames["hostile"] if not f.outgoing) if d.destination in link_local]
+        self.verdict_exercised(
+            "link-local", leaks, "nothing was sent to 169.254.0.0/16",
+            sum(1 for d in udp_datagrams(f for f in at_relay if not f.outgoing) if d.source in link_local),
+            "the bubble from 169.254.0.66 at the relay")
         emitted = bubbles_by_destination((f for f in at_relay if f.outgoing), topology.HOSTILE_SILENT)
         per_host = {peer: len(emitted.get(peer, [])) for peer in silent}
-        over = [f"{peer}: {n} bubbles" for peer, n in per_host.items() if n > MAX_BUBBLES_PER_SILENT_HOST]
+        over = [f"{peer}: {n} bubbles" for peer, n in per_host.items() if n > MAX_BUBBLES_PER_SILENT_HOST][:5]
         total = sum(per_host.values())
         summary = (f"{total} bubbles for {SILENT_HOSTS} silent hosts, at most {max(per_host.values())} per host, "
                    f"{sum(1 for n in per_host.values() if n)} hosts bubbled")
         if not total:
             over.append(f"no bubble at all to the silent hosts: the test did not exercise the relay ({summary})")
-        self.verdict("silent-bubbles", [f"{summary}; over {MAX_BUBBLES_PER_SILENT_HOST}: " + ", ".join(over)]
+        self.verdict("silent-bubbles", [f"{summary}; over {MAX_BUBBLES_PER_SILENT_HOST}, e.g.: " + ", ".join(over)]
                      if over else [], summary)
 
-    def _judge_client(self, at_hostile: list[Frame], mapping: TeredoAddress, before: list[str],
+    def _judge_client(self, frames: dict[str, list[Frame]], mapping: TeredoAddress, before: list[str],
                       after: list[str]) -> None:
         nat = int_to_ipv4(mapping.mapped_ip)
-        times = [d.frame.time for d in udp_datagrams(f for f in at_hostile if not f.outgoing)
+        times = [d.frame.time for d in udp_datagrams(f for f in frames["hostile"] if not f.outgoing)
                  if str(d.source) == nat and str(d.destination) == topology.HOSTILE_ADDRESS
                  and d.destination_port == attacks.HOSTILE_PORT]
         problem = pacing_problem(times, MAX_CLIENT_BUBBLES, MIN_BUBBLE_GAP)
         seen = f"client 1 sent {len(times)} datagrams to {topology.HOSTILE_ADDRESS}:{attacks.HOSTILE_PORT} " \
                f"after {INDIRECT_BUBBLES} indirect bubbles in 1 s"
-        self.verdict("client-bubbles", [f"{seen}: {problem}"] if problem else [], seen)
-        self.verdict("forged-ra", [] if before == after else
-                     [f"client 1's Teredo addresses went from {before} to {after} after forged RAs"],
-                     f"client 1 kept {before}")
+        at_client = teredo_arrivals(frames["client1"], topology.CLIENT1_ADDRESS)
+        forwarded = sum(1 for d in at_client if is_bubble(d.header) and d.origin is not None
+                        and int_to_ipv4(d.origin.ip) == topology.HOSTILE_ADDRESS)
+        self.verdict_exercised("client-bubbles", [f"{seen}: {problem}"] if problem else [], seen, forwarded,
+                               "an indirect bubble at client 1")
+        forged = sum(1 for d in at_client if forged_ra_from(d, topology.HOSTILE_ADDRESS))
+        self.verdict_exercised("forged-ra", [] if before == after else
+                               [f"client 1's Teredo addresses went from {before} to {after} after forged RAs"],
+                               f"client 1 kept {before}", forged, "a forged RA at client 1")
 
     def _judge_console(self, lab: Lab, console: ConsoleAccess) -> None:
         pid = lab.daemons["server"].process.pid
@@ -336,7 +402,8 @@ class HostileRun:
             console.run("server", "x" * PASTE_BYTES + "\nexit()\n", timeout=60)
             pasted = "the console took the paste"
         except LabError as e:
-            pasted = f"the console session failed: {str(e).splitlines()[0][:200]}"
+            reason = "it timed out" if "timed out" in str(e) else str(e).splitlines()[-1][:200]
+            pasted = f"the console session with the paste failed: {reason}"
         probe = self.attacker("hostile", "rs-probe", topology.HOSTILE_ADDRESS, topology.SERVER_ADDRESS,
                               str(RS_PROBES), str(RS_PROBE_INTERVAL))
         seen = f"{pasted}; then {probe['answered']}/{probe['sent']} RS answered"
@@ -344,27 +411,20 @@ class HostileRun:
         self.verdict("console-paste", [] if running and probe["answered"] >= RS_PROBES - 1 else
                      [seen + ("" if running else "; the server daemon exited")], seen)
 
-    def _judge_afterwards(self, lab: Lab, runner: checks.Checks) -> None:
-        results = runner.run((2, 3))
-        self.verdict("reach-after", [r.line() for r in results if not r.ok], "; ".join(r.line() for r in results))
-        traces = [name for name, text in lab.logs().items() if "Traceback" in text]
-        self.verdict("no-traceback", [f"{name}'s log holds a traceback" for name in traces],
-                     f"no traceback in {', '.join(lab.logs())}")
-
 
 class HostileTrafficInLab(unittest.TestCase):
     """Hostile traffic from the lab's Internet, judged by capture at the places it must not reach."""
 
     timeout = 600
-    _run: ClassVar[HostileRun | None] = None
+    _outcome: ClassVar[HostileRun | None] = None
 
     def assertFinding(self, name: str) -> None:
         cls = type(self)
-        if cls._run is None:
+        if cls._outcome is None:
             skip_unless_lab(lab_skip_reason(need_miredo=False) or ours_missing({"server", "relay", "client"})
                             or missing_tools())
-            cls._run = HostileRun().execute()
-        run = cls._run
+            cls._outcome = HostileRun().execute()
+        run = cls._outcome
         if name not in run.findings:
             raise self.failureException(f"{name}: not judged.\n{run.report}")
         held, seen = run.findings[name]

@@ -159,6 +159,7 @@ def run_scenario(
     *,
     server2: str | None = None,
     box: bool = False,
+    hostile: bool = False,
     prefix: str | None = None,
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
@@ -170,7 +171,7 @@ def run_scenario(
     daemon's log. A daemon that does not come up fails all six checks with the reason.
     """
     say = echo or (lambda line: None)
-    scenario = Scenario(server, relay, client, client2, server2, nat2, box)
+    scenario = Scenario(server, relay, client, client2, server2, nat2, box, hostile)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:
