@@ -21,6 +21,7 @@ import os
 import select
 import sys
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +34,7 @@ from teredo_appliance.lab import attacks, checks, cli, topology
 from teredo_appliance.lab.capture import ETH_P_IP, ETH_P_IPV6, Frame, ipv6_packets, read_frames, udp_datagrams
 from teredo_appliance.lab.lab import OURS, Lab, LabError
 from teredo_appliance.lab.scenario import Scenario, ours_missing, start
-from teredo_appliance.lab.sshconsole import ConsoleAccess, missing_tools
+from teredo_appliance.lab.sshconsole import CONSOLE_HOST, CONSOLE_PORT, ConsoleAccess, missing_tools
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import HEADER_LENGTH, NEXT_HEADER_ICMPV6, checksum_ok, parse_header
@@ -248,8 +249,8 @@ class HostileRun:
             self.lab = lab
             try:
                 self._attack(lab)
-            except LabError as e:
-                self.report = f"the run stopped early: {e}"
+            except Exception:  # reported by every test: the lab is built once, not once per test
+                self.report = f"the run stopped early:\n{traceback.format_exc()}"
             self.report += "\n\ndaemon logs (tails):\n" + "\n".join(
                 f"----- {name}: {lab.daemons[name].log}\n{text[-LOG_TAIL:]}" for name, text in lab.logs().items())
         return self
@@ -386,7 +387,7 @@ class HostileRun:
         pid = lab.daemons["server"].process.pid
         baseline = len(os.listdir(f"/proc/{pid}/fd"))
         argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_appliance.lab.attacks", "tcp-flood",
-                "127.0.0.1", str(console.manhole("server")["listen"].split(":")[1]), str(IDLE_CONNECTIONS)]
+                CONSOLE_HOST, str(CONSOLE_PORT), str(IDLE_CONNECTIONS)]
         with lab.background("server", argv) as flood:
             ready = select.select([flood.stdout], [], [], 60)[0]
             opened = json.loads(flood.stdout.readline() or "{}") if ready else {}
