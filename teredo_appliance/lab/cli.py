@@ -20,6 +20,8 @@ def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument("--server2", choices=IMPLS, help="add a second server at 198.18.0.5/.6 (clients' fallback)")
     parser.add_argument("--nat2", choices=topology.NAT_TYPES, default="cone", help="NAT 2's behaviour")
     parser.add_argument("--box", action="store_true", help="server and relay in one namespace (one twistd if ours)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="add a hostile host on the Internet (198.18.0.66, 198.18.0.67, 169.254.0.66)")
     parser.add_argument("--prefix", help="lab prefix (default: tl + 4 random hex digits)")
     parser.add_argument("--rundir", help="keep configs and daemon logs here (default: the lab's state directory)")
 
@@ -67,6 +69,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         args.server2,
         args.nat2,
         args.box,
+        args.hostile,
     )
 
 
@@ -117,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario.nat2,
         server2=scenario.server2,
         box=scenario.box,
+        hostile=scenario.hostile,
         prefix=args.prefix,
         rundir=args.rundir,
         echo=lambda line: print(line, flush=True),

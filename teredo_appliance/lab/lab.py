@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,8 @@ READY_TIMEOUT = 10.0  # seconds for a server or relay to bind its sockets
 COMMAND_TIMEOUT = 30.0
 POLL = 0.05
 LOG_TAIL = 20000  # characters of a log quoted in an error
+
+CAPTURE = str(Path(__file__).with_name("capture.py"))
 
 # Miredo writes /run/miredo.pid (and miredo-server.pid) under a lock, so a second instance
 # on the host refuses to start. Each instance gets its own directory mounted over /run,
@@ -172,6 +175,21 @@ class Lab:
             yield proc
         finally:
             self._stop_process(proc)
+
+    @contextmanager
+    def capture(self, node: str) -> Iterator[Path]:
+        """Capture every frame in a node's namespace while the block runs (see capture.py).
+
+        Yields the capture file's path; the file is complete once the block has ended.
+        """
+        path = self._rundir() / f"capture-{node}-{next(self._helpers)}.jsonl"
+        with self.background(node, [sys.executable, CAPTURE, str(path)]) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            started = select.select([proc.stdout], [], [], READY_TIMEOUT)[0]
+            if not started or proc.stdout.readline().strip() != "ready":
+                reason = proc.stderr.read().strip() if proc.poll() is not None else "no answer"
+                raise LabError(f"capture in {node} did not start: {reason}")
+            yield path
 
     def ipv6_addresses(self, node: str) -> list[tuple[str, ipaddress.IPv6Address]]:
         """(interface, address) of every usable IPv6 address in the node (not tentative)."""

@@ -39,6 +39,7 @@ class Scenario:
     nat2: str = "cone"
     box: bool = False  # server and relay in one namespace; one twistd when both are ours
     wrap_ours: tuple[str, ...] = ()  # command prefix for our daemons (lab/confine.py)
+    hostile: bool = False  # a hostile host on the lab's Internet (topology.Options.hostile)
 
     def __post_init__(self) -> None:
         for role in ("server", "relay", "client", "client2", "server2"):
@@ -48,7 +49,9 @@ class Scenario:
 
     @property
     def options(self) -> topology.Options:
-        return topology.Options(second_server=self.server2 is not None, box=self.box, nat2=self.nat2)
+        return topology.Options(
+            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile
+        )
 
     def describe(self) -> str:
         parts = [f"server={self.server}", f"relay={self.relay}", f"client={self.client}"]
@@ -56,6 +59,7 @@ class Scenario:
         parts += [f"server2={self.server2}"] if self.server2 else []
         parts += [f"nat2={self.nat2}"] if self.nat2 != "cone" else []
         parts += ["box"] if self.box else []
+        parts += ["hostile"] if self.hostile else []
         return " ".join(parts)
 
     def infrastructure(self) -> list[DaemonSpec]:
@@ -156,6 +160,7 @@ def run_scenario(
     *,
     server2: str | None = None,
     box: bool = False,
+    hostile: bool = False,
     prefix: str | None = None,
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
@@ -167,7 +172,7 @@ def run_scenario(
     daemon's log. A daemon that does not come up fails all six checks with the reason.
     """
     say = echo or (lambda line: None)
-    scenario = Scenario(server, relay, client, client2, server2, nat2, box)
+    scenario = Scenario(server, relay, client, client2, server2, nat2, box, hostile)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:

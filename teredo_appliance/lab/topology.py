@@ -11,6 +11,7 @@ non-global, and from 2001:db8::/32 for native IPv6.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
@@ -36,6 +37,13 @@ NAT1_LAN = ipaddress.IPv4Network("198.19.0.0/24")
 NAT2_LAN = ipaddress.IPv4Network("198.19.1.0/24")
 CLIENT1_ADDRESS = "198.19.0.2"
 CLIENT2_ADDRESS = "198.19.1.2"
+# The hostile host on the lab's Internet: a global address to attack from, a second one
+# that plays silent Teredo hosts (nothing listens there), and a link-local one, which no
+# Teredo node may ever accept as a mapping or send to (RFC 4380 §5.2.9, §5.3.1 rule 3).
+HOSTILE_ADDRESS = "198.18.0.66"
+HOSTILE_SILENT = "198.18.0.67"
+HOSTILE_LINK_LOCAL = "169.254.0.66"
+LINK_LOCAL_V4 = ipaddress.IPv4Network("169.254.0.0/16")
 
 CLIENT_INTERFACE = "teredo"  # the clients' TUN, for Miredo and ours alike
 RELAY_INTERFACE = "teredo-relay"
@@ -59,6 +67,7 @@ class Options:
     second_server: bool = False  # a second server namespace at 198.18.0.5/.6
     box: bool = False  # server and relay share one namespace (a multi-role box)
     nat2: str = "cone"  # "symmetric": NAT 2 maps every destination to a new port
+    hostile: bool = False  # a hostile host on the Internet bridge (198.18.0.66/.67, 169.254.0.66)
 
     def __post_init__(self) -> None:
         if self.nat2 not in NAT_TYPES:
@@ -86,6 +95,7 @@ def nodes(options: Options) -> list[str]:
     """Node names of a lab, the Internet first (everything else plugs into it)."""
     core = ["box"] if options.box else ["server", "relay"]
     extra = ["server2"] if options.second_server else []
+    extra += ["hostile"] if options.hostile else []
     return ["inet", *core, *extra, "v6host", "nat1", "nat2", "client1", "client2"]
 
 
@@ -108,6 +118,22 @@ def _nat_rules(wan: str, symmetric: bool) -> str:
 # the kernel sends no neighbor solicitation and silently drops what it should route: the
 # first packets of a test then wait for a Teredo retry (2 s) instead of being forwarded.
 SETTLED_IPV6 = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+
+
+def _plan_hostile(plan: Plan, ns: Callable[[str], str], plug: Callable[..., None], eth: str) -> None:
+    """The hostile host, and the routes that make a leak visible instead of impossible.
+
+    Server and relay get an on-link route to 169.254.0.0/16, so a datagram they wrongly
+    send to a link-local mapping really leaves them (and is caught at the hostile host);
+    the server gets a default IPv6 route to the IPv6 host, so a packet it wrongly emits to
+    a non-global destination (ULA, site-local) really crosses the native link.
+    """
+    plug("hostile", "hst", eth, (HOSTILE_ADDRESS, HOSTILE_SILENT), ())
+    plan.links[ns("hostile")].append(f"addr add {HOSTILE_LINK_LOCAL}/{LINK_LOCAL_V4.prefixlen} dev {eth}")
+    for node in ("server", "relay"):
+        if f"route add {LINK_LOCAL_V4} dev {eth}" not in plan.links[ns(node)]:  # once in a box
+            plan.links[ns(node)].append(f"route add {LINK_LOCAL_V4} dev {eth}")
+    plan.links[ns("server")].append(f"route add default via {IPV6_HOST}")
 
 
 def build_plan(prefix: str, options: Options) -> Plan:
@@ -158,6 +184,8 @@ def build_plan(prefix: str, options: Options) -> Plan:
         plan.links[ns("server2")].append(relay_route)
     plug("v6host", "v6h", eth, (), (IPV6_HOST,))
     plan.links[ns("v6host")].append(relay_route)
+    if options.hostile:
+        _plan_hostile(plan, ns, plug, eth)
 
     for nat, client, wan_address, lan_net, client_address, symmetric in (
         ("nat1", "client1", NAT1_WAN, NAT1_LAN, CLIENT1_ADDRESS, False),
