@@ -145,6 +145,17 @@ class ClientServiceTests(SynchronousTestCase):
         )
         self.assertEqual(service.status()["state"], "offline")
 
+    def test_malformed_datagrams_from_the_server_do_not_postpone_the_refresh(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        self.sent(service)
+        for second in range(1, 30):
+            self.reactor.advance(1)
+            service.udp.datagramReceived(b"\x00\x01" + bytes(second), (SERVER, 3544))  # a bad RA
+            service.udp.datagramReceived(b"\x60" + bytes(39), (SERVER, 3544))  # a truncated packet
+        self.reactor.advance(1.5)
+        self.assertEqual([to for _payload, to in self.sent(service)], [(SERVER, 3544)])  # the refresh RS
+
     def test_new_mapping_replaces_the_address(self) -> None:
         service = self.service()
         self.qualify(service)

@@ -64,7 +64,8 @@ class ClientService(TunneledRole):
             config, self._send_to, self._resolve, self._on_qualification,
             local_address=self._local, counters=self.counters, rng=rng,
         )
-        self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng)
+        self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
+                                heard_server=self.qualifier.heard_from_server)
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
@@ -75,8 +76,6 @@ class ClientService(TunneledRole):
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         now = self._seconds()
-        if address == self._server:
-            self.qualifier.heard_from_server(now)
         if len(data) > 1 and data[0] == 0 and data[1] == AUTH_TYPE:  # only RAs carry one for a client
             try:
                 datagram = parse_datagram(data)
