@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Interface, IPv6Network
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
 from twisted.pair.raw import IRawPacketProtocol
-from twisted.pair.tuntap import TuntapPort
+from twisted.pair.tuntap import _TUN_KO_PATH, _TUNSETIFF, TuntapPort, _TunnelDescription
 from zope.interface import implementer
 
 from teredo_appliance.guard import PacketGuard
@@ -74,6 +75,21 @@ class _IPv6Packets(AbstractDatagramProtocol):
                 self._guard.failed()
 
 
+class _TunPort(TuntapPort):
+    """TuntapPort that closes /dev/net/tun again when TUNSETIFF fails (Twisted leaks the
+    descriptor: every failed open, e.g. a reload naming an existing non-TUN device, cost one)."""
+
+    def _openTunnel(self, name: bytes, mode: Any) -> Any:
+        system = self._system
+        fileno = system.open(_TUN_KO_PATH, system.O_RDWR | system.O_CLOEXEC | system.O_NONBLOCK)
+        try:
+            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, mode.value))
+        except OSError:
+            system.close(fileno)
+            raise
+        return _TunnelDescription(fileno, result[:IFNAMSIZ].strip(b"\x00"))
+
+
 class Tunnel:
     """One IPv6 TUN device: created and configured by open(), removed by close().
 
@@ -109,6 +125,7 @@ class Tunnel:
         self._system = system
         self._link_factory = link_factory
         self._port: TuntapPort | None = None
+        self._closed: Deferred[None] = succeed(None)  # the last close, perhaps still under way
         self._link: Link | None = None
         self._addresses: list[IPv6Interface] = []
         self._routes: list[tuple[IPv6Network, int | None]] = []
@@ -125,7 +142,7 @@ class Tunnel:
             raise RuntimeError(f"{self.name}: TUN device already open")
         if not 0 < len(os.fsencode(self.name)) < IFNAMSIZ:
             raise LinkError(f"{self.name!r}: cannot open TUN device: a name has 1 to {IFNAMSIZ - 1} bytes")
-        port = TuntapPort(
+        port = _TunPort(
             os.fsencode(self.name),
             self._protocol,
             maxPacketSize=READ_SIZE,
@@ -199,7 +216,9 @@ class Tunnel:
         port, link = self._port, self._link
         self._port = self._link = None
         if port is None or link is None:
-            return succeed(None)
+            # Perhaps a failed open() is still closing the device: whoever waits here (a
+            # stopping role, then a reload restoring its predecessor) waits for that too.
+            return DeferredList([self._closed], consumeErrors=True).addCallback(lambda _: None)
         failures = [
             *(self._try(link.remove_route, prefix, metric) for prefix, metric in reversed(self._routes)),
             *(self._try(link.remove_address, address) for address in reversed(self._addresses)),
@@ -210,7 +229,8 @@ class Tunnel:
                           failures="; ".join(failures))
         self._routes.clear()
         self._addresses.clear()
-        return port.stopListening()
+        self._closed = port.stopListening()
+        return DeferredList([self._closed], consumeErrors=True).addCallback(lambda _: None)
 
     def status(self) -> dict[str, Any]:
         """JSON-friendly: device name, open or not, MTU, the addresses and routes we set."""

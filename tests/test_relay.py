@@ -6,6 +6,7 @@ twisted.pair.testing.MemoryIOSystem as its TUN, a fake netlink and a fake UDP po
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -17,6 +18,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import CannotListenError
 from twisted.pair import testing
 from twisted.trial import unittest
 
@@ -463,6 +465,18 @@ class RelayServiceTests(unittest.SynchronousTestCase):
 
     def udp_sent(self) -> list[tuple[bytes, Any]]:
         return self.service.udp.transport.written
+
+    def test_failed_start_is_stopped_only_once_its_device_is_gone(self) -> None:
+        def absent(*args: Any, **kwargs: Any) -> Any:
+            raise CannotListenError("198.18.0.10", 3544, OSError(errno.EADDRNOTAVAIL, "Cannot assign"))
+
+        self.reactor.listenUDP = absent  # type: ignore[method-assign]
+        self.assertRaises(CannotListenError, self.service.privilegedStartService)
+        stopped = self.service.stopService()  # the appliance waits on this before restoring the old relay
+        self.assertNoResult(stopped)
+        self.reactor.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(self.system._openFiles, {})
 
     def test_start_creates_tun_address_route_and_port(self) -> None:
         self.start()

@@ -179,6 +179,26 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         self.assertEqual(self.system._openFiles, {})
         self.assertEqual(self.reactor.getReaders(), [])
 
+    def test_close_after_a_failed_open_waits_until_the_device_is_gone(self) -> None:
+        self.failing.add("up")
+        self.assertRaises(LinkError, self.tun.open)
+        closed = self.tun.close()  # what a stopping role waits on before its successor opens the name
+        self.assertNoResult(closed)
+        self.assertNotEqual(self.system._openFiles, {})
+        self.reactor.advance(0)
+        self.successResultOf(closed)
+        self.assertEqual(self.system._openFiles, {})
+
+    def test_refused_tunsetiff_closes_the_descriptor(self) -> None:
+        def busy(fd: int, request: int, args: bytes) -> bytes:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+
+        self.system.ioctl = busy  # type: ignore[method-assign]  # e.g. the name is a non-TUN device
+        for _ in range(10):
+            error = self.assertRaises(LinkError, self.tun.open)
+            self.assertIn("Device or resource busy", str(error))
+        self.assertEqual(self.system._openFiles, {})
+
     def test_tun_open_failure_is_a_clear_error(self) -> None:
         self.system.permissions.clear()
         error = self.assertRaises(LinkError, self.tun.open)

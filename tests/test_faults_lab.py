@@ -1,0 +1,69 @@
+"""Faults injected into a running lab: a reload that cannot apply, a TUN removed from outside.
+
+Each test builds its own namespaces (teredo_appliance.lab), starts our server, relay and
+two clients, breaks something the way an operator or another program would, and checks
+that traffic from the native IPv6 host to a Teredo client comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from twisted.trial import unittest
+
+from teredo_appliance.lab import checks, topology
+from teredo_appliance.lab.lab import OURS, Lab
+from teredo_appliance.lab.scenario import Scenario, ours_missing, relay_section, start
+from tests.labsupport import lab_skip_reason, skip_unless_lab
+
+ABSENT_ADDRESS = "198.18.0.99"  # in the lab's range, on no interface of the relay's namespace
+RESTORE_TIMEOUT = 15.0  # seconds for a failed reload to put the old relay back
+
+
+class FaultLab(unittest.TestCase):
+    """Our server, relay and clients in separate namespaces, qualified and reachable."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        skip_unless_lab(lab_skip_reason(need_miredo=False) or ours_missing({"server", "relay", "client"}))
+        scenario = Scenario(server=OURS, relay=OURS, client=OURS)
+        self.lab = Lab(scenario.options, rundir=os.path.abspath(self.mktemp()))
+        self.addCleanup(self.lab.down)
+        self.lab.up()
+        start(self.lab, scenario)
+        self.checks = checks.Checks(self.lab)
+        self.assertLab(self.checks.qualified(), "clients did not qualify")
+        self.client = self.checks.address("client1")
+
+    def assertLab(self, outcome: tuple[bool, str], message: str) -> None:
+        ok, detail = outcome
+        if not ok:
+            logs = "\n".join(f"----- {name}\n{text[-4000:]}" for name, text in self.lab.logs().items())
+            raise self.failureException(f"{message}: {detail}\n\ndaemon logs (tails):\n{logs}")
+
+    def ping_client(self, timeout: int = checks.PING_TIMEOUT) -> tuple[bool, str]:
+        return checks.ping(self.lab, "v6host", self.client, timeout=timeout)
+
+    def wait_log(self, name: str, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text not in self.lab.read_log(name):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+class ReloadOntoAbsentAddress(FaultLab):
+    def test_relay_reloaded_onto_an_absent_address_keeps_serving(self) -> None:
+        self.assertLab(self.ping_client(), "no ping through the relay before the reload")
+        self.lab.write_config("relay", {"relay": {**relay_section(), "bind_address": ABSENT_ADDRESS, "mtu": 1400}})
+        self.lab.signal_daemon("relay", signal.SIGHUP)
+        restored = self.wait_log("relay", "the previous configuration was restored", RESTORE_TIMEOUT)
+        self.assertLab((restored, "no 'restored' line in the relay's log"), "the old relay was not put back")
+        self.assertTrue(self.lab.is_running("relay"))
+        link = self.lab.run("relay", ["ip", "link", "show", topology.RELAY_INTERFACE], check=False)
+        self.assertIn("mtu 1280", link.stdout)  # the old relay's TUN, not the new one's
+        self.assertLab(self.ping_client(), "no ping through the restored relay")
