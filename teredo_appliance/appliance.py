@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python.reflect import namedAny
 
+from teredo_appliance import earlyhup
 from teredo_appliance.config import ConfigError, load_config
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
 from teredo_appliance.loglevel import LevelGate
@@ -119,6 +120,8 @@ class Appliance(MultiService):
         previous = signal.signal(signal.SIGHUP, self._on_sighup)
         self._previous_sighup = signal.SIG_DFL if previous is None else previous  # None: set outside Python
         self._start_all("startService")
+        if earlyhup.take():  # a SIGHUP came while starting: the file may have changed since it was read
+            self._reactor.callFromThread(self._reload_on_signal)
 
     def _start_all(self, step: str) -> None:
         """Start every child; if any fails, end twistd with one clear line per failure."""

@@ -7,6 +7,7 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
+from teredo_appliance import earlyhup
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
 
 
@@ -14,6 +15,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", DEFAULT_PATH, "YAML configuration file (check it with teredo-checkconf)."],
     ]
+
+    def __init__(self) -> None:
+        # The earliest moment `twistd teredo` runs code of ours: from here on a SIGHUP
+        # is remembered for the appliance instead of ending the process.
+        earlyhup.install()
+        super().__init__()
 
 
 def makeService(options: Options) -> IService:

@@ -20,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from teredo_appliance import privileges
+from teredo_appliance import earlyhup, privileges, tap
 from teredo_appliance.appliance import Appliance, StartError
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import (
@@ -390,6 +390,36 @@ class SighupTests(TestCase):
                 lambda _: self.assertEqual(signal.getsignal(signal.SIGHUP), before))
 
         return reloaded.addCallback(check)
+
+    def test_sighup_before_start_is_survived_and_reloads_once_started(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        tap.Options()  # what `twistd teredo` builds first (its plugin module does the same)
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)  # else the kill ends trial
+        os.kill(os.getpid(), signal.SIGHUP)  # the default action would end this process
+        queued: list[Any] = []
+
+        class Recorder:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                queued.append(f)
+
+        appliance = Appliance("teredo.yaml", make_config(), reactor=Recorder(), role_factories={},
+                              log_publisher=LogPublisher())
+        appliance.privilegedStartService()
+        appliance.startService()
+        self.assertEqual(queued, [appliance._reload_on_signal])
+        appliance.stopService()
+        self.assertFalse(earlyhup.take())  # taken once
+
+    def test_early_handler_only_for_twistd_teredo(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        earlyhup.install_for_teredo(["twistd", "-n", "web", "--path", "."])
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+        earlyhup.install_for_teredo(["twistd", "-n", "teredo", "-c", "x.yaml"])
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
 
     def test_handler_defers_to_the_reactor(self) -> None:
         # The handler itself only queues the reload (a signal may interrupt the reactor anywhere).

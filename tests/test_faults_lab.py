@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from twisted.trial import unittest
 
@@ -17,6 +20,7 @@ from teredo_appliance.lab import checks, topology
 from teredo_appliance.lab.lab import OURS, Lab
 from teredo_appliance.lab.scenario import Scenario, ours_missing, relay_section, start
 from tests.labsupport import lab_skip_reason, skip_unless_lab
+from tests.test_tap import TWISTD
 
 ABSENT_ADDRESS = "198.18.0.99"  # in the lab's range, on no interface of the relay's namespace
 RESTORE_TIMEOUT = 15.0  # seconds for a failed reload to put the old relay back
@@ -67,3 +71,52 @@ class ReloadOntoAbsentAddress(FaultLab):
         link = self.lab.run("relay", ["ip", "link", "show", topology.RELAY_INTERFACE], check=False)
         self.assertIn("mtu 1280", link.stdout)  # the old relay's TUN, not the new one's
         self.assertLab(self.ping_client(), "no ping through the restored relay")
+
+
+def sighup_caught(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGHUP (bit 0 of SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & 1)
+    return False
+
+
+class EarlySighup(unittest.TestCase):
+    """`twistd -n teredo` in a namespace of its own, sent SIGHUP as early as our code can catch it."""
+
+    timeout = 60
+
+    def test_sighup_while_starting_is_a_reload_not_death(self) -> None:
+        skip_unless_lab("needs root: runs a relay in a network namespace" if os.geteuid() else None)
+        namespace = f"tfhup-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", namespace], check=True)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", namespace], check=False)
+        config, log = Path(self.mktemp()), Path(self.mktemp())
+        config.write_text("roles:\n  relay:\n    interface: tfhup0\n    bind_address: 127.0.0.1\n")
+        argv = ["ip", "netns", "exec", namespace, TWISTD, "-n", "--pidfile=", f"--logfile={log}",
+                "teredo", "-c", str(config)]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+        started = time.monotonic()
+        while not sighup_caught(process.pid):  # ip netns exec execs twistd: same pid
+            self.assertIsNone(process.poll(), "twistd exited while starting")
+            self.assertLess(time.monotonic() - started, 20, "no SIGHUP handler after 20 s")
+            time.sleep(0.002)
+        caught = time.monotonic() - started
+        before_roles = "TUN device" not in (log.read_text() if log.exists() else "")
+        process.send_signal(signal.SIGHUP)  # the earliest moment any handler of ours exists
+        time.sleep(0.05)
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload of" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            self.assertIsNone(process.poll(), f"twistd died of an early SIGHUP (caught {caught:.2f} s after exec)")
+            time.sleep(0.05)
+        text = log.read_text()
+        self.assertTrue(before_roles, f"SIGHUP handled only once the roles were starting ({caught:.2f} s):\n{text}")
+        self.assertIn("Teredo relay on 127.0.0.1:3544", text)
+        self.assertIn("unchanged ['relay'], errors []", text)
+        self.assertIsNone(process.poll())
+        process.send_signal(signal.SIGTERM)
+        self.assertIn(process.wait(timeout=20), (0, -signal.SIGTERM), log.read_text())  # twistd re-raises it
+        sys.stderr.write(f"[SIGHUP handler installed {caught:.2f} s after exec] ")
