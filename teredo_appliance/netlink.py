@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 # include/uapi/linux/if_link.h: enum in6_addr_gen_mode.
 IN6_ADDR_GEN_MODE_NONE = 1
+KERNEL_DROP_COUNTERS = ("tx_dropped", "rx_dropped")  # struct rtnl_link_stats64 fields we report
 
 
 class LinkError(Exception):
@@ -58,6 +59,18 @@ class Link:
         """Set the MTU and bring the device up, in one request."""
         with self._netlink(f"set MTU {mtu} and bring the link up") as (ipr, index):
             ipr.link("set", index=index, mtu=mtu, state="up")
+
+    def drop_counts(self) -> dict[str, int]:
+        """The kernel's drop counters of the device (as `ip -s link` shows them).
+
+        On a TUN, tx_dropped counts packets the kernel routed to the device but could not
+        queue for us (our reader fell behind); rx_dropped, packets we wrote that it refused.
+        """
+        with self._netlink("read statistics") as (ipr, index):
+            stats = ipr.get_links(index)[0].get_attr("IFLA_STATS64")
+        if stats is None:
+            raise LinkError(f"{self.ifname}: cannot read statistics: none reported")
+        return {key: int(stats[key]) for key in KERNEL_DROP_COUNTERS}
 
     def add_address(self, address: IPv6Interface) -> None:
         self._address("add", "add address", address)

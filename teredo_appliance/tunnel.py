@@ -242,6 +242,17 @@ class Tunnel:
             "routes": [{"prefix": str(p), "metric": m} for p, m in self._routes],
         }
 
+    def kernel_drops(self) -> dict[str, int] | None:
+        """The kernel's drop counters of the open device (tx_dropped: its queue towards us
+        overflowed), read now over netlink: no cost per packet. None if closed or unreadable."""
+        link = self._link
+        if link is None:
+            return None
+        try:
+            return link.drop_counts()
+        except LinkError:
+            return None
+
     def _open_link(self, operation: str) -> Link:
         if self._link is None:
             raise RuntimeError(f"{self.name}: cannot {operation}: TUN device not open")

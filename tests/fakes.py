@@ -42,6 +42,13 @@ class FakeLink:
     def up(self, mtu: int) -> None:
         self._do("up", mtu)
 
+    drops = {"tx_dropped": 0, "rx_dropped": 0}  # what drop_counts() reports; tests may set it
+
+    def drop_counts(self) -> dict[str, int]:
+        if "drop_counts" in self.failing:
+            raise LinkError(f"{self.ifname}: cannot read statistics: No such device")
+        return dict(self.drops)
+
     def add_address(self, address: IPv6Interface) -> None:
         self._do("add_address", address)
 

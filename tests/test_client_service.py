@@ -131,6 +131,10 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(status["server"], SERVER)
         self.assertIsNotNone(status["last_qualified"])
 
+    def test_status_reports_the_tuns_kernel_drops(self) -> None:
+        service = self.service()
+        self.assertEqual(service.status()["tun_kernel_drops"], {"tx_dropped": 0, "rx_dropped": 0})
+
     def test_lost_connectivity_removes_route_and_addresses(self) -> None:
         service = self.service()
         self.qualify(service)

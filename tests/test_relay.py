@@ -478,6 +478,22 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(self.system._openFiles, {})
 
+    def test_status_reports_the_tuns_kernel_drops(self) -> None:
+        links: list[FakeLink] = []
+
+        def link(name: str) -> FakeLink:
+            links.append(FakeLink(name, self.calls, self.failing))
+            return links[-1]
+
+        service = RelayService(self.config, reactor=self.reactor, tun_system=self.system, link_factory=link)
+        self.assertIsNone(service.status()["tun_kernel_drops"])  # no device yet
+        service.privilegedStartService()
+        service.startService()
+        links[-1].drops = {"tx_dropped": 7, "rx_dropped": 1}  # the kernel's queue towards us overflowed
+        self.assertEqual(service.status()["tun_kernel_drops"], {"tx_dropped": 7, "rx_dropped": 1})
+        self.failing.add("drop_counts")
+        self.assertIsNone(service.status()["tun_kernel_drops"])  # unreadable: said so, not raised
+
     def test_start_creates_tun_address_route_and_port(self) -> None:
         self.start()
         self.assertEqual(self.device().requestedName.rstrip(b"\0"), b"trelay")
@@ -634,6 +650,19 @@ class RealTunnelLifecycleTests(unittest.TestCase):
         self.assertIn(f"127.0.0.1:{report['port']}", up["udp"])
         self.assertNotIn("trly0", down["link"])
         self.assertEqual(down["route"].strip(), "")
+
+
+class KernelDropCountTests(unittest.TestCase):
+    def test_drops_of_a_real_tun_are_read_over_netlink(self) -> None:
+        """A TUN nobody reads: the kernel drops what it routes there, as `ip -s link` shows."""
+        run = in_namespace(self)
+        run("ip", "tuntap", "add", "dev", "tq0", "mode", "tun")
+        run("ip", "link", "set", "tq0", "up")
+        run("ip", "-6", "route", "add", "2001:db8:8::/64", "dev", "tq0")
+        subprocess.run(["ip", "netns", "exec", f"trelay-{os.getpid()}", "ping", "-6", "-c", "3", "-i", "0.2",
+                        "-W", "1", "2001:db8:8::1"], capture_output=True, check=False)
+        code = "from teredo_appliance.netlink import Link; print(Link('tq0').drop_counts())"
+        self.assertEqual(run(sys.executable, "-c", code).strip(), "{'tx_dropped': 3, 'rx_dropped': 0}")
 
 
 class KernelErrorSourceTests(unittest.TestCase):

@@ -114,6 +114,12 @@ class TunneledRole(RoleService):
     def _stopped(self) -> None:
         """Called once the port and device are gone (e.g. for a closing log line)."""
 
+    def status(self) -> dict[str, Any]:
+        """The base report plus the TUN's kernel drop counters (seen otherwise only in `ip -s link`)."""
+        report = super().status()
+        report["tun_kernel_drops"] = self.tunnel.kernel_drops()
+        return report
+
     @property
     def bound_port(self) -> int | None:
         return None if self._port is None else self._port.getHost().port
