@@ -8,6 +8,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from teredo_appliance import earlyhup
+from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
 
 
@@ -26,6 +27,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """Load the config and build the appliance; a bad config ends twistd with its errors, no traceback."""
     path = options["config"]
+    from twisted.internet import reactor  # twistd installed it before calling us
+
+    monotonic_reactor(reactor)  # before any role schedules a timer
     try:
         config = load_config(path)
         # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.

@@ -12,6 +12,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.pair import testing
 from twisted.trial.unittest import SynchronousTestCase
 
+from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
 from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
@@ -134,6 +135,24 @@ class ClientServiceTests(SynchronousTestCase):
     def test_status_reports_the_tuns_kernel_drops(self) -> None:
         service = self.service()
         self.assertEqual(service.status()["tun_kernel_drops"], {"tx_dropped": 0, "rx_dropped": 0})
+
+    def test_a_wall_clock_step_neither_delays_the_refresh_nor_makes_ages_negative(self) -> None:
+        monotonic = [100.0]
+        monotonic_reactor(self.reactor, lambda: monotonic[0])  # as twistd teredo does
+
+        def elapse(seconds: float) -> None:
+            monotonic[0] += seconds
+            self.reactor.advance(seconds)
+
+        service = self.service()
+        self.qualify(service)
+        self.sent(service)
+        elapse(10)
+        self.reactor.rightNow -= 600  # the wall clock (the reactor's own) steps back
+        self.assertEqual(service.status()["last_qualified"], "10 s ago")
+        self.assertEqual(service.status()["uptime"], 10.0)
+        elapse(20.5)
+        self.assertEqual([to for _payload, to in self.sent(service)], [(SERVER, 3544)])  # the refresh, on time
 
     def test_lost_connectivity_removes_route_and_addresses(self) -> None:
         service = self.service()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,11 +34,11 @@ class RoleService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.started_at = time.time()
+        self.started_at = self.reactor.seconds()  # monotonic under twistd (teredo_appliance.clock)
 
     def status(self) -> dict[str, Any]:
         """A JSON-friendly report: role, uptime, counters and drops by reason; subclasses add the rest."""
-        uptime = None if self.started_at is None else round(time.time() - self.started_at, 1)
+        uptime = None if self.started_at is None else round(self.reactor.seconds() - self.started_at, 1)
         return {
             "role": self.role,
             "running": bool(self.running),
