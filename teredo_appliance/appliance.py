@@ -177,7 +177,7 @@ class Appliance(MultiService):
         except ConfigError as error:
             return self._report(result, unchanged=list(components(old)), errors=error.errors)
 
-        plan = plan_reload(old, new)
+        plan = plan_reload(old, new, self._degraded())
         before, after = components(old), components(new)
         # Everything that can be checked is checked before any running service is touched.
         built: dict[str, Service] = {}
@@ -222,6 +222,11 @@ class Appliance(MultiService):
             self._gate.set_level(new.log.level)
             self.log.info("log level is now {new_level}", new_level=new.log.level)
         return self._report(result, unchanged=list(plan.keep))
+
+    def _degraded(self) -> set[str]:
+        """Roles running with a problem (see RoleService.health): a reload restarts them."""
+        return {name for name, service in self.namedServices.items()
+                if getattr(service, "health", lambda: None)() is not None}
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:
         try:

@@ -7,6 +7,7 @@ an unchanged component keeps its running service (same sockets, TUN, peers, qual
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,9 @@ class Plan:
         return tuple(n for n in reversed(COMPONENT_ORDER) if n in self.stop or n in self.restart)
 
 
-def plan_reload(old: Config, new: Config) -> Plan:
-    """Added components start, removed ones stop, changed ones restart, the rest are kept."""
+def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Plan:
+    """Added components start, removed ones stop, changed ones restart, the rest are kept;
+    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart."""
     before, after = components(old), components(new)
     actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": []}
     for name in COMPONENT_ORDER:
@@ -55,7 +57,7 @@ def plan_reload(old: Config, new: Config) -> Plan:
             elif name not in before:
                 action = "start"
             else:
-                action = "keep" if before[name] == after[name] else "restart"
+                action = "keep" if before[name] == after[name] and name not in degraded else "restart"
             actions[action].append(name)
     return Plan(**{action: tuple(names) for action, names in actions.items()})
 

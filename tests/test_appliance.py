@@ -79,6 +79,9 @@ class FakeRole(Service):
         self.world.stopping.append(d)
         return d
 
+    def health(self) -> str | None:
+        return self.world.problems.get(self.name) if self.running else None
+
     def status(self) -> dict[str, Any]:
         return {"role": self.name, "running": bool(self.running), "nat_type": "cone",
                 "counters": {"rx.rs": 3}}
@@ -96,6 +99,7 @@ class World:
         self.fail_open: dict[Any, Exception] = {}
         self.fail_build: dict[Any, Exception] = {}
         self.slow_stop: set[str] = set()
+        self.problems: dict[str, str] = {}  # what a running role's health() reports
         self.stopping: list[Deferred[None]] = []
 
     def factories(self) -> dict[str, Any]:
@@ -161,6 +165,11 @@ class PlanTests(SynchronousTestCase):
         config = make_config(server=SERVER, relay=RELAY)
         self.assertEqual(plan_reload(config, make_config(server=SERVER, relay=RELAY)).keep, ("server", "relay"))
 
+    def test_degraded_role_restarts_even_if_unchanged(self) -> None:
+        config = make_config(server=SERVER, relay=RELAY)
+        plan = plan_reload(config, make_config(server=SERVER, relay=RELAY), degraded={"relay"})
+        self.assertEqual((plan.keep, plan.restart), (("server",), ("relay",)))
+
     def test_stops_run_in_reverse_start_order(self) -> None:
         plan = plan_reload(make_config(server=SERVER, relay=RELAY, client=CLIENT),
                            make_config(relay=RELAY_BIGGER, client=ClientConfig(server_address="x")))
@@ -222,6 +231,17 @@ class ReloadTests(ApplianceCase):
         self.assertIs(appliance.getServiceNamed("server"), server)
         self.assertEqual([e[:2] for e in self.world.journal], [("open", "relay"), ("start", "relay")])
         self.assertEqual(appliance.config, make_config(server=SERVER, relay=RELAY))
+
+    def test_degraded_role_is_restarted_not_called_unchanged(self) -> None:
+        config = make_config(server=SERVER, relay=RELAY)
+        appliance = self.running(config, make_config(server=SERVER, relay=RELAY))
+        self.world.problems["relay"] = "TUN teredo-relay missing"
+        relay = appliance.getServiceNamed("relay")
+        result = self.reload(appliance)
+        self.assertEqual((result["restarted"], result["unchanged"], result["errors"]), (["relay"], ["server"], []))
+        self.assertIsNot(appliance.getServiceNamed("relay"), relay)
+        self.assertEqual([e[:2] for e in self.world.journal],
+                         [("stop", "relay"), ("closed", "relay"), ("open", "relay"), ("start", "relay")])
 
     def test_removed_role_stops(self) -> None:
         appliance = self.running(make_config(server=SERVER, relay=RELAY), make_config(server=SERVER))

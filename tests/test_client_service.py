@@ -20,7 +20,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -50,39 +50,33 @@ class Reactor(UDPReactor):
         return object()
 
 
-class NoNetWatch:
-    def __init__(self, on_change: Any, reactor: Any) -> None:
-        self.on_change = on_change
-        self.started = self.stopped = 0
-
-    def start(self) -> None:
-        self.started += 1
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-
 class ClientServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.system = memory_tun_system()
         self.reactor = Reactor()
         self.calls: list[tuple] = []
-        self.watchers: list[NoNetWatch] = []
+        self.watchers: list[QuietWatch] = []  # the uplink watch
+        self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
         config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
 
-        def watch(on_change: Any, reactor: Any) -> NoNetWatch:
-            self.watchers.append(NoNetWatch(on_change, reactor))
+        def watch(on_change: Any, reactor: Any) -> QuietWatch:
+            self.watchers.append(QuietWatch(on_change, reactor))
             return self.watchers[-1]
 
         service = ClientService(
-            config, self.reactor, tun_system=self.system, link_factory=lambda name: FakeLink(name, self.calls),
-            netwatch=watch, local_address=lambda server: ipv4_to_int(LOCAL), rng=random.Random(1),
+            config, self.reactor, tun_system=self.system, link_factory=self.link,
+            netwatch=watch, link_watch=QuietWatch, local_address=lambda server: ipv4_to_int(LOCAL),
+            rng=random.Random(1),
         )
         service.privilegedStartService()
         service.startService()
         return service
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls))
+        return self.links[-1]
 
     def sent(self, service: ClientService) -> list[tuple[bytes, tuple[str, int]]]:
         written = service.udp.transport.written  # type: ignore[union-attr]
@@ -153,6 +147,20 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(service.status()["uptime"], 10.0)
         elapse(20.5)
         self.assertEqual([to for _payload, to in self.sent(service)], [(SERVER, 3544)])  # the refresh, on time
+
+    def test_tun_recreated_from_outside_gets_its_address_and_default_route_back(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        address = IPv6Interface((service.status()["address"], 32))
+        self.links[-1].gone = True  # ip link del
+        service.link_watch.on_change()
+        self.assertTrue(service.status()["health"].startswith("degraded: TUN "))
+        self.calls.clear()
+        self.reactor.advance(0)
+        self.assertEqual(self.calls, [("prepare",), ("up", 1280), ("add_address", LINK_LOCAL),
+                                      ("add_address", address), ("add_route", DEFAULT, DEFAULT_ROUTE_METRIC)])
+        status = service.status()
+        self.assertEqual((status["health"], status["state"]), ("ok", "qualified"))
 
     def test_lost_connectivity_removes_route_and_addresses(self) -> None:
         service = self.service()

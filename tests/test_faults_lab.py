@@ -73,6 +73,42 @@ class ReloadOntoAbsentAddress(FaultLab):
         self.assertLab(self.ping_client(), "no ping through the restored relay")
 
 
+class TunRemovedFromOutside(FaultLab):
+    REPAIR_TIMEOUT = 20  # seconds for the relay to notice, rebuild its TUN and carry a ping again
+
+    def wait_ping(self) -> tuple[bool, str]:
+        """Ping from the native host until a reply or REPAIR_TIMEOUT: (replied, summary).
+
+        One ping at a time: while the route is gone an ICMPv6 error ends each at once."""
+        deadline = time.monotonic() + self.REPAIR_TIMEOUT
+        while True:
+            replied, summary = self.ping_client(timeout=2)
+            if replied or time.monotonic() > deadline:
+                return replied, summary
+            time.sleep(0.05)
+
+    def test_relay_tun_deleted_is_rebuilt_and_traffic_returns(self) -> None:
+        self.assertLab(self.ping_client(), "no ping through the relay before the fault")
+        deleted = time.monotonic()
+        self.lab.run("relay", ["ip", "link", "del", topology.RELAY_INTERFACE])
+        self.assertLab(self.wait_ping(), "no ping after the relay's TUN was deleted")
+        took = time.monotonic() - deleted
+        log = self.lab.read_log("relay")
+        self.assertIn(f"TUN {topology.RELAY_INTERFACE} missing: repairing", log)
+        self.assertIn(f"{topology.RELAY_INTERFACE} repaired", log)
+        route = self.lab.run("relay", ["ip", "-6", "route", "show", "dev", topology.RELAY_INTERFACE]).stdout
+        self.assertIn("2001::/32", route)
+        sys.stderr.write(f"[TUN deleted -> ping through the relay again: {took:.2f} s] ")
+
+    def test_relay_route_removed_and_link_bounced_are_restored(self) -> None:
+        self.lab.run("relay", ["ip", "-6", "route", "del", "2001::/32", "dev", topology.RELAY_INTERFACE])
+        self.assertLab(self.wait_ping(), "no ping after the Teredo route was removed")
+        self.lab.run("relay", ["ip", "link", "set", topology.RELAY_INTERFACE, "down"])
+        self.lab.run("relay", ["ip", "link", "set", topology.RELAY_INTERFACE, "up"])
+        self.assertLab(self.wait_ping(), "no ping after the TUN was set down and up")
+        self.assertEqual(self.lab.read_log("relay").count("repairing"), 2, self.lab.read_log("relay")[-3000:])
+
+
 def sighup_caught(pid: int) -> bool:
     """Whether process `pid` has a handler for SIGHUP (bit 0 of SigCgt in /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -27,6 +27,7 @@ from teredo_appliance.netlink import LinkError
 from teredo_appliance.peers import IDLE_TIMEOUT, QUEUE_BYTES
 from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
 from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
+from teredo_appliance.roles.tunneled import REPAIR_RETRY
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -41,7 +42,7 @@ from teredo_appliance.wire.ipv6 import (
 )
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
 from tests import vectors
-from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 PREFIX = IPv6Network("2001::/32")
 SERVER = "198.18.0.1"
@@ -445,13 +446,24 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.calls: list[tuple] = []
         self.failing: set[str] = set()
         self.config = RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"), bind_port=3544)
+        self.links: list[FakeLink] = []
+        self.watches: list[QuietWatch] = []
         self.service = RelayService(
             self.config,
             reactor=self.reactor,
             tun_system=self.system,
-            link_factory=lambda name: FakeLink(name, self.calls, self.failing),
+            link_factory=self.link,
+            link_watch=self.watch,
             error_source=lambda destination: ERROR_SOURCE,
         )
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls, self.failing))
+        return self.links[-1]
+
+    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
+        self.watches.append(QuietWatch(on_change, reactor, **settings))
+        return self.watches[-1]
 
     def start(self) -> None:
         self.service.privilegedStartService()
@@ -479,20 +491,70 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(self.system._openFiles, {})
 
     def test_status_reports_the_tuns_kernel_drops(self) -> None:
-        links: list[FakeLink] = []
-
-        def link(name: str) -> FakeLink:
-            links.append(FakeLink(name, self.calls, self.failing))
-            return links[-1]
-
-        service = RelayService(self.config, reactor=self.reactor, tun_system=self.system, link_factory=link)
-        self.assertIsNone(service.status()["tun_kernel_drops"])  # no device yet
-        service.privilegedStartService()
-        service.startService()
-        links[-1].drops = {"tx_dropped": 7, "rx_dropped": 1}  # the kernel's queue towards us overflowed
-        self.assertEqual(service.status()["tun_kernel_drops"], {"tx_dropped": 7, "rx_dropped": 1})
+        self.assertIsNone(self.service.status()["tun_kernel_drops"])  # no device yet
+        self.start()
+        self.links[-1].drops = {"tx_dropped": 7, "rx_dropped": 1}  # the kernel's queue towards us overflowed
+        self.assertEqual(self.service.status()["tun_kernel_drops"], {"tx_dropped": 7, "rx_dropped": 1})
         self.failing.add("drop_counts")
-        self.assertIsNone(service.status()["tun_kernel_drops"])  # unreadable: said so, not raised
+        self.assertIsNone(self.service.status()["tun_kernel_drops"])  # unreadable: said so, not raised
+
+    def test_tun_deleted_from_outside_is_reported_then_recreated(self) -> None:
+        self.start()
+        self.assertEqual(self.watches[-1].started, 1)
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.calls.clear()
+        self.links[-1].gone = True  # ip link del trelay
+        self.watches[-1].on_change()
+        status = self.service.status()
+        name = self.service.tunnel.name  # as the kernel named it ("trelay" padded, on the in-memory TUN)
+        self.assertEqual((status["running"], status["health"]), (True, f"degraded: TUN {name} missing"))
+        self.reactor.advance(0)  # the dead descriptor closes, then the device is made anew
+        self.assertEqual(
+            self.calls,
+            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+        )
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertEqual(self.service.counters["tun_repaired"], 1)
+        self.assertEqual(len(self.system._openFiles), 1)
+        self.from_kernel(echo(NATIVE, PEER))  # the new device carries packets to the machine
+        self.assertEqual(self.service.counters.drops(), {})
+        self.assertEqual(len(self.udp_sent()), 2)  # direct and indirect bubble towards the peer
+
+    def test_link_set_down_and_route_removed_are_restored_in_place(self) -> None:
+        self.start()
+        link = self.links[-1]
+        self.calls.clear()
+        link.up_now = False  # ip link set trelay down: the kernel drops its IPv6 addresses and routes
+        link.addresses.clear()
+        link.routes.clear()
+        self.watches[-1].on_change()
+        self.assertEqual(
+            self.calls,
+            [("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+        )
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertEqual(len(self.links), 1)  # same device, not recreated
+
+    def test_a_refused_repair_stays_degraded_and_is_retried(self) -> None:
+        self.start()
+        self.links[-1].routes.clear()  # ip -6 route del 2001::/32
+        self.failing.add("add_route")
+        self.watches[-1].on_change()
+        name = self.service.tunnel.name
+        self.assertEqual(
+            self.service.status()["health"],
+            f"degraded: TUN {name} lost route 2001::/32; repair failed: {name}: cannot add_route: File exists")
+        self.failing.discard("add_route")
+        self.reactor.advance(REPAIR_RETRY)
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertIn(PREFIX, self.links[-1].routes)
+
+    def test_stop_stops_the_link_watch(self) -> None:
+        self.start()
+        self.service.stopService()
+        self.assertEqual(self.watches[-1].stopped, 1)
+        self.watches[-1].on_change()  # a late notification: nothing to repair on a stopped role
+        self.assertEqual(self.service.status()["health"], "ok")
 
     def test_start_creates_tun_address_route_and_port(self) -> None:
         self.start()

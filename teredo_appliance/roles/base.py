@@ -36,12 +36,19 @@ class RoleService(Service):
         super().startService()
         self.started_at = self.reactor.seconds()  # monotonic under twistd (teredo_appliance.clock)
 
+    def health(self) -> str | None:
+        """What keeps a running role from working as configured (e.g. its TUN was deleted
+        from outside), or None. A reload restarts a role that has a problem."""
+        return None
+
     def status(self) -> dict[str, Any]:
-        """A JSON-friendly report: role, uptime, counters and drops by reason; subclasses add the rest."""
+        """A JSON-friendly report: role, uptime, health, counters and drops by reason; subclasses add the rest."""
         uptime = None if self.started_at is None else round(self.reactor.seconds() - self.started_at, 1)
+        problem = self.health()
         return {
             "role": self.role,
             "running": bool(self.running),
+            "health": "ok" if problem is None else f"degraded: {problem}",
             "uptime": uptime,
             "counters": self.counters.events(),
             "drops": self.counters.drops(),

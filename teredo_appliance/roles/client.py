@@ -41,8 +41,9 @@ def route_source(destination: int) -> int | None:
 class ClientService(TunneledRole):
     """A Teredo client (RFC 4380 §5.2, RFC 5991) on UDP bind_address:bind_port and TUN `interface`.
 
-    Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`, a
-    `netwatch` factory and a `rng`, so the whole service runs without root.
+    Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`,
+    `netwatch` (the uplink) and `link_watch` (the TUN) factories and a `rng`, so the whole
+    service runs without root.
     """
 
     role = "client"
@@ -55,10 +56,11 @@ class ClientService(TunneledRole):
         tun_system: Any = None,
         link_factory: Callable[[str], Link] = Link,
         netwatch: Callable[[Callable[[], None], Any], Any] = NetWatch,
+        link_watch: Callable[..., Any] = NetWatch,
         local_address: Callable[[int], int | None] | None = None,
         rng: Any = None,
     ) -> None:
-        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory)
+        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
