@@ -455,3 +455,22 @@ class RealTunnelTests(unittest.SynchronousTestCase):
         routes = self.ns("ip", "-6", "route", "show").stdout
         self.assertNotIn("2001:db8", routes)
         self.assertNotIn("default", routes)
+
+    def test_failed_opens_leak_no_descriptor(self) -> None:
+        """`interface: lo` (a device that is not a TUN) is refused each time, and costs no fd."""
+        code = (
+            "import os; from teredo_appliance.tunnel import Tunnel, LinkError\n"
+            "def attempt():\n"
+            "    try:\n"
+            "        Tunnel('lo', 1280, print).open()\n"
+            "    except LinkError as e:\n"
+            "        return str(e)\n"
+            "attempt()  # the first also sets up the reactor (its own descriptors)\n"
+            "before = len(os.listdir('/proc/self/fd'))\n"
+            "errors = [attempt() for _ in range(10)]\n"
+            "print(len(os.listdir('/proc/self/fd')) - before, errors[-1])\n"
+        )
+        out = self.ns("env", f"PYTHONPATH={REPO}", sys.executable, "-c", code).stdout.strip()
+        leaked, error = out.split(" ", 1)
+        self.assertEqual(leaked, "0", out)
+        self.assertTrue(error.startswith("lo: cannot open TUN device: "), error)
