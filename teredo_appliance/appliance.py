@@ -20,7 +20,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 from twisted.python.reflect import namedAny
 
-from teredo_appliance import __version__
+from teredo_appliance import __version__, earlyhup
 from teredo_appliance.config import ConfigError, load_config, truncation_hint
 from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
 from teredo_appliance.hostcheck import host_warnings
@@ -159,6 +159,8 @@ class Appliance(MultiService):
         self._previous_sighup = signal.SIG_DFL if previous is None else previous  # None: set outside Python
         self._start_all("startService")
         self._notifier.ready(self.summary())
+        if earlyhup.take():  # a SIGHUP came while starting: the file may have changed since it was read
+            self._reactor.callFromThread(self._reload_on_signal)
 
     def _start_all(self, step: str) -> None:
         """Start every child; if any fails, end twistd with one clear line per failure."""
@@ -222,7 +224,7 @@ class Appliance(MultiService):
         except ConfigError as error:
             return self._report(result, unchanged=list(components(old)), errors=error.errors)
 
-        plan = plan_reload(old, new)
+        plan = plan_reload(old, new, self._degraded())
         self._announce(plan, old, new)
         before, after = components(old), components(new)
         # Everything that can be checked is checked before any running service is touched.
@@ -295,7 +297,7 @@ class Appliance(MultiService):
         except ConfigError as error:
             result.update(unchanged=list(components(self.config)), errors=list(error.errors))
             return result
-        plan = plan_reload(self.config, new)
+        plan = plan_reload(self.config, new, self._degraded())
         after = components(new)
         for name in plan.to_start():
             result["errors"] += preflight(name, after[name])
@@ -304,6 +306,11 @@ class Appliance(MultiService):
                       unchanged=list(plan.keep), changes=describe_changes(self.config, new),
                       warnings=[warning for warning in warnings if warning])
         return result
+
+    def _degraded(self) -> set[str]:
+        """Roles running with a problem (see RoleService.health): a reload restarts them."""
+        return {name for name, service in self.namedServices.items()
+                if getattr(service, "health", lambda: None)() is not None}
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:
         try:

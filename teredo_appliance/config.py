@@ -369,6 +369,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "bind_port": _int_in(0, 65535),
         "refresh_interval": _refresh_interval,
         "mtu": _mtu,
+        "prefix": _prefix,
         "hook": _optional(_nonempty_text),
     },
     ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},

@@ -56,6 +56,7 @@ class ClientConfig:
     bind_port: int = 0
     refresh_interval: float = 30.0
     mtu: int = TEREDO_MTU
+    prefix: IPv6Network = DEFAULT_PREFIX  # the only prefix an RA may give us
     hook: str | None = None  # Miredo-compatible up/down script
 
 

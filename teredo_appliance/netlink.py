@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from ipaddress import IPv6Interface, IPv6Network
 from typing import Any
 
@@ -23,10 +24,23 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 # include/uapi/linux/if_link.h: enum in6_addr_gen_mode.
 IN6_ADDR_GEN_MODE_NONE = 1
+IFF_UP = 0x1  # include/uapi/linux/if.h
+RT_TABLE_MAIN = 254  # include/uapi/linux/rtnetlink.h
+KERNEL_DROP_COUNTERS = ("tx_dropped", "rx_dropped")  # struct rtnl_link_stats64 fields we report
 
 
 class LinkError(Exception):
     """A network device could not be created or configured; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """A device as the kernel has it: what a role compares with what it set up."""
+
+    index: int
+    up: bool
+    addresses: frozenset[IPv6Interface]
+    routes: frozenset[IPv6Network]  # IPv6 routes through the device, main table
 
 
 class Link:
@@ -58,6 +72,41 @@ class Link:
         """Set the MTU and bring the device up, in one request."""
         with self._netlink(f"set MTU {mtu} and bring the link up") as (ipr, index):
             ipr.link("set", index=index, mtu=mtu, state="up")
+
+    def inspect(self) -> LinkState | None:
+        """The device now, or None if there is none of this name (deleted from outside)."""
+        try:
+            with IPRoute() as ipr:
+                indices = ipr.link_lookup(ifname=self.ifname)
+                if not indices:
+                    return None
+                index = indices[0]
+                flags = ipr.get_links(index)[0]["flags"]
+                addresses = frozenset(
+                    IPv6Interface((a.get_attr("IFA_ADDRESS"), a["prefixlen"]))
+                    for a in ipr.get_addr(family=socket.AF_INET6, index=index)
+                )
+                routes = frozenset(
+                    IPv6Network((r.get_attr("RTA_DST") or "::", r["dst_len"]))
+                    for r in ipr.get_routes(family=socket.AF_INET6, oif=index, table=RT_TABLE_MAIN)
+                )
+        except NetlinkError as e:
+            raise LinkError(f"{self.ifname}: cannot inspect the device: {_strerror(e.code)}") from e
+        except OSError as e:
+            raise LinkError(f"{self.ifname}: cannot inspect the device: {_strerror(e.errno)}") from e
+        return LinkState(index, bool(flags & IFF_UP), addresses, routes)
+
+    def drop_counts(self) -> dict[str, int]:
+        """The kernel's drop counters of the device (as `ip -s link` shows them).
+
+        On a TUN, tx_dropped counts packets the kernel routed to the device but could not
+        queue for us (our reader fell behind); rx_dropped, packets we wrote that it refused.
+        """
+        with self._netlink("read statistics") as (ipr, index):
+            stats = ipr.get_links(index)[0].get_attr("IFLA_STATS64")
+        if stats is None:
+            raise LinkError(f"{self.ifname}: cannot read statistics: none reported")
+        return {key: int(stats[key]) for key in KERNEL_DROP_COUNTERS}
 
     def add_address(self, address: IPv6Interface) -> None:
         self._address("add", "add address", address)

@@ -8,6 +8,7 @@ service (same sockets, TUN, peers, qualification).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -52,8 +53,9 @@ class Plan:
         return tuple(n for n in reversed(COMPONENT_ORDER) if n in self.stop or n in self.restart)
 
 
-def plan_reload(old: Config, new: Config) -> Plan:
-    """Added components start, removed ones stop, changed ones restart, the rest are kept."""
+def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Plan:
+    """Added components start, removed ones stop, changed ones restart, the rest are kept;
+    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart."""
     before, after = components(old), components(new)
     actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": []}
     for name in COMPONENT_ORDER:
@@ -63,7 +65,7 @@ def plan_reload(old: Config, new: Config) -> Plan:
             elif name not in before:
                 action = "start"
             else:
-                action = "keep" if before[name] == after[name] else "restart"
+                action = "keep" if before[name] == after[name] and name not in degraded else "restart"
             actions[action].append(name)
     return Plan(**{action: tuple(names) for action, names in actions.items()})
 

@@ -14,6 +14,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
+from teredo_appliance import earlyhup
+from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config
 
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)
@@ -23,6 +25,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", DEFAULT_PATH, "YAML configuration file (check it with teredo-checkconf)."],
     ]
+
+    def __init__(self) -> None:
+        # The earliest moment `twistd teredo` runs code of ours: from here on a SIGHUP
+        # is remembered for the appliance instead of ending the process.
+        earlyhup.install()
+        super().__init__()
 
 
 def log_stream(options: Options) -> IO[str]:
@@ -39,6 +47,9 @@ def log_stream(options: Options) -> IO[str]:
 def makeService(options: Options) -> IService:
     """Load the config and build the appliance; a bad config ends twistd with its errors, no traceback."""
     path = options["config"]
+    from twisted.internet import reactor  # twistd installed it before calling us
+
+    monotonic_reactor(reactor)  # before any role schedules a timer
     try:
         config = load_config(path)
         # Imported late: --help and a bad config should not pull in the roles, TUN and netlink code.

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterable
 from ipaddress import IPv6Interface, IPv6Network
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
 from twisted.pair.raw import IRawPacketProtocol
-from twisted.pair.tuntap import TuntapPort
+from twisted.pair.tuntap import _TUN_KO_PATH, _TUNSETIFF, TuntapPort, _TunnelDescription
 from zope.interface import implementer
 
 from teredo_appliance.guard import PacketGuard
@@ -75,6 +76,21 @@ class _IPv6Packets(AbstractDatagramProtocol):
                 self._guard.failed()
 
 
+class _TunPort(TuntapPort):
+    """TuntapPort that closes /dev/net/tun again when TUNSETIFF fails (Twisted leaks the
+    descriptor: every failed open, e.g. a reload naming an existing non-TUN device, cost one)."""
+
+    def _openTunnel(self, name: bytes, mode: Any) -> Any:
+        system = self._system
+        fileno = system.open(_TUN_KO_PATH, system.O_RDWR | system.O_CLOEXEC | system.O_NONBLOCK)
+        try:
+            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, mode.value))
+        except OSError:
+            system.close(fileno)
+            raise
+        return _TunnelDescription(fileno, result[:IFNAMSIZ].strip(b"\x00"))
+
+
 class Tunnel:
     """One IPv6 TUN device: created and configured by open(), removed by close().
 
@@ -103,6 +119,7 @@ class Tunnel:
         link_factory: Callable[[str], Link] = Link,
     ) -> None:
         self.name = name
+        self._requested_name = name  # `name` becomes the kernel's (a pattern like "teredo%d" expands)
         self.mtu = mtu
         self.counters = Counters() if counters is None else counters
         self._protocol = _IPv6Packets(on_packet, self.counters)
@@ -110,6 +127,8 @@ class Tunnel:
         self._system = system
         self._link_factory = link_factory
         self._port: TuntapPort | None = None
+        self.index: int | None = None  # the kernel's ifindex of our device, once open
+        self._closed: Deferred[None] = succeed(None)  # the last close, perhaps still under way
         self._link: Link | None = None
         self._addresses: list[IPv6Interface] = []
         self._routes: list[tuple[IPv6Network, int | None]] = []
@@ -126,7 +145,7 @@ class Tunnel:
             raise RuntimeError(f"{self.name}: TUN device already open")
         if not 0 < len(os.fsencode(self.name)) < IFNAMSIZ:
             raise LinkError(f"{self.name!r}: cannot open TUN device: a name has 1 to {IFNAMSIZ - 1} bytes")
-        port = TuntapPort(
+        port = _TunPort(
             os.fsencode(self.name),
             self._protocol,
             maxPacketSize=READ_SIZE,
@@ -144,9 +163,11 @@ class Tunnel:
         try:
             self._link.prepare()
             self._link.up(self.mtu)
+            state = self._link.inspect()
         except LinkError:
             self.close()
             raise
+        self.index = None if state is None else state.index
         self.log.info("TUN device {name} open, MTU {mtu}", name=self.name, mtu=self.mtu)
 
     def set_addresses(self, addresses: Iterable[IPv6Interface]) -> None:
@@ -202,7 +223,9 @@ class Tunnel:
         port, link = self._port, self._link
         self._port = self._link = None
         if port is None or link is None:
-            return succeed(None)
+            # Perhaps a failed open() is still closing the device: whoever waits here (a
+            # stopping role, then a reload restoring its predecessor) waits for that too.
+            return DeferredList([self._closed], consumeErrors=True).addCallback(lambda _: None)
         failures = [
             *(self._try(link.remove_route, prefix, metric) for prefix, metric in reversed(self._routes)),
             *(self._try(link.remove_address, address) for address in reversed(self._addresses)),
@@ -213,7 +236,8 @@ class Tunnel:
                           failures="; ".join(failures))
         self._routes.clear()
         self._addresses.clear()
-        return port.stopListening()
+        self._closed = port.stopListening()
+        return DeferredList([self._closed], consumeErrors=True).addCallback(lambda _: None)
 
     def status(self) -> dict[str, Any]:
         """JSON-friendly: device name, open or not, MTU, the addresses and routes we set."""
@@ -224,6 +248,70 @@ class Tunnel:
             "addresses": [str(a) for a in self._addresses],
             "routes": [{"prefix": str(p), "metric": m} for p, m in self._routes],
         }
+
+    def problem(self) -> str | None:
+        """What another program changed on our open device (deleted it, set it down, removed
+        an address or route we set), as the kernel has it now; None if nothing or not open."""
+        link = self._link
+        if link is None:
+            return None
+        try:
+            state = link.inspect()
+        except LinkError as e:
+            return str(e)
+        if state is None or state.index != self.index:
+            return f"TUN {self.name} missing"
+        if not state.up:
+            return f"TUN {self.name} down"
+        lost = [str(a) for a in self._addresses if a not in state.addresses]
+        lost += [f"route {prefix}" for prefix, _metric in self._routes if prefix not in state.routes]
+        return f"TUN {self.name} lost {', '.join(lost)}" if lost else None
+
+    def repair(self) -> Deferred[None]:
+        """Privileged: make the device what we set up again, fired when done (or failed with
+        LinkError). A deleted device is created anew, once its old descriptor is closed, with
+        our addresses and routes; one still there is brought up and given back what it lost."""
+        link = self._open_link("repair the device")
+        try:
+            state = link.inspect()
+            if state is not None and state.index == self.index:
+                if not state.up:
+                    link.up(self.mtu)
+                    state = link.inspect() or state
+                for address in self._addresses:
+                    if address not in state.addresses:
+                        link.add_address(address)
+                for prefix, metric in self._routes:
+                    if prefix not in state.routes:
+                        link.add_route(prefix, metric)
+                return succeed(None)
+        except LinkError as e:
+            return fail(e)
+        addresses, routes = list(self._addresses), list(self._routes)
+        port, self._port, self._link = self._port, None, None
+        self._addresses, self._routes = [], []
+        assert port is not None
+        self._closed = port.stopListening()  # the device is gone: nothing to remove first
+
+        def reopen(_: object) -> None:
+            self.name = self._requested_name
+            self.open()
+            self.set_addresses(addresses)
+            for prefix, metric in routes:
+                self.add_route(prefix, metric)
+
+        return DeferredList([self._closed], consumeErrors=True).addCallback(reopen)
+
+    def kernel_drops(self) -> dict[str, int] | None:
+        """The kernel's drop counters of the open device (tx_dropped: its queue towards us
+        overflowed), read now over netlink: no cost per packet. None if closed or unreadable."""
+        link = self._link
+        if link is None:
+            return None
+        try:
+            return link.drop_counts()
+        except LinkError:
+            return None
 
     def _open_link(self, operation: str) -> Link:
         if self._link is None:

@@ -9,7 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
 from twisted.pair import testing
 
-from teredo_appliance.netlink import LinkError
+from teredo_appliance.netlink import LinkError, LinkState
 
 
 class BigTunnel(testing.Tunnel):
@@ -25,22 +25,57 @@ def memory_tun_system() -> testing.MemoryIOSystem:
 
 
 class FakeLink:
-    """Records what the Tunnel asks of netlink; operations named in `failing` raise LinkError."""
+    """Records what the Tunnel asks of netlink; operations named in `failing` raise LinkError.
+
+    It also keeps the device as a kernel would (up, addresses, routes), for inspect(); a
+    test plays another program by changing that: `gone`, `up`, `addresses`, `routes`.
+    """
+
+    devices = 0  # every FakeLink is a new device with an index of its own
 
     def __init__(self, ifname: str, calls: list[tuple], failing: set[str] | None = None) -> None:
         self.ifname, self.calls = ifname, calls
         self.failing = set() if failing is None else failing  # the caller may fill it later
+        FakeLink.devices += 1
+        self.index = FakeLink.devices
+        self.gone = self.up_now = False
+        self.addresses: set[IPv6Interface] = set()
+        self.routes: set[IPv6Network] = set()
 
     def _do(self, *call: object) -> None:
         if call[0] in self.failing:
             raise LinkError(f"{self.ifname}: cannot {call[0]}: File exists")
         self.calls.append(call)
+        if call[0] == "up":
+            self.up_now = True
+        elif call[0] == "add_address":
+            self.addresses.add(call[1])  # type: ignore[arg-type]
+        elif call[0] == "remove_address":
+            self.addresses.discard(call[1])  # type: ignore[arg-type]
+        elif call[0] == "add_route":
+            self.routes.add(call[1])  # type: ignore[arg-type]
+        elif call[0] == "remove_route":
+            self.routes.discard(call[1])  # type: ignore[arg-type]
+
+    def inspect(self) -> LinkState | None:
+        if "inspect" in self.failing:
+            raise LinkError(f"{self.ifname}: cannot inspect the device: Operation not permitted")
+        if self.gone:
+            return None
+        return LinkState(self.index, self.up_now, frozenset(self.addresses), frozenset(self.routes))
 
     def prepare(self) -> None:
         self._do("prepare")
 
     def up(self, mtu: int) -> None:
         self._do("up", mtu)
+
+    drops = {"tx_dropped": 0, "rx_dropped": 0}  # what drop_counts() reports; tests may set it
+
+    def drop_counts(self) -> dict[str, int]:
+        if "drop_counts" in self.failing:
+            raise LinkError(f"{self.ifname}: cannot read statistics: No such device")
+        return dict(self.drops)
 
     def add_address(self, address: IPv6Interface) -> None:
         self._do("add_address", address)
@@ -53,6 +88,20 @@ class FakeLink:
 
     def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
         self._do("remove_route", prefix, metric)
+
+
+class QuietWatch:
+    """A NetWatch that hears nothing: a test calls `on_change()` itself to play a notification."""
+
+    def __init__(self, on_change: Any, reactor: Any, **settings: Any) -> None:
+        self.on_change, self.settings = on_change, settings
+        self.started = self.stopped = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def stop(self) -> None:
+        self.stopped += 1
 
 
 class StoppablePort(_FakePort):

@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from teredo_appliance import privileges
+from teredo_appliance import earlyhup, privileges, tap
 from teredo_appliance.appliance import Appliance, StartError
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import (
@@ -81,6 +81,9 @@ class FakeRole(Service):
         self.world.stopping.append(d)
         return d
 
+    def health(self) -> str | None:
+        return self.world.problems.get(self.name) if self.running else None
+
     def status(self) -> dict[str, Any]:
         return {"role": self.name, "running": bool(self.running), "nat_type": "cone",
                 "counters": {"rx.rs": 3}}
@@ -103,6 +106,7 @@ class World:
         self.fail_open: dict[Any, Exception] = {}
         self.fail_build: dict[Any, Exception] = {}
         self.slow_stop: set[str] = set()
+        self.problems: dict[str, str] = {}  # what a running role's health() reports
         self.stopping: list[Deferred[None]] = []
 
     def factories(self) -> dict[str, Any]:
@@ -169,6 +173,11 @@ class PlanTests(SynchronousTestCase):
         config = make_config(server=SERVER, relay=RELAY)
         self.assertEqual(plan_reload(config, make_config(server=SERVER, relay=RELAY)).keep, ("server", "relay"))
 
+    def test_degraded_role_restarts_even_if_unchanged(self) -> None:
+        config = make_config(server=SERVER, relay=RELAY)
+        plan = plan_reload(config, make_config(server=SERVER, relay=RELAY), degraded={"relay"})
+        self.assertEqual((plan.keep, plan.restart), (("server",), ("relay",)))
+
     def test_stops_run_in_reverse_start_order(self) -> None:
         plan = plan_reload(make_config(server=SERVER, relay=RELAY, client=CLIENT),
                            make_config(relay=RELAY_BIGGER, client=ClientConfig(server_address="x")))
@@ -233,6 +242,17 @@ class ReloadTests(ApplianceCase):
         self.assertIs(appliance.getServiceNamed("server"), server)
         self.assertEqual([e[:2] for e in self.world.journal], [("open", "relay"), ("start", "relay")])
         self.assertEqual(appliance.config, make_config(server=SERVER, relay=RELAY))
+
+    def test_degraded_role_is_restarted_not_called_unchanged(self) -> None:
+        config = make_config(server=SERVER, relay=RELAY)
+        appliance = self.running(config, make_config(server=SERVER, relay=RELAY))
+        self.world.problems["relay"] = "TUN teredo-relay missing"
+        relay = appliance.getServiceNamed("relay")
+        result = self.reload(appliance)
+        self.assertEqual((result["restarted"], result["unchanged"], result["errors"]), (["relay"], ["server"], []))
+        self.assertIsNot(appliance.getServiceNamed("relay"), relay)
+        self.assertEqual([e[:2] for e in self.world.journal],
+                         [("stop", "relay"), ("closed", "relay"), ("open", "relay"), ("start", "relay")])
 
     def test_removed_role_stops(self) -> None:
         appliance = self.running(make_config(server=SERVER, relay=RELAY), make_config(server=SERVER))
@@ -489,6 +509,36 @@ class SighupTests(TestCase):
                 lambda _: self.assertEqual(signal.getsignal(signal.SIGHUP), before))
 
         return reloaded.addCallback(check)
+
+    def test_sighup_before_start_is_survived_and_reloads_once_started(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        tap.Options()  # what `twistd teredo` builds first (its plugin module does the same)
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)  # else the kill ends trial
+        os.kill(os.getpid(), signal.SIGHUP)  # the default action would end this process
+        queued: list[Any] = []
+
+        class Recorder:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                queued.append(f)
+
+        appliance = Appliance("teredo.yaml", make_config(), reactor=Recorder(), role_factories={},
+                              log_sink=LogSink(io.StringIO(), LogConfig()))
+        appliance.privilegedStartService()
+        appliance.startService()
+        self.assertEqual(queued, [appliance._reload_on_signal])
+        appliance.stopService()
+        self.assertFalse(earlyhup.take())  # taken once
+
+    def test_early_handler_only_for_twistd_teredo(self) -> None:
+        before = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        earlyhup.install_for_teredo(["twistd", "-n", "web", "--path", "."])
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+        earlyhup.install_for_teredo(["twistd", "-n", "teredo", "-c", "x.yaml"])
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
 
     def test_handler_defers_to_the_reactor(self) -> None:
         # The handler itself only queues the reload (a signal may interrupt the reactor anywhere).

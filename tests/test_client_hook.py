@@ -18,15 +18,22 @@ from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netwatch import (
     DEBOUNCE,
     IFADDRMSG,
+    IFINFOMSG,
     NLMSG_HEADER,
     RT_SCOPE_HOST,
     RT_TABLE_MAIN,
+    RTA_OIF,
+    RTATTR,
+    RTM_DELADDR,
+    RTM_DELLINK,
     RTM_DELROUTE,
     RTM_NEWADDR,
+    RTM_NEWLINK,
     RTM_NEWROUTE,
     RTMSG,
     NetWatch,
     is_relevant,
+    tun_watch,
 )
 
 
@@ -128,6 +135,43 @@ class NetlinkParseTests(SynchronousTestCase):
         self.assertFalse(is_relevant(b""))
         self.assertFalse(is_relevant(struct.pack("=IHHII", 3, RTM_NEWADDR, 0, 0, 0)))
         self.assertFalse(is_relevant(struct.pack("=IHHII", 999, RTM_NEWADDR, 0, 0, 0)))
+
+
+def link(kind: int, index: int) -> bytes:
+    return message(kind, IFINFOMSG.pack(socket.AF_UNSPEC, 65534, index, 0, 0))
+
+
+def route_via(index: int, kind: int = RTM_DELROUTE, family: int = socket.AF_INET6) -> bytes:
+    oif = RTATTR.pack(RTATTR.size + 4, RTA_OIF) + struct.pack("=i", index)
+    dst = RTATTR.pack(RTATTR.size + 16, 1) + bytes(16)  # RTA_DST first: the parser walks past it
+    return message(kind, RTMSG.pack(family, 32, 0, 0, RT_TABLE_MAIN, 3, 0, 1, 0) + dst + oif)
+
+
+class TunWatchTests(SynchronousTestCase):
+    """The TUN watch acts on our device only: its link, its lost IPv6 addresses and routes."""
+
+    def setUp(self) -> None:
+        self.touches = tun_watch(lambda: 7)
+
+    def test_our_link_changed_or_deleted(self) -> None:
+        self.assertTrue(self.touches(link(RTM_DELLINK, 7)))
+        self.assertTrue(self.touches(link(RTM_NEWLINK, 7)))  # set down, set up
+        self.assertFalse(self.touches(link(RTM_DELLINK, 8)))
+
+    def test_our_ipv6_address_removed(self) -> None:
+        self.assertTrue(self.touches(message(RTM_DELADDR, IFADDRMSG.pack(socket.AF_INET6, 64, 0, 253, 7))))
+        self.assertFalse(self.touches(message(RTM_DELADDR, IFADDRMSG.pack(socket.AF_INET6, 64, 0, 253, 8))))
+        self.assertFalse(self.touches(message(RTM_NEWADDR, IFADDRMSG.pack(socket.AF_INET6, 64, 0, 253, 7))))
+
+    def test_our_ipv6_route_removed(self) -> None:
+        self.assertTrue(self.touches(route_via(7)))
+        self.assertFalse(self.touches(route_via(8)))
+        self.assertFalse(self.touches(route_via(7, kind=RTM_NEWROUTE)))
+        self.assertFalse(self.touches(route_via(7, family=socket.AF_INET)))
+
+    def test_truncated_attributes_and_closed_device(self) -> None:
+        self.assertFalse(self.touches(route_via(7)[:-6]))
+        self.assertFalse(tun_watch(lambda: None)(link(RTM_DELLINK, 7)))
 
 
 class NetWatchTests(SynchronousTestCase):

@@ -45,8 +45,9 @@ class Harness:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.tun: list[bytes] = []
         self.counters = Counters()
+        self.heard: list[float] = []  # when a well-formed packet came from the server
         self.peers = ClientPeers(lambda p, a: self.sent.append((p, a)), self.tun.append, self.counters,
-                                 rng=random.Random(5991))
+                                 rng=random.Random(5991), heard_server=self.heard.append)
         self.peers.attach(ME, ipv4_to_int(SERVER[0]))
         self.now = 100.0
 
@@ -131,6 +132,16 @@ class IndirectBubbleTests(SynchronousTestCase):
         self.assertEqual((h.sent, h.tun), ([], []))
         self.assertEqual(h.counters.drops(), {"from-server": 1})
 
+    def test_only_well_formed_packets_count_as_hearing_from_the_server(self) -> None:
+        h = Harness()
+        h.peers.from_udp(origin_indication(ipv4_to_int(RELAY[0]), RELAY[1]) + data(ME, source=V6HOST), *SERVER, h.now)
+        h.peers.from_udp(b"\x60garbage", *SERVER, h.now)
+        bubble = origin_indication(ipv4_to_int("10.1.2.3"), 5000) + build_bubble(V6HOST, ME)
+        h.peers.from_udp(bubble, *SERVER, h.now)
+        self.assertEqual(h.heard, [])
+        h.peers.from_udp(MIREDO["bubble-forwarded-with-origin"].payload, *SERVER, h.now + 1)
+        self.assertEqual(h.heard, [h.now + 1])
+
     def test_bubble_from_elsewhere_with_origin_is_ignored(self) -> None:
         h = Harness()
         h.peers.from_udp(MIREDO["bubble-forwarded-with-origin"].payload, *OTHER_RELAY, h.now)
@@ -158,6 +169,18 @@ class RelayTrustTests(SynchronousTestCase):
         h.peers.from_tun(third, h.now)
         self.assertEqual(h.take(), [(third, RELAY)])
         self.assertEqual(h.counters["client.relay_found"], 1)
+
+    def test_echo_reply_from_the_server_acting_as_relay_is_accepted(self) -> None:
+        h = Harness()
+        packet = data(size=10)
+        h.peers.from_tun(packet, h.now)
+        echo = h.echo_test()
+        h.take()
+        h.reply_to(echo, via=SERVER)  # RFC 4380 §5.4.3: the server is also the relay
+        self.assertEqual(h.take(), [(packet, SERVER)])
+        self.assertEqual(h.counters["client.relay_found"], 1)
+        self.assertEqual(h.counters.drops(), {})
+        self.assertEqual(h.heard, [h.now])
 
     def test_echo_reply_with_other_data_is_not_trust(self) -> None:
         h = Harness()

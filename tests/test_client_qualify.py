@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -213,6 +213,31 @@ class AcceptanceTests(SynchronousTestCase):
 
     def test_prefix_naming_another_server(self) -> None:
         self.assertRejected("prefix", packet=ra_packet(prefixes=[(teredo_prefix64(FALLBACK), 64)]))
+
+    def test_prefix_other_than_the_configured_teredo_prefix(self) -> None:
+        other = IPv6Address("3ffe:831f:c612:1::").packed  # the pre-RFC Teredo prefix, same server
+        self.assertRejected("prefix", packet=ra_packet(prefixes=[(other, 64)]))
+
+    def test_multicast_prefix(self) -> None:
+        multicast = IPv6Address("ff02:0:c612:1::").packed
+        self.assertRejected("prefix-scope", packet=ra_packet(prefixes=[(multicast, 64)]))
+
+    def test_link_local_prefix(self) -> None:
+        link_local = IPv6Address("fe80:0:c612:1::").packed
+        self.assertRejected("prefix-scope", packet=ra_packet(prefixes=[(link_local, 64)]))
+
+    def test_configured_prefix_is_accepted(self) -> None:
+        h = Harness(self, prefix=IPv6Network("3ffe:831f::/32"))
+        h.start()
+        nonce, _ = h.rs()
+        prefix = IPv6Address("3ffe:831f:c612:1::").packed
+        self.assertTrue(h.answer(nonce, packet=ra_packet(prefixes=[(prefix, 64)])))
+        self.assertEqual(h.q.counters.drops(), {})
+        nonce, _ = h.rs(to=SERVER2)
+        h.answer(nonce, (MAPPED), (SERVER2, PORT), packet=ra_packet(prefixes=[(prefix, 64)]))
+        self.assertEqual(h.q.state, QUALIFIED)
+        assert h.q.qualification is not None
+        self.assertEqual(h.q.qualification.address[:4], prefix[:4])
 
     def test_prefix_not_a_64(self) -> None:
         self.assertRejected("prefix", packet=ra_packet(prefixes=[(teredo_prefix64(SERVER), 48)]))

@@ -12,6 +12,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.pair import testing
 from twisted.trial.unittest import SynchronousTestCase
 
+from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
 from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
@@ -19,7 +20,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -49,39 +50,33 @@ class Reactor(UDPReactor):
         return object()
 
 
-class NoNetWatch:
-    def __init__(self, on_change: Any, reactor: Any) -> None:
-        self.on_change = on_change
-        self.started = self.stopped = 0
-
-    def start(self) -> None:
-        self.started += 1
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-
 class ClientServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.system = memory_tun_system()
         self.reactor = Reactor()
         self.calls: list[tuple] = []
-        self.watchers: list[NoNetWatch] = []
+        self.watchers: list[QuietWatch] = []  # the uplink watch
+        self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
         config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
 
-        def watch(on_change: Any, reactor: Any) -> NoNetWatch:
-            self.watchers.append(NoNetWatch(on_change, reactor))
+        def watch(on_change: Any, reactor: Any) -> QuietWatch:
+            self.watchers.append(QuietWatch(on_change, reactor))
             return self.watchers[-1]
 
         service = ClientService(
-            config, self.reactor, tun_system=self.system, link_factory=lambda name: FakeLink(name, self.calls),
-            netwatch=watch, local_address=lambda server: ipv4_to_int(LOCAL), rng=random.Random(1),
+            config, self.reactor, tun_system=self.system, link_factory=self.link,
+            netwatch=watch, link_watch=QuietWatch, local_address=lambda server: ipv4_to_int(LOCAL),
+            rng=random.Random(1),
         )
         service.privilegedStartService()
         service.startService()
         return service
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls))
+        return self.links[-1]
 
     def sent(self, service: ClientService) -> list[tuple[bytes, tuple[str, int]]]:
         written = service.udp.transport.written  # type: ignore[union-attr]
@@ -131,6 +126,42 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(status["server"], SERVER)
         self.assertIsNotNone(status["last_qualified"])
 
+    def test_status_reports_the_tuns_kernel_drops(self) -> None:
+        service = self.service()
+        self.assertEqual(service.status()["tun_kernel_drops"], {"tx_dropped": 0, "rx_dropped": 0})
+
+    def test_a_wall_clock_step_neither_delays_the_refresh_nor_makes_ages_negative(self) -> None:
+        monotonic = [100.0]
+        monotonic_reactor(self.reactor, lambda: monotonic[0])  # as twistd teredo does
+
+        def elapse(seconds: float) -> None:
+            monotonic[0] += seconds
+            self.reactor.advance(seconds)
+
+        service = self.service()
+        self.qualify(service)
+        self.sent(service)
+        elapse(10)
+        self.reactor.rightNow -= 600  # the wall clock (the reactor's own) steps back
+        self.assertEqual(service.status()["last_qualified"], "10 s ago")
+        self.assertEqual(service.status()["uptime"], 10.0)
+        elapse(20.5)
+        self.assertEqual([to for _payload, to in self.sent(service)], [(SERVER, 3544)])  # the refresh, on time
+
+    def test_tun_recreated_from_outside_gets_its_address_and_default_route_back(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        address = IPv6Interface((service.status()["address"], 32))
+        self.links[-1].gone = True  # ip link del
+        service.link_watch.on_change()
+        self.assertTrue(service.status()["health"].startswith("degraded: TUN "))
+        self.calls.clear()
+        self.reactor.advance(0)
+        self.assertEqual(self.calls, [("prepare",), ("up", 1280), ("add_address", LINK_LOCAL),
+                                      ("add_address", address), ("add_route", DEFAULT, DEFAULT_ROUTE_METRIC)])
+        status = service.status()
+        self.assertEqual((status["health"], status["state"]), ("ok", "qualified"))
+
     def test_lost_connectivity_removes_route_and_addresses(self) -> None:
         service = self.service()
         self.qualify(service)
@@ -144,6 +175,17 @@ class ClientServiceTests(SynchronousTestCase):
              ("remove_address", address)],
         )
         self.assertEqual(service.status()["state"], "offline")
+
+    def test_malformed_datagrams_from_the_server_do_not_postpone_the_refresh(self) -> None:
+        service = self.service()
+        self.qualify(service)
+        self.sent(service)
+        for second in range(1, 30):
+            self.reactor.advance(1)
+            service.udp.datagramReceived(b"\x00\x01" + bytes(second), (SERVER, 3544))  # a bad RA
+            service.udp.datagramReceived(b"\x60" + bytes(39), (SERVER, 3544))  # a truncated packet
+        self.reactor.advance(1.5)
+        self.assertEqual([to for _payload, to in self.sent(service)], [(SERVER, 3544)])  # the refresh RS
 
     def test_new_mapping_replaces_the_address(self) -> None:
         service = self.service()

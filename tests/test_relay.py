@@ -6,6 +6,7 @@ twisted.pair.testing.MemoryIOSystem as its TUN, a fake netlink and a fake UDP po
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -18,6 +19,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import CannotListenError
 from twisted.pair import testing
 from twisted.trial import unittest
 
@@ -26,6 +28,7 @@ from teredo_appliance.netlink import LinkError
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, IDLE_TIMEOUT, QUEUE_BYTES
 from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
 from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
+from teredo_appliance.roles.tunneled import REPAIR_RETRY
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -40,7 +43,7 @@ from teredo_appliance.wire.ipv6 import (
 )
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
 from tests import vectors
-from tests.fakes import FakeLink, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 PREFIX = IPv6Network("2001::/32")
 SERVER = "198.18.0.1"
@@ -544,13 +547,24 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.calls: list[tuple] = []
         self.failing: set[str] = set()
         self.config = RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"), bind_port=3544)
+        self.links: list[FakeLink] = []
+        self.watches: list[QuietWatch] = []
         self.service = RelayService(
             self.config,
             reactor=self.reactor,
             tun_system=self.system,
-            link_factory=lambda name: FakeLink(name, self.calls, self.failing),
+            link_factory=self.link,
+            link_watch=self.watch,
             error_source=lambda destination: ERROR_SOURCE,
         )
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls, self.failing))
+        return self.links[-1]
+
+    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
+        self.watches.append(QuietWatch(on_change, reactor, **settings))
+        return self.watches[-1]
 
     def start(self) -> None:
         self.service.privilegedStartService()
@@ -564,6 +578,84 @@ class RelayServiceTests(unittest.SynchronousTestCase):
 
     def udp_sent(self) -> list[tuple[bytes, Any]]:
         return self.service.udp.transport.written
+
+    def test_failed_start_is_stopped_only_once_its_device_is_gone(self) -> None:
+        def absent(*args: Any, **kwargs: Any) -> Any:
+            raise CannotListenError("198.18.0.10", 3544, OSError(errno.EADDRNOTAVAIL, "Cannot assign"))
+
+        self.reactor.listenUDP = absent  # type: ignore[method-assign]
+        self.assertRaises(CannotListenError, self.service.privilegedStartService)
+        stopped = self.service.stopService()  # the appliance waits on this before restoring the old relay
+        self.assertNoResult(stopped)
+        self.reactor.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(self.system._openFiles, {})
+
+    def test_status_reports_the_tuns_kernel_drops(self) -> None:
+        self.assertIsNone(self.service.status()["tun_kernel_drops"])  # no device yet
+        self.start()
+        self.links[-1].drops = {"tx_dropped": 7, "rx_dropped": 1}  # the kernel's queue towards us overflowed
+        self.assertEqual(self.service.status()["tun_kernel_drops"], {"tx_dropped": 7, "rx_dropped": 1})
+        self.failing.add("drop_counts")
+        self.assertIsNone(self.service.status()["tun_kernel_drops"])  # unreadable: said so, not raised
+
+    def test_tun_deleted_from_outside_is_reported_then_recreated(self) -> None:
+        self.start()
+        self.assertEqual(self.watches[-1].started, 1)
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.calls.clear()
+        self.links[-1].gone = True  # ip link del trelay
+        self.watches[-1].on_change()
+        status = self.service.status()
+        name = self.service.tunnel.name  # as the kernel named it ("trelay" padded, on the in-memory TUN)
+        self.assertEqual((status["running"], status["health"]), (True, f"degraded: TUN {name} missing"))
+        self.reactor.advance(0)  # the dead descriptor closes, then the device is made anew
+        self.assertEqual(
+            self.calls,
+            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+        )
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertEqual(self.service.counters["tun_repaired"], 1)
+        self.assertEqual(len(self.system._openFiles), 1)
+        self.from_kernel(echo(NATIVE, PEER))  # the new device carries packets to the machine
+        self.assertEqual(self.service.counters.drops(), {})
+        self.assertEqual(len(self.udp_sent()), 2)  # direct and indirect bubble towards the peer
+
+    def test_link_set_down_and_route_removed_are_restored_in_place(self) -> None:
+        self.start()
+        link = self.links[-1]
+        self.calls.clear()
+        link.up_now = False  # ip link set trelay down: the kernel drops its IPv6 addresses and routes
+        link.addresses.clear()
+        link.routes.clear()
+        self.watches[-1].on_change()
+        self.assertEqual(
+            self.calls,
+            [("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+        )
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertEqual(len(self.links), 1)  # same device, not recreated
+
+    def test_a_refused_repair_stays_degraded_and_is_retried(self) -> None:
+        self.start()
+        self.links[-1].routes.clear()  # ip -6 route del 2001::/32
+        self.failing.add("add_route")
+        self.watches[-1].on_change()
+        name = self.service.tunnel.name
+        self.assertEqual(
+            self.service.status()["health"],
+            f"degraded: TUN {name} lost route 2001::/32; repair failed: {name}: cannot add_route: File exists")
+        self.failing.discard("add_route")
+        self.reactor.advance(REPAIR_RETRY)
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertIn(PREFIX, self.links[-1].routes)
+
+    def test_stop_stops_the_link_watch(self) -> None:
+        self.start()
+        self.service.stopService()
+        self.assertEqual(self.watches[-1].stopped, 1)
+        self.watches[-1].on_change()  # a late notification: nothing to repair on a stopped role
+        self.assertEqual(self.service.status()["health"], "ok")
 
     def test_start_creates_tun_address_route_and_port(self) -> None:
         self.start()
@@ -581,7 +673,9 @@ class RelayServiceTests(unittest.SynchronousTestCase):
             replace(self.config, **changes),
             reactor=self.reactor,
             tun_system=self.system,
-            link_factory=lambda name: FakeLink(name, self.calls, self.failing),
+            link_factory=self.link,
+            link_watch=self.watch,
+            error_source=lambda destination: ERROR_SOURCE,
         )
 
     def test_bubble_cap_comes_from_the_config(self) -> None:
@@ -741,6 +835,19 @@ class RealTunnelLifecycleTests(unittest.TestCase):
         self.assertIn(f"127.0.0.1:{report['port']}", up["udp"])
         self.assertNotIn("trly0", down["link"])
         self.assertEqual(down["route"].strip(), "")
+
+
+class KernelDropCountTests(unittest.TestCase):
+    def test_drops_of_a_real_tun_are_read_over_netlink(self) -> None:
+        """A TUN nobody reads: the kernel drops what it routes there, as `ip -s link` shows."""
+        run = in_namespace(self)
+        run("ip", "tuntap", "add", "dev", "tq0", "mode", "tun")
+        run("ip", "link", "set", "tq0", "up")
+        run("ip", "-6", "route", "add", "2001:db8:8::/64", "dev", "tq0")
+        subprocess.run(["ip", "netns", "exec", f"trelay-{os.getpid()}", "ping", "-6", "-c", "3", "-i", "0.2",
+                        "-W", "1", "2001:db8:8::1"], capture_output=True, check=False)
+        code = "from teredo_appliance.netlink import Link; print(Link('tq0').drop_counts())"
+        self.assertEqual(run(sys.executable, "-c", code).strip(), "{'tx_dropped': 3, 'rx_dropped': 0}")
 
 
 class KernelErrorSourceTests(unittest.TestCase):

@@ -770,9 +770,9 @@ class ServiceTests(TestCase):
         service = ServerService(self.CONFIG, reactor, port=port)
         self.assertRaises(CannotListenError, service.privilegedStartService)
         self.assertFalse(service.raw.is_open)
-        yield deferLater(reactor, 0.01, lambda: None)  # a UDP port closes on the next reactor turn
+        yield service.stopService()  # what a reload waits on before restoring the old server
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as primary:
-            primary.bind(("127.0.0.1", port))  # the primary was released
+            primary.bind(("127.0.0.1", port))  # the primary was released by then
 
     def test_status(self) -> None:
         service = SendOutcomeTests.service(FakeDatagramTransport())

@@ -6,10 +6,12 @@ import io
 import os
 import subprocess
 import sys
+import time
 import types
 from unittest import mock
 
 from twisted.application.service import IService, IServiceMaker
+from twisted.internet import task
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -73,6 +75,14 @@ class MakeServiceTests(SynchronousTestCase):
             return tap.makeService(options), stderr.getvalue()
         except SystemExit as e:
             return e.code, stderr.getvalue()
+
+    def test_the_reactor_keeps_monotonic_time_before_any_role_exists(self) -> None:
+        import twisted.internet
+
+        reactor = task.Clock()  # stands for twistd's reactor, timed by time.time
+        self.patch(twisted.internet, "reactor", reactor)
+        self.make_service(os.path.join(self.mktemp(), "teredo.yaml"))
+        self.assertIs(reactor.seconds, time.monotonic)
 
     def test_missing_file_exits_78_with_one_line(self) -> None:
         missing = os.path.join(self.mktemp(), "teredo.yaml")

@@ -182,6 +182,26 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
         self.assertEqual(self.system._openFiles, {})
         self.assertEqual(self.reactor.getReaders(), [])
 
+    def test_close_after_a_failed_open_waits_until_the_device_is_gone(self) -> None:
+        self.failing.add("up")
+        self.assertRaises(LinkError, self.tun.open)
+        closed = self.tun.close()  # what a stopping role waits on before its successor opens the name
+        self.assertNoResult(closed)
+        self.assertNotEqual(self.system._openFiles, {})
+        self.reactor.advance(0)
+        self.successResultOf(closed)
+        self.assertEqual(self.system._openFiles, {})
+
+    def test_refused_tunsetiff_closes_the_descriptor(self) -> None:
+        def busy(fd: int, request: int, args: bytes) -> bytes:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+
+        self.system.ioctl = busy  # type: ignore[method-assign]  # e.g. the name is a non-TUN device
+        for _ in range(10):
+            error = self.assertRaises(LinkError, self.tun.open)
+            self.assertIn("Device or resource busy", str(error))
+        self.assertEqual(self.system._openFiles, {})
+
     def test_tun_open_failure_is_a_clear_error(self) -> None:
         self.system.permissions.clear()
         error = self.assertRaises(LinkError, self.tun.open)
@@ -438,3 +458,22 @@ class RealTunnelTests(unittest.SynchronousTestCase):
         routes = self.ns("ip", "-6", "route", "show").stdout
         self.assertNotIn("2001:db8", routes)
         self.assertNotIn("default", routes)
+
+    def test_failed_opens_leak_no_descriptor(self) -> None:
+        """`interface: lo` (a device that is not a TUN) is refused each time, and costs no fd."""
+        code = (
+            "import os; from teredo_appliance.tunnel import Tunnel, LinkError\n"
+            "def attempt():\n"
+            "    try:\n"
+            "        Tunnel('lo', 1280, print).open()\n"
+            "    except LinkError as e:\n"
+            "        return str(e)\n"
+            "attempt()  # the first also sets up the reactor (its own descriptors)\n"
+            "before = len(os.listdir('/proc/self/fd'))\n"
+            "errors = [attempt() for _ in range(10)]\n"
+            "print(len(os.listdir('/proc/self/fd')) - before, errors[-1])\n"
+        )
+        out = self.ns("env", f"PYTHONPATH={REPO}", sys.executable, "-c", code).stdout.strip()
+        leaked, error = out.split(" ", 1)
+        self.assertEqual(leaked, "0", out)
+        self.assertTrue(error.startswith("lo: cannot open TUN device: "), error)

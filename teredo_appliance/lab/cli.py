@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _scenario(args: argparse.Namespace) -> Scenario:
     return Scenario(
-        args.server or MIREDO,
-        args.relay or MIREDO,
-        args.client or MIREDO,
-        args.client2,
-        args.server2,
-        args.nat2,
-        args.box,
-        args.hostile,
+        server=args.server or MIREDO,
+        relay=args.relay or MIREDO,
+        client=args.client or MIREDO,
+        client2=args.client2,
+        server2=args.server2,
+        nat2=args.nat2,
+        box=args.box,
+        hostile=args.hostile,
     )
 
 

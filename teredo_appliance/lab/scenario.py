@@ -172,7 +172,8 @@ def run_scenario(
     daemon's log. A daemon that does not come up fails all six checks with the reason.
     """
     say = echo or (lambda line: None)
-    scenario = Scenario(server, relay, client, client2, server2, nat2, box, hostile)
+    scenario = Scenario(server=server, relay=relay, client=client, client2=client2, server2=server2, nat2=nat2,
+                        box=box, hostile=hostile)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,15 +34,22 @@ class RoleService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.started_at = time.time()
+        self.started_at = self.reactor.seconds()  # monotonic under twistd (teredo_appliance.clock)
+
+    def health(self) -> str | None:
+        """What keeps a running role from working as configured (e.g. its TUN was deleted
+        from outside), or None. A reload restarts a role that has a problem."""
+        return None
 
     def status(self) -> dict[str, Any]:
-        """A JSON-friendly report: role, uptime, counters, drops by reason and bytes by direction;
-        subclasses add the rest."""
-        uptime = None if self.started_at is None else round(time.time() - self.started_at, 1)
+        """A JSON-friendly report: role, uptime, health, counters, drops by reason and bytes by
+        direction; subclasses add the rest."""
+        uptime = None if self.started_at is None else round(self.reactor.seconds() - self.started_at, 1)
+        problem = self.health()
         return {
             "role": self.role,
             "running": bool(self.running),
+            "health": "ok" if problem is None else f"degraded: {problem}",
             "uptime": uptime,
             "counters": self.counters.events(),
             "drops": self.counters.drops(),

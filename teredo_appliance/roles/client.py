@@ -41,8 +41,9 @@ def route_source(destination: int) -> int | None:
 class ClientService(TunneledRole):
     """A Teredo client (RFC 4380 §5.2, RFC 5991) on UDP bind_address:bind_port and TUN `interface`.
 
-    Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`, a
-    `netwatch` factory and a `rng`, so the whole service runs without root.
+    Tests inject `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory`,
+    `netwatch` (the uplink) and `link_watch` (the TUN) factories and a `rng`, so the whole
+    service runs without root.
     """
 
     role = "client"
@@ -55,16 +56,18 @@ class ClientService(TunneledRole):
         tun_system: Any = None,
         link_factory: Callable[[str], Link] = Link,
         netwatch: Callable[[Callable[[], None], Any], Any] = NetWatch,
+        link_watch: Callable[..., Any] = NetWatch,
         local_address: Callable[[int], int | None] | None = None,
         rng: Any = None,
     ) -> None:
-        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory)
+        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
             local_address=self._local, counters=self.counters, rng=rng,
         )
-        self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng)
+        self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
+                                heard_server=self.qualifier.heard_from_server)
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
@@ -75,8 +78,6 @@ class ClientService(TunneledRole):
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         now = self._seconds()
-        if address == self._server:
-            self.qualifier.heard_from_server(now)
         if len(data) > 1 and data[0] == 0 and data[1] == AUTH_TYPE:  # only RAs carry one for a client
             try:
                 datagram = parse_datagram(data)

@@ -18,7 +18,8 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
 - from a trusted peer at its mapping (the hot path);
 - from a Teredo address that embeds the outer IPv4 address and port (§5.2.3 case 3);
 - from our server: indirect bubbles, answered with a direct bubble to the origin, which
-  opens our NAT for the peer (a relay or a Teredo client) that wants to reach us;
+  opens our NAT for the peer (a relay or a Teredo client) that wants to reach us, and the
+  reply to our echo test when the server is the relay (RFC 4380 §5.4.3);
 - a native source arriving through a relay we do not trust yet is held (bounded, as the
   outgoing queue) while the echo test runs towards it (§5.2.3 case 6), and delivered only
   if the echo reply comes back through that same relay. Everything else is dropped and
@@ -70,8 +71,10 @@ class ClientPeers:
         *,
         max_peers: int = MAX_PEERS,
         rng: random.Random | None = None,
+        heard_server: Callable[[float], None] = lambda now: None,
     ) -> None:
         self._send = send
+        self._heard_server = heard_server  # a well-formed packet from our server arrived at `now`
         self._write_tun = write_tun
         self.counters = counters
         self._max_peers = max_peers
@@ -195,10 +198,15 @@ class ClientPeers:
         source = header.source
         bubble = header.payload_length == 0 and header.next_header == NEXT_HEADER_NONE
         if (host, port) == self._server:
+            # Our server relays bubbles to us; it may also be a relay (RFC 4380 §5.4.3) and so
+            # answer our echo test itself. Only such a packet shows the mapping is alive.
             if bubble and origin is not None:
-                self._answer_indirect_bubble(source, origin.ip, origin.port, now)
+                if self._answer_indirect_bubble(source, origin.ip, origin.port, now):
+                    self._heard_server(now)
+            elif not bubble and self._relay_answer(packet, header, host, port, now):
+                self._heard_server(now)
             else:
-                self.counters.drop("from-server")  # our server relays bubbles and nothing else to us
+                self.counters.drop("from-server")
             return
         if source[:4] == self._prefix:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
@@ -233,21 +241,24 @@ class ClientPeers:
         if self.table.try_bubble(peer, now):
             self._discover(peer)
 
-    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> None:
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> bool:
         """A peer (relay or client) bubbled us through our server: open our NAT towards it.
 
         Anyone can make our server relay a bubble with an origin of their choosing, so
-        replies are paced as our own bubbles are (RFC 4380 §5.2.6).
+        replies are paced as our own bubbles are (RFC 4380 §5.2.6). True when the bubble
+        was a valid one relayed by our server (so our mapping to it is alive), even if the
+        reply itself is paced; False when its origin is not a global address.
         """
         if not is_global_ipv4(ip):
             self.counters.drop("origin-non-global")
-            return
+            return False
         if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
             self.counters.drop("bubble-reply-paced")
-            return
+            return True
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
         self._send(build_bubble(self.address, source), (int_to_ipv4(ip), port))
+        return True
 
     def _relay_answer(self, packet: bytes, header: Any, host: str, port: int, now: float) -> bool:
         """Our echo test's reply, or an ICMPv6 error quoting our echo: trust that relay."""

@@ -247,7 +247,8 @@ class Qualifier:
             self.counters.drop("ra-unexpected")
             return True
         round_, kind = found
-        reason, answer = check_advertisement(datagram, source_ip, source_port, round_.server, kind)
+        reason, answer = check_advertisement(datagram, source_ip, source_port, round_.server, kind,
+                                             self.config.prefix.network_address.packed[:4])
         if answer is None:
             self.counters.drop("ra-" + reason)
             return True
@@ -511,11 +512,13 @@ class Qualifier:
 
 
 def check_advertisement(
-    datagram: Datagram, source_ip: int, source_port: int, server: _Server, kind: str
+    datagram: Datagram, source_ip: int, source_port: int, server: _Server, kind: str, teredo_prefix: bytes
 ) -> tuple[str, _Answer | None]:
     """RFC 4380 §5.2.1 validity of an RA answering an RS of `kind`: ("", answer) or (reason, None).
 
-    The nonce was already matched by the caller; this checks everything else.
+    The nonce was already matched by the caller; this checks everything else. The
+    advertised prefix must be `teredo_prefix` (the configured /32, 4 bytes): a server
+    may not move us into another prefix, let alone a multicast or link-local one.
     """
     assert datagram.auth is not None and server.ip is not None
     expected_ip = server.ip if kind == _PLAIN else server.secondary_ip
@@ -539,7 +542,9 @@ def check_advertisement(
     if len(ra.prefixes) != 1:
         return "prefix-count", None
     prefix, length = ra.prefixes[0]
-    if length != 64 or int.from_bytes(prefix[4:8], "big") != server.ip:
+    if prefix[0] == 0xFF or (prefix[0] == 0xFE and prefix[1] & 0xC0 == 0x80):
+        return "prefix-scope", None  # multicast ff00::/8, link-local fe80::/10
+    if length != 64 or prefix[:4] != teredo_prefix or int.from_bytes(prefix[4:8], "big") != server.ip:
         return "prefix", None
     if ra.mtu is not None and not MIN_MTU <= ra.mtu <= MAX_MTU:
         return "mtu", None

@@ -14,6 +14,7 @@ from typing import Any
 
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import Link
+from teredo_appliance.netwatch import NetWatch
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.wire.ipv6 import is_link_local
@@ -46,8 +47,9 @@ def kernel_error_source(destination: bytes) -> bytes:
 class RelayService(TunneledRole):
     """A Teredo relay (RFC 4380 §5.4): native IPv6 on `interface`, Teredo on UDP `bind_port`.
 
-    `tun_system` (twisted.pair.testing.MemoryIOSystem) and `link_factory` let the tests
-    run without root; `error_source` picks ICMPv6 error sources (kernel_error_source).
+    `tun_system` (twisted.pair.testing.MemoryIOSystem), `link_factory` and `link_watch`
+    (the TUN's netlink watch) let the tests run without root; `error_source` picks ICMPv6
+    error sources (kernel_error_source).
     """
 
     role = "relay"
@@ -59,9 +61,10 @@ class RelayService(TunneledRole):
         *,
         tun_system: Any = None,
         link_factory: Callable[[str], Link] = Link,
+        link_watch: Callable[..., Any] = NetWatch,
         error_source: Callable[[bytes], bytes] = kernel_error_source,
     ) -> None:
-        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory)
+        super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
         self.machine = RelayMachine(
             config.prefix,
             config.mtu,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Network
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from teredo_appliance.config_model import ServerConfig
 from teredo_appliance.rawsock import RawIPv6Sender
@@ -54,6 +54,7 @@ class ServerService(RoleService):
         for which in (PRIMARY, SECONDARY):
             self.protocols[which] = TeredoUDP(self._receiver(which), self.counters, "server-" + which)
         self._ports: list[Any] = []
+        self._failed_release: Deferred[Any] = succeed(None)  # a failed start's port closing
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
 
     def _receiver(self, which: str) -> Callable[[bytes, tuple[str, int]], None]:
@@ -86,7 +87,7 @@ class ServerService(RoleService):
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
                 self._ports.append(listen_udp(self.reactor, self.protocols[which], str(address), self.port))
         except Exception:
-            self._release()
+            self._failed_release = self._release()  # stopService waits for it: a reload may rebind
             raise
         super().privilegedStartService()
 
@@ -104,7 +105,7 @@ class ServerService(RoleService):
     def stopService(self) -> Deferred[None]:
         """Close everything; the Deferred fires once both UDP ports are unbound (a reload rebinds)."""
         super().stopService()
-        closing = self._release()
+        closing = DeferredList([self._release(), self._failed_release], consumeErrors=True)
 
         def stopped(_: object) -> None:
             self.log.info("Teredo server stopped after answering {answered} RS", answered=self.counters[ANSWERED_RS])

@@ -2,8 +2,10 @@
 
 Each owns a sans-I/O machine; this base owns the I/O around it, so both open their
 resources all-or-nothing as root, release them with one Deferred that fires once the
-port and device are really gone (a reload may rebind right after), and wake their
-machine with a single coalesced timer.
+port and device are really gone (a reload may rebind right after), wake their machine
+with a single coalesced timer, and watch their TUN over netlink: a device deleted, set
+down or stripped of its routes by another program is reported as the role's health
+and rebuilt as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 
 from teredo_appliance.netlink import Link
+from teredo_appliance.netwatch import TUN_GROUPS, NetWatch, tun_watch
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.udp import TeredoUDP, listen_udp
 from teredo_appliance.tunnel import Tunnel
@@ -24,6 +27,7 @@ from teredo_appliance.tunnel import Tunnel
 # every 100 ms batches them, and delays a 2 s bubble retry by at most that much.
 TIMER_GRANULARITY = 0.1
 DISCARD_PORT = 9  # any port: connect() on a UDP socket only picks a route and a source
+REPAIR_RETRY = 10.0  # seconds between tries to repair a TUN the kernel would not let us fix
 
 
 def kernel_source(family: socket.AddressFamily, destination: str) -> str | None:
@@ -47,7 +51,7 @@ class TunneledRole(RoleService):
 
     def __init__(
         self, config: Any, reactor: Any = None, *, tun_system: Any = None,
-        link_factory: Callable[[str], Link] = Link,
+        link_factory: Callable[[str], Link] = Link, link_watch: Callable[..., Any] = NetWatch,
     ) -> None:
         super().__init__(config, reactor)
         self._seconds = self.reactor.seconds
@@ -58,6 +62,12 @@ class TunneledRole(RoleService):
         )
         self._port: Any = None
         self._timer: IDelayedCall | None = None
+        # Another program may delete the TUN, set it down or remove its routes: notice, repair.
+        self.link_watch = link_watch(self._check_link, self.reactor, groups=TUN_GROUPS,
+                                     relevant=tun_watch(lambda: self.tunnel.index))
+        self._problem: str | None = None
+        self._repairing = False
+        self._recheck: IDelayedCall | None = None
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         raise NotImplementedError
@@ -95,17 +105,65 @@ class TunneledRole(RoleService):
             raise
         super().privilegedStartService()
 
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.link_watch.start()
+        except OSError as error:
+            self.log.warn("cannot watch netlink ({error}): a TUN changed from outside is repaired only "
+                          "by a reload", error=str(error))
+
     def stopService(self) -> Deferred[None]:
-        """Cancel the timer, close the port and remove the TUN; fires once both are gone."""
+        """Cancel the timers, close the port and remove the TUN; fires once both are gone."""
         super().stopService()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.link_watch.stop()
+        for timer in (self._timer, self._recheck):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._recheck = None
         port, self._port = self._port, None
         closing = [self.tunnel.close(), *self._closing()]
         if port is not None:
             closing.append(maybeDeferred(port.stopListening))
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: self._stopped())
+
+    # -- the TUN as others may change it ---------------------------------------------------
+
+    def health(self) -> str | None:
+        return self._problem
+
+    def _check_link(self) -> None:
+        """Compare the TUN with what we set up; repair what another program changed."""
+        self._recheck = None
+        if not self.running or self._repairing:
+            return
+        self._problem = self.tunnel.problem()
+        if self._problem is None:
+            return
+        self.log.warn("{problem}: repairing", problem=self._problem)
+        self._repairing = True
+        self.tunnel.repair().addCallbacks(self._repaired, self._repair_failed)
+
+    def _repaired(self, _: object) -> None:
+        self._repairing = False
+        if not self.running:
+            return
+        self._problem = self.tunnel.problem()
+        if self._problem is None:
+            self.counters["tun_repaired"] += 1
+            self.log.info("{name} repaired: device, addresses and routes are back", name=self.tunnel.name)
+        else:
+            self._retry_repair()
+
+    def _repair_failed(self, failure: Any) -> None:
+        self._repairing = False
+        self._problem = f"{self._problem}; repair failed: {failure.getErrorMessage()}"
+        self.log.error("{problem}; next try in {t:.0f} s", problem=self._problem, t=REPAIR_RETRY)
+        self._retry_repair()
+
+    def _retry_repair(self) -> None:
+        if self.running and self._recheck is None:
+            self._recheck = self.reactor.callLater(REPAIR_RETRY, self._check_link)
 
     def _closing(self) -> list[Deferred[Any]]:
         """Anything else to wait for on stop (the client's hook runs)."""
@@ -113,6 +171,12 @@ class TunneledRole(RoleService):
 
     def _stopped(self) -> None:
         """Called once the port and device are gone (e.g. for a closing log line)."""
+
+    def status(self) -> dict[str, Any]:
+        """The base report plus the TUN's kernel drop counters (seen otherwise only in `ip -s link`)."""
+        report = super().status()
+        report["tun_kernel_drops"] = self.tunnel.kernel_drops()
+        return report
 
     @property
     def bound_port(self) -> int | None:
