@@ -57,6 +57,9 @@ class Datagram(NamedTuple):
     origin: OriginIndication | None
     packet: bytes  # the IPv6 packet, trailing bytes (RFC 6081 trailers) removed
     header: IPv6Header
+    # What followed the IPv6 packet: RFC 6081 trailers, unparsed, so a server or relay can
+    # forward them untouched (wire/trailers.py reads them). Empty, and no copy, when none.
+    trailer: bytes = b""
 
 
 def parse_datagram(data: bytes) -> Datagram:
@@ -75,9 +78,9 @@ def parse_datagram(data: bytes) -> Datagram:
     packet = data[offset:] if offset else data
     header = parse_header(packet)
     end = HEADER_LENGTH + header.payload_length
-    if len(packet) != end:
-        packet = packet[:end]
-    return Datagram(auth, origin, packet, header)
+    if len(packet) == end:
+        return Datagram(auth, origin, packet, header)
+    return Datagram(auth, origin, packet[:end], header, packet[end:])
 
 
 def _parse_auth(data: bytes) -> tuple[AuthIndicator, int]:
