@@ -19,6 +19,9 @@ def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument("--client2", choices=IMPLS, help="client 2's implementation (default: --client)")
     parser.add_argument("--server2", choices=IMPLS, help="add a second server at 198.18.0.5/.6 (clients' fallback)")
     parser.add_argument("--nat2", choices=topology.NAT_TYPES, default="cone", help="NAT 2's behaviour")
+    parser.add_argument(
+        "--upnp", action="store_true", help="NAT 2 symmetric with a real UPnP IGD (miniupnpd); implies --nat2 symmetric"
+    )
     parser.add_argument("--box", action="store_true", help="server and relay in one namespace (one twistd if ours)")
     parser.add_argument("--prefix", help="lab prefix (default: tl + 4 random hex digits)")
     parser.add_argument("--rundir", help="keep configs and daemon logs here (default: the lab's state directory)")
@@ -65,8 +68,9 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         args.client or MIREDO,
         args.client2,
         args.server2,
-        args.nat2,
+        "symmetric" if args.upnp else args.nat2,
         args.box,
+        upnp=args.upnp,
     )
 
 
@@ -117,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario.nat2,
         server2=scenario.server2,
         box=scenario.box,
+        upnp=scenario.upnp,
         prefix=args.prefix,
         rundir=args.rundir,
         echo=lambda line: print(line, flush=True),

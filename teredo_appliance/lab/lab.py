@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import teredo_appliance
-from teredo_appliance.lab import configs, state, topology
+from teredo_appliance.lab import configs, igd, state, topology
 
 MIREDO, OURS = "miredo", "ours"
 IMPLS = (MIREDO, OURS)
@@ -110,6 +110,10 @@ class Lab:
                     _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings])
             for ns, rules in plan.iptables.items():
                 _run(["ip", "netns", "exec", ns, "iptables-restore"], stdin=rules)
+            for ns, rules in plan.iptables_legacy.items():
+                _run(["ip", "netns", "exec", ns, "iptables-legacy-restore"], stdin=rules)
+            if self.options.upnp:
+                igd.start(self)
         except BaseException:
             self.down()
             raise
@@ -170,6 +174,17 @@ class Lab:
             yield proc
         finally:
             self._stop_process(proc)
+
+    def start_service(self, name: str, node: str, argv: list[str], *, env: dict[str, str] | None = None) -> Path:
+        """Start a recorded long-lived helper (not a Teredo daemon) logging to `<name>.log`.
+
+        It runs until `down`, which stops it by PID like a daemon. Returns the log's path.
+        """
+        path = self._rundir() / f"{name}.log"
+        log = path.open("ab")
+        self._logs.append(log)
+        self._spawn(name, node, argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return path
 
     def ipv6_addresses(self, node: str) -> list[tuple[str, ipaddress.IPv6Address]]:
         """(interface, address) of every usable IPv6 address in the node (not tentative)."""

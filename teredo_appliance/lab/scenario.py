@@ -39,6 +39,7 @@ class Scenario:
     nat2: str = "cone"
     box: bool = False  # server and relay in one namespace; one twistd when both are ours
     wrap_ours: tuple[str, ...] = ()  # command prefix for our daemons (lab/confine.py)
+    upnp: bool = False  # NAT 2 runs a UPnP IGD (needs nat2="symmetric")
 
     def __post_init__(self) -> None:
         for role in ("server", "relay", "client", "client2", "server2"):
@@ -48,7 +49,7 @@ class Scenario:
 
     @property
     def options(self) -> topology.Options:
-        return topology.Options(second_server=self.server2 is not None, box=self.box, nat2=self.nat2)
+        return topology.Options(second_server=self.server2 is not None, box=self.box, nat2=self.nat2, upnp=self.upnp)
 
     def describe(self) -> str:
         parts = [f"server={self.server}", f"relay={self.relay}", f"client={self.client}"]
@@ -56,6 +57,7 @@ class Scenario:
         parts += [f"server2={self.server2}"] if self.server2 else []
         parts += [f"nat2={self.nat2}"] if self.nat2 != "cone" else []
         parts += ["box"] if self.box else []
+        parts += ["upnp"] if self.upnp else []
         return " ".join(parts)
 
     def infrastructure(self) -> list[DaemonSpec]:
@@ -156,6 +158,7 @@ def run_scenario(
     *,
     server2: str | None = None,
     box: bool = False,
+    upnp: bool = False,
     prefix: str | None = None,
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
@@ -167,7 +170,7 @@ def run_scenario(
     daemon's log. A daemon that does not come up fails all six checks with the reason.
     """
     say = echo or (lambda line: None)
-    scenario = Scenario(server, relay, client, client2, server2, nat2, box)
+    scenario = Scenario(server, relay, client, client2, server2, nat2, box, upnp=upnp)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:
