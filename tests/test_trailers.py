@@ -45,7 +45,7 @@ class TrailerBytesTests(SynchronousTestCase):
 
     def test_alternate_address_with_two_entries(self) -> None:
         trailer = AlternateAddressTrailer(((LAN_PEER, 3544), (UPNP_MAPPING, 40000)))
-        wire = bytes.fromhex("030e" "0000" "c6130102" "0dd8" "c61200c8" "9c40")
+        wire = bytes.fromhex("030e0000c61301020dd8c61200c89c40")
         self.assertEqual(trailer.pack(), wire)
         self.assertEqual(parse_trailers(wire), [trailer])
 
@@ -69,7 +69,7 @@ class TrailerBytesTests(SynchronousTestCase):
         self.assertEqual(parse_trailers(build_trailers(sequence)), sequence)
 
     def test_unknown_types_are_skipped(self) -> None:
-        wire = bytes.fromhex("0203aabbcc" "0000" "0104") + b"wxyz" + bytes.fromhex("ff01ee")
+        wire = bytes.fromhex("0203aabbcc00000104") + b"wxyz" + bytes.fromhex("ff01ee")
         self.assertEqual(parse_trailers(wire), [NonceTrailer(b"wxyz")])
 
     def test_nothing_is_no_trailer(self) -> None:

@@ -32,8 +32,9 @@ def binding_response(request: bytes, ip: str, port: int) -> bytes | None:
     if kind != BINDING_REQUEST or cookie != MAGIC_COOKIE:
         return None
     address = struct.unpack("!I", socket.inet_aton(ip))[0]
-    xored = struct.pack("!HHBBHI", XOR_MAPPED_ADDRESS, 8, 0, FAMILY_IPV4, port ^ (MAGIC_COOKIE >> 16),
-                        address ^ MAGIC_COOKIE)
+    xored = struct.pack(
+        "!HHBBHI", XOR_MAPPED_ADDRESS, 8, 0, FAMILY_IPV4, port ^ (MAGIC_COOKIE >> 16), address ^ MAGIC_COOKIE
+    )
     plain = struct.pack("!HHBBHI", MAPPED_ADDRESS, 8, 0, FAMILY_IPV4, port, address)
     body = plain + xored
     return HEADER.pack(BINDING_SUCCESS, len(body), MAGIC_COOKIE, transaction) + body
