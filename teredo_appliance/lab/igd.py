@@ -10,6 +10,7 @@ with `ip netns exec` and recorded, so `down` (or `teredo-lab down`) stops them b
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import uuid
@@ -72,3 +73,12 @@ def port_mappings(lab: Lab) -> list[str]:
     """The DNAT rules miniupnpd holds now (its nat MINIUPNPD chain), as `iptables -S` lines."""
     out = lab.run(NODE, ["iptables-legacy", "-t", "nat", "-S", topology.IGD_CHAIN]).stdout
     return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+TOOLS = ("miniupnpd", "iptables-legacy-restore", "iptables-legacy", "upnpc")
+
+
+def missing_tools() -> str | None:
+    """Why NAT 2 cannot have its IGD here (tools not installed), or None."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    return f"missing tools for the UPnP IGD: {', '.join(missing)} (tools/setup.sh installs them)" if missing else None

@@ -166,10 +166,11 @@ class Lab:
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     @contextmanager
-    def background(self, node: str, argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-        """A recorded helper process (stdout/stderr piped), stopped when the block ends."""
+    def background(self, node: str, argv: list[str], *, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+        """A recorded helper process (stdout/stderr, and stdin if asked, piped), stopped when the block ends."""
         name = f"helper-{next(self._helpers)}"
-        proc = self._spawn(name, node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pipes = {"stdin": subprocess.PIPE} if stdin else {}
+        proc = self._spawn(name, node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **pipes)
         try:
             yield proc
         finally:
