@@ -20,8 +20,9 @@ from typing import Any
 from twisted.trial import unittest
 
 from teredo_appliance.lab import igd, state, stun, topology
-from teredo_appliance.lab.lab import Lab
-from tests.labsupport import lab_skip_reason, skip_unless_lab
+from teredo_appliance.lab.lab import OURS, Lab
+from teredo_appliance.lab.scenario import Scenario
+from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 DRIVER = str(Path(__file__).with_name("upnp_driver.py"))
 INTERNAL_PORT, EXTERNAL_PORT = 40000, 40001
@@ -117,6 +118,34 @@ class UPnPOnSymmetricNAT(unittest.TestCase):
         log = (self.lab.rundir / "miniupnpd.log").read_text()
         self.assertGreaterEqual(log.count("#AddPortMapping"), 2, log[-3000:])
         self.assertIn("#DeletePortMapping", log)
+
+
+class OursBehindSymmetricNATWithUPnP(ScenarioChecks, unittest.TestCase):
+    """Every role ours, client 2 behind the symmetric NAT 2 with extensions.upnp: the six checks.
+
+    Without the IGD, client 2 reports a symmetric NAT and stays offline
+    (tests.test_client_lab); with it, it qualifies through its mapping.
+    """
+
+    scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)
+    timeout = 240
+
+    def setUp(self) -> None:
+        skip_unless_lab(igd.missing_tools())
+
+    def rundir(self) -> Path:
+        self.outcome()
+        return Path(f"lab-{self.scenario.describe().replace(' ', '_').replace('=', '-')}").absolute()
+
+    def test_client2_qualified_through_its_mapping_and_deleted_it_on_stop(self) -> None:
+        rundir = self.rundir()
+        client2 = (rundir / "client2.log").read_text()
+        self.assertIn(f"mapping {topology.NAT2_WAN}:", client2)
+        self.assertNotIn("NAT type: symmetric", client2)
+        self.assertNotIn("UPnP", client2)  # no failure was logged, not even the delete at stop
+        actions = (rundir / "miniupnpd.log").read_text()
+        self.assertIn("#AddPortMapping", actions)
+        self.assertIn("#DeletePortMapping", actions)
 
 
 class IGDPlanTests(unittest.SynchronousTestCase):

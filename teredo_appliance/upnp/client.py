@@ -42,6 +42,8 @@ log = Logger()
 class _Search(DatagramProtocol):
     """Sends one M-SEARCH and fires with the first usable LOCATION it hears."""
 
+    noisy = False  # no "Starting protocol" line per search
+
     def __init__(self, target: tuple[str, int], found: defer.Deferred[str], counters: Counters) -> None:
         self.target = target
         self.found = found
