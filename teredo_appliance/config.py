@@ -12,7 +12,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Network
 
 import yaml
@@ -24,6 +24,7 @@ from teredo_appliance.config_model import (
     ANY_IPV4,
     TEREDO_PORT,
     ClientConfig,
+    ClientExtensions,
     Config,
     ControlConfig,
     LogConfig,
@@ -335,6 +336,35 @@ def _socket_path(node: Node) -> str:
     if value.endswith("/"):
         raise _Invalid(f"{_quote(value)} names a directory, not a socket")
     return value
+def _bool(node: Node) -> bool:
+    if not isinstance(node, ScalarNode) or node.tag != _BOOL_TAG:
+        raise _Invalid(f"expected true or false, got {_describe(node)}")
+    return bool(_SCALARS.construct_yaml_bool(node))
+
+
+def _client_extensions(node: Node) -> ClientExtensions:
+    """`{upnp: true}` -> ClientExtensions; each nested problem names its own line."""
+    if isinstance(node, ScalarNode) and node.tag == _NULL_TAG:
+        return ClientExtensions()
+    if not isinstance(node, MappingNode):
+        raise _Invalid(f"expected a mapping of extension name to true or false, got {_describe(node)}")
+    allowed = tuple(f.name for f in fields(ClientExtensions))
+    values: dict[str, bool] = {}
+    problems = []
+    for key, value in node.value:
+        name = key.value if isinstance(key, ScalarNode) else str(_describe(key))
+        line = key.start_mark.line + 1
+        try:
+            if name not in allowed:
+                raise _Invalid(_unknown_key(name, allowed))
+            if name in values:
+                raise _Invalid("duplicate key")
+            values[name] = _bool(value)
+        except _Invalid as e:
+            problems.append(f"{name} (line {line}): {e}")
+    if problems:
+        raise _Invalid("; ".join(problems))
+    return ClientExtensions(**values)
 
 
 _mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
@@ -371,6 +401,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "prefix": _prefix,
         "hook": _optional(_nonempty_text),
+        "extensions": _client_extensions,
     },
     ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
     LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},

@@ -47,6 +47,13 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class ClientExtensions:
+    """RFC 6081 extensions the client may use; all off by default (plain RFC 4380, like Miredo)."""
+
+    upnp: bool = False  # RFC 6081 §3.2: a port mapping from the LAN's UPnP IGD before qualifying
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     server_address: str  # hostname or IPv4 literal; resolved at run time, never at load
     server_address2: IPv4Address | None = None  # None: primary + 1 (what Windows assumes)
@@ -58,6 +65,7 @@ class ClientConfig:
     mtu: int = TEREDO_MTU
     prefix: IPv6Network = DEFAULT_PREFIX  # the only prefix an RA may give us
     hook: str | None = None  # Miredo-compatible up/down script
+    extensions: ClientExtensions = ClientExtensions()
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class ScenarioChecks:
                 self.scenario.nat2,
                 server2=self.scenario.server2,
                 box=self.scenario.box,
+                upnp=self.scenario.upnp,
                 rundir=rundir,
                 echo=lines.append,
             )

@@ -19,6 +19,7 @@ from teredo_appliance import config as config_module
 from teredo_appliance.config import ConfigError, load_config, parse_config
 from teredo_appliance.config_model import (
     ClientConfig,
+    ClientExtensions,
     Config,
     ControlConfig,
     LogConfig,
@@ -501,6 +502,29 @@ class ValueTests(SynchronousTestCase):
             ("123", IPv4Address("198.18.0.5"), 3545, 12.5, 1400),
         )
         self.assertEqual(client.hook, "/etc/teredo/hook")
+
+    def test_client_extensions(self) -> None:
+        base = "roles:\n  client:\n    server_address: 198.18.0.1\n"
+        self.assertEqual(parse(base).roles.client.extensions, ClientExtensions(upnp=False))
+        self.assertEqual(parse(base + "    extensions: {upnp: true}\n").roles.client.extensions, ClientExtensions(True))
+        self.assertEqual(parse(base + "    extensions:\n").roles.client.extensions, ClientExtensions())
+
+    def test_client_extensions_errors_name_their_lines(self) -> None:
+        base = "roles:\n  client:\n    server_address: 198.18.0.1\n"
+        self.assertEqual(
+            errors(base + "    extensions:\n      upnp: yes please\n      upmp: true\n"),
+            [
+                "teredo.yaml:4: roles.client.extensions: upnp (line 5): expected true or false, got 'yes please'; "
+                "upmp (line 6): unknown key; did you mean 'upnp'?"
+            ],
+        )
+        self.assertEqual(
+            errors(base + "    extensions: [upnp]\n"),
+            [
+                "teredo.yaml:4: roles.client.extensions: "
+                "expected a mapping of extension name to true or false, got a list"
+            ],
+        )
 
     def test_manhole_section_with_no_keys_enables_defaults(self) -> None:
         config = parse("roles:\n  relay:\nmanhole:\nlog: {level: debug}\n")

@@ -44,8 +44,8 @@ class ManualPageTests(SynchronousTestCase):
     def test_every_key_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
         sections = (config_model.ServerConfig, config_model.RelayConfig, config_model.ClientConfig,
-                    config_model.ManholeConfig, config_model.LogConfig, config_model.ControlConfig,
-                    config_model.MetricsConfig)
+                    config_model.ClientExtensions, config_model.ManholeConfig, config_model.LogConfig,
+                    config_model.ControlConfig, config_model.MetricsConfig)
         for section in sections:
             for field in dataclasses.fields(section):
                 self.assertIn(f".B {field.name}\n", text, f"{section.__name__}.{field.name}")

@@ -13,6 +13,7 @@ APT_PACKAGES=(
     man-db groff-base               # the manual pages are rendered and linted
     systemd                         # systemd-analyze rates etc/teredo.service (--offline, no running systemd)
     util-linux                      # setpriv: the lab runs the daemon confined as that unit says
+    miniupnpd-iptables miniupnpc    # the lab's UPnP IGD on a symmetric NAT (legacy iptables flavour, see LAB-NOTES) and upnpc to check it
 )
 
 missing=()

@@ -19,6 +19,9 @@ def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument("--client2", choices=IMPLS, help="client 2's implementation (default: --client)")
     parser.add_argument("--server2", choices=IMPLS, help="add a second server at 198.18.0.5/.6 (clients' fallback)")
     parser.add_argument("--nat2", choices=topology.NAT_TYPES, default="cone", help="NAT 2's behaviour")
+    parser.add_argument(
+        "--upnp", action="store_true", help="NAT 2 symmetric with a real UPnP IGD (miniupnpd); implies --nat2 symmetric"
+    )
     parser.add_argument("--box", action="store_true", help="server and relay in one namespace (one twistd if ours)")
     parser.add_argument("--hostile", action="store_true",
                         help="add a hostile host on the Internet (198.18.0.66, 198.18.0.67, 169.254.0.66)")
@@ -67,9 +70,10 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         client=args.client or MIREDO,
         client2=args.client2,
         server2=args.server2,
-        nat2=args.nat2,
+        nat2="symmetric" if args.upnp else args.nat2,
         box=args.box,
         hostile=args.hostile,
+        upnp=args.upnp,
     )
 
 
@@ -121,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         server2=scenario.server2,
         box=scenario.box,
         hostile=scenario.hostile,
+        upnp=scenario.upnp,
         prefix=args.prefix,
         rundir=args.rundir,
         echo=lambda line: print(line, flush=True),

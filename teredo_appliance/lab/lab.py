@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import teredo_appliance
-from teredo_appliance.lab import configs, state, topology
+from teredo_appliance.lab import configs, igd, state, topology
 
 MIREDO, OURS = "miredo", "ours"
 IMPLS = (MIREDO, OURS)
@@ -115,6 +115,10 @@ class Lab:
                     _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings])
             for ns, rules in plan.iptables.items():
                 _run(["ip", "netns", "exec", ns, "iptables-restore"], stdin=rules)
+            for ns, rules in plan.iptables_legacy.items():
+                _run(["ip", "netns", "exec", ns, "iptables-legacy-restore"], stdin=rules)
+            if self.options.upnp:
+                igd.start(self)
         except BaseException:
             self.down()
             raise
@@ -167,10 +171,11 @@ class Lab:
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     @contextmanager
-    def background(self, node: str, argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-        """A recorded helper process (stdout/stderr piped), stopped when the block ends."""
+    def background(self, node: str, argv: list[str], *, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+        """A recorded helper process (stdout/stderr, and stdin if asked, piped), stopped when the block ends."""
         name = f"helper-{next(self._helpers)}"
-        proc = self._spawn(name, node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pipes = {"stdin": subprocess.PIPE} if stdin else {}
+        proc = self._spawn(name, node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **pipes)
         try:
             yield proc
         finally:
@@ -190,6 +195,17 @@ class Lab:
                 reason = proc.stderr.read().strip() if proc.poll() is not None else "no answer"
                 raise LabError(f"capture in {node} did not start: {reason}")
             yield path
+
+    def start_service(self, name: str, node: str, argv: list[str], *, env: dict[str, str] | None = None) -> Path:
+        """Start a recorded long-lived helper (not a Teredo daemon) logging to `<name>.log`.
+
+        It runs until `down`, which stops it by PID like a daemon. Returns the log's path.
+        """
+        path = self._rundir() / f"{name}.log"
+        log = path.open("ab")
+        self._logs.append(log)
+        self._spawn(name, node, argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return path
 
     def ipv6_addresses(self, node: str) -> list[tuple[str, ipaddress.IPv6Address]]:
         """(interface, address) of every usable IPv6 address in the node (not tentative)."""

@@ -40,6 +40,7 @@ class Scenario:
     box: bool = False  # server and relay in one namespace; one twistd when both are ours
     wrap_ours: tuple[str, ...] = ()  # command prefix for our daemons (lab/confine.py)
     hostile: bool = False  # a hostile host on the lab's Internet (topology.Options.hostile)
+    upnp: bool = False  # NAT 2 runs a UPnP IGD (needs nat2="symmetric")
 
     def __post_init__(self) -> None:
         for role in ("server", "relay", "client", "client2", "server2"):
@@ -50,7 +51,7 @@ class Scenario:
     @property
     def options(self) -> topology.Options:
         return topology.Options(
-            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile
+            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile, upnp=self.upnp
         )
 
     def describe(self) -> str:
@@ -60,6 +61,7 @@ class Scenario:
         parts += [f"nat2={self.nat2}"] if self.nat2 != "cone" else []
         parts += ["box"] if self.box else []
         parts += ["hostile"] if self.hostile else []
+        parts += ["upnp"] if self.upnp else []
         return " ".join(parts)
 
     def infrastructure(self) -> list[DaemonSpec]:
@@ -77,9 +79,12 @@ class Scenario:
 
     def clients(self) -> list[DaemonSpec]:
         section = client_section(fallback=self.server2 is not None)
+        client2 = self.client2 or self.client
+        # Behind NAT 2's IGD, our client 2 uses it (RFC 6081 §3.2); Miredo cannot.
+        section2 = {**section, "extensions": {"upnp": True}} if self.upnp and client2 == OURS else section
         return [
             DaemonSpec("client1", self.client, "client1", {"client": section}),
-            DaemonSpec("client2", self.client2 or self.client, "client2", {"client": section}),
+            DaemonSpec("client2", client2, "client2", {"client": section2}),
         ]
 
     def ours_roles(self) -> set[str]:
@@ -161,6 +166,7 @@ def run_scenario(
     server2: str | None = None,
     box: bool = False,
     hostile: bool = False,
+    upnp: bool = False,
     prefix: str | None = None,
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
@@ -173,7 +179,7 @@ def run_scenario(
     """
     say = echo or (lambda line: None)
     scenario = Scenario(server=server, relay=relay, client=client, client2=client2, server2=server2, nat2=nat2,
-                        box=box, hostile=hostile)
+                        box=box, hostile=hostile, upnp=upnp)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:

@@ -182,7 +182,8 @@ def teardown(prefix: str, known: LabRecord | None = None) -> list[str]:
     if known is not None:
         record.processes = {**known.processes, **record.processes}
         record.namespaces = list(dict.fromkeys([*known.namespaces, *record.namespaces]))
-    for process in record.processes.values():
+    # Last started, first stopped: clients go before the servers and the NAT's IGD they use.
+    for process in reversed(list(record.processes.values())):
         terminate(process)
         if is_running(process):
             warnings.append(f"{prefix}: process {process.pid} survived SIGKILL")

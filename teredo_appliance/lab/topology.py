@@ -45,10 +45,14 @@ HOSTILE_SILENT = "198.18.0.67"
 HOSTILE_LINK_LOCAL = "169.254.0.66"
 LINK_LOCAL_V4 = ipaddress.IPv4Network("169.254.0.0/16")
 
+STUN_PORT = 3478  # RFC 5389 §18.4: where the UPnP router's STUN responder listens (see lab/igd.py)
+
 CLIENT_INTERFACE = "teredo"  # the clients' TUN, for Miredo and ours alike
 RELAY_INTERFACE = "teredo-relay"
 
 NAT_TYPES = ("cone", "symmetric")
+IGD_CHAIN = "MINIUPNPD"  # miniupnpd's default chain names (nat and filter)
+IGD_POSTROUTING_CHAIN = "MINIUPNPD-POSTROUTING"
 
 # What a node's uplink is called inside its own namespace, after the prefix.
 WAN, LAN, ETH, BRIDGE = "wan", "lan", "eth", "br"
@@ -68,10 +72,13 @@ class Options:
     box: bool = False  # server and relay share one namespace (a multi-role box)
     nat2: str = "cone"  # "symmetric": NAT 2 maps every destination to a new port
     hostile: bool = False  # a hostile host on the Internet bridge (198.18.0.66/.67, 169.254.0.66)
+    upnp: bool = False  # NAT 2 runs a UPnP IGD (miniupnpd); only on a symmetric NAT 2
 
     def __post_init__(self) -> None:
         if self.nat2 not in NAT_TYPES:
             raise ValueError(f"nat2 must be one of {', '.join(NAT_TYPES)}, not {self.nat2!r}")
+        if self.upnp and self.nat2 != "symmetric":
+            raise ValueError("upnp needs nat2=symmetric: the IGD is what makes a symmetric NAT usable")
 
 
 @dataclass
@@ -82,6 +89,9 @@ class Plan:
     links: dict[str, list[str]] = field(default_factory=dict)
     sysctls: dict[str, list[str]] = field(default_factory=dict)
     iptables: dict[str, str] = field(default_factory=dict)
+    # iptables-legacy-restore input: a NAT whose IGD (miniupnpd, iptables flavour) writes
+    # the legacy tables keeps its own rules there too, so their order is defined.
+    iptables_legacy: dict[str, str] = field(default_factory=dict)
 
 
 def namespace_of(prefix: str, node: str, options: Options) -> str:
@@ -99,16 +109,28 @@ def nodes(options: Options) -> list[str]:
     return ["inet", *core, *extra, "v6host", "nat1", "nat2", "client1", "client2"]
 
 
-def _nat_rules(wan: str, symmetric: bool) -> str:
+def _nat_rules(wan: str, symmetric: bool, upnp: bool = False) -> str:
+    """NAT and filter rules; with `upnp`, the chains miniupnpd fills hooked in first."""
     masquerade = "-j MASQUERADE --random-fully" if symmetric else "-j MASQUERADE"
+    # miniupnpd adds a DNAT per mapping to nat MINIUPNPD, an ACCEPT to filter MINIUPNPD, and
+    # a port-keeping MASQUERADE to MINIUPNPD-POSTROUTING, which must come before ours.
+    nat_chains = f":{IGD_CHAIN} - [0:0]\n:{IGD_POSTROUTING_CHAIN} - [0:0]\n" if upnp else ""
+    nat_hooks = (
+        f"-A PREROUTING -i {wan} -j {IGD_CHAIN}\n-A POSTROUTING -o {wan} -j {IGD_POSTROUTING_CHAIN}\n" if upnp else ""
+    )
+    filter_chain = f":{IGD_CHAIN} - [0:0]\n" if upnp else ""
+    filter_hook = f"-A FORWARD -i {wan} ! -o {wan} -j {IGD_CHAIN}\n" if upnp else ""
     # The INPUT drop is what home routers do; without it, conntrack confirms an entry for
     # a peer's early bubble and then remaps the client's port, which breaks hole punching.
     return (
         "*nat\n"
+        f"{nat_chains}{nat_hooks}"
         f"-A POSTROUTING -o {wan} {masquerade}\n"
         "COMMIT\n"
         "*filter\n"
+        f"{filter_chain}"
         f"-A INPUT -i {wan} -m conntrack --ctstate NEW -j DROP\n"
+        f"{filter_hook}"
         "COMMIT\n"
     )
 
@@ -187,9 +209,9 @@ def build_plan(prefix: str, options: Options) -> Plan:
     if options.hostile:
         _plan_hostile(plan, ns, plug, eth)
 
-    for nat, client, wan_address, lan_net, client_address, symmetric in (
-        ("nat1", "client1", NAT1_WAN, NAT1_LAN, CLIENT1_ADDRESS, False),
-        ("nat2", "client2", NAT2_WAN, NAT2_LAN, CLIENT2_ADDRESS, options.nat2 == "symmetric"),
+    for nat, client, wan_address, lan_net, client_address, symmetric, upnp in (
+        ("nat1", "client1", NAT1_WAN, NAT1_LAN, CLIENT1_ADDRESS, False, False),
+        ("nat2", "client2", NAT2_WAN, NAT2_LAN, CLIENT2_ADDRESS, options.nat2 == "symmetric", options.upnp),
     ):
         wan, lan = ifname(WAN), ifname(LAN)
         plug(nat, nat, wan, (wan_address,), ())
@@ -205,5 +227,6 @@ def build_plan(prefix: str, options: Options) -> Plan:
             f"route add default via {router}",
         ]
         plan.sysctls[ns(nat)] += ["net.ipv4.ip_forward=1", f"net.ipv6.conf.{wan}.disable_ipv6=1"]
-        plan.iptables[ns(nat)] = _nat_rules(wan, symmetric)
+        rules = plan.iptables_legacy if upnp else plan.iptables
+        rules[ns(nat)] = _nat_rules(wan, symmetric, upnp)
     return plan

@@ -23,6 +23,8 @@ from teredo_appliance.netwatch import NetWatch
 from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
 from teredo_appliance.roles.client_qualify import Qualification, Qualifier
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
+from teredo_appliance.stats import Counters
+from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
@@ -59,7 +61,9 @@ class ClientService(TunneledRole):
         link_watch: Callable[..., Any] = NetWatch,
         local_address: Callable[[int], int | None] | None = None,
         rng: Any = None,
+        port_mapper: Callable[[int, Counters], PortMapper] | None = None,
     ) -> None:
+        """`port_mapper(port, counters)`: the UPnP mapping of our UDP port (extensions.upnp; tests inject one)."""
         super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
@@ -73,6 +77,8 @@ class ClientService(TunneledRole):
         self._hook_old: dict[str, str] | None = None
         self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
         self._route = False
+        self._port_mapper = port_mapper or self._igd_mapping
+        self.upnp: PortMapper | None = None
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -178,8 +184,22 @@ class ClientService(TunneledRole):
             address=str(self.config.bind_address), port=self.bound_port, interface=self.tunnel.name,
             mtu=self.config.mtu, server=", ".join([self.config.server_address, *self.config.fallback_servers]),
         )
-        self.qualifier.start(self._seconds())
-        self._reschedule()
+        if self.config.extensions.upnp and self.bound_port is not None:
+            # RFC 6081 §3.2: map the port first, so that the server already sees the mapped
+            # port; qualification waits for the IGD's answer (or its timeout), not longer.
+            self.upnp = self._port_mapper(self.bound_port, self.counters)
+            self.upnp.startService()
+            self.upnp.settled().addCallback(lambda _: self._start_qualifying())
+        else:
+            self._start_qualifying()
+
+    def _igd_mapping(self, port: int, counters: Counters) -> PortMapper:
+        return PortMapper(IGDClient(self.reactor, counters=counters), port)
+
+    def _start_qualifying(self) -> None:
+        if self.running:
+            self.qualifier.start(self._seconds())
+            self._reschedule()
 
     def stopService(self) -> Deferred[None]:
         """Forget the qualification, close port and TUN (its addresses and route go with it)."""
@@ -191,7 +211,10 @@ class ClientService(TunneledRole):
         return super().stopService()
 
     def _closing(self) -> list[Deferred[Any]]:
-        return [] if self.hook is None else [self.hook.wait()]
+        waits = [] if self.hook is None else [self.hook.wait()]
+        if self.upnp is not None:
+            waits.append(self.upnp.stopService())  # deletes the mapping on the IGD
+        return waits
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -209,6 +232,7 @@ class ClientService(TunneledRole):
                 "mtu": self.config.mtu,
                 "refresh_interval": self.config.refresh_interval,
                 "peers": self.data.stats(),
+                "upnp": None if self.upnp is None else self.upnp.status(),
             }
         )
         return report

@@ -57,7 +57,9 @@ class Datagram(NamedTuple):
     origin: OriginIndication | None
     packet: bytes  # the IPv6 packet alone
     header: IPv6Header
-    trailer: bytes = b""  # whatever follows the IPv6 packet: RFC 6081 trailers (or junk)
+    # What followed the IPv6 packet: RFC 6081 trailers, unparsed, so a server or relay can
+    # forward them untouched (wire/trailers.py reads them). Empty, and no copy, when none.
+    trailer: bytes = b""
 
 
 def parse_datagram(data: bytes) -> Datagram:
