@@ -170,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="length of each TCP push")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="alternating rounds (median taken)")
     parser.add_argument("--no-udp", dest="udp", action="store_false", help="skip the UDP packets/s search")
+    parser.add_argument("--only", choices=[name for name in SCENARIOS if name != "miredo"], action="append",
+                        help="measure only these scenarios beside Miredo (repeatable)")
     args = parser.parse_args(argv)
+    scenarios = {name: s for name, s in SCENARIOS.items() if name == "miredo" or not args.only or name in args.only}
     reason = unavailable_reason(need_miredo=True) or ours_missing({"server", "relay", "client"})
     if reason:
         print(f"throughput: cannot run: {reason}", file=sys.stderr)
         return 2
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for round_number in range(1, args.rounds + 1):
-        for name, scenario in SCENARIOS.items():
+        for name, scenario in scenarios.items():
             try:
                 figures = measure(scenario, args.seconds, args.udp)
             except LabError as e:
@@ -189,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
                for name, rounds in runs.items()}
     print(f"\nmedians of {args.rounds} alternating rounds, {args.seconds:.0f} s per TCP push; ratio = x / miredo")
-    print(f"{'figure':34} {'unit':11}" + "".join(f"{name:>28}" for name in SCENARIOS))
+    print(f"{'figure':34} {'unit':11}" + "".join(f"{name:>28}" for name in scenarios))
     for key, (label, unit) in LABELS.items():
         if key not in medians["miredo"]:
             continue
         base = medians["miredo"][key]
         cells = []
-        for name in SCENARIOS:
+        for name in scenarios:
             value = medians[name][key]
             cells.append(f"{value:.1f}" if name == "miredo" else f"{value:.1f} ({value / base:.2f}x)" if base else
                          f"{value:.1f}")

@@ -47,6 +47,7 @@ class TeredoUDP(DatagramProtocol):
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
         self._sender: batchio.Sender | None = None
         self._held: list[tuple[bytes, tuple[str, int]]] | None = None  # sends waiting for release()
+        self._also: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
@@ -76,14 +77,22 @@ class TeredoUDP(DatagramProtocol):
         if sender is not None:
             sender.close()
 
+    def hold_with(self, hold: Callable[[], None], release: Callable[[], None]) -> None:
+        """Also hold (and release) something else, e.g. the TUN the datagrams' packets go to."""
+        self._also.append((hold, release))
+
     def hold(self) -> None:
         """Keep the following sends until release(), to send them in batches (if batched)."""
+        for also, _ in self._also:
+            also()
         if self._sender is not None and self._held is None:
             self._held = []
 
     def release(self) -> None:
         """Send what was held, BATCH datagrams per system call; refused ones are counted drops
         exactly as send() counts them."""
+        for _, also in self._also:
+            also()
         held, self._held = self._held, None
         if not held or self._sender is None:
             return
@@ -140,6 +149,7 @@ class BatchedPort(udp.Port):
                     return
                 if not batch:
                     return
+                protocol.counters["udp.batches"] += 1
                 for data, addr in batch:
                     read += len(data)
                     protocol.datagramReceived(data, addr)  # contained: TeredoUDP never raises
