@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_number} {name} ({scenario.describe()}): failed: {e}")
                 return 1
             runs[name].append(figures)
-            shown = ", ".join(f"{key} {value:.1f}" for key, value in figures.items())
+            shown = ", ".join(f"{key} {value:.3g}" for key, value in figures.items())
             print(f"round {round_number} {name}: {shown}", flush=True)
     medians = {name: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
                for name, rounds in runs.items()}
@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for name in scenarios:
             value = medians[name][key]
-            cells.append(f"{value:.1f}" if name == "miredo" else f"{value:.1f} ({value / base:.2f}x)" if base else
-                         f"{value:.1f}")
+            cells.append(f"{value:.3g}" if name == "miredo" or not base else f"{value:.3g} ({value / base:.2f}x)")
         print(f"{label:34} {unit:11}" + "".join(f"{cell:>28}" for cell in cells))
     return 0
 
