@@ -25,11 +25,22 @@ import ctypes
 import ctypes.util
 import errno
 import mmap
+import os
 import socket
 import struct
 from collections.abc import Sequence
 
 BATCH = 64  # datagrams per system call
+# UDP GSO (Linux 4.18+, include/uapi/linux/udp.h): one send of up to 64 equal datagrams.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
+GSO_BYTES = 65507 - 8  # the largest IPv4 UDP payload, less room for the kernel's accounting
+GSO_MAX_SEGMENT = 1472  # a segment must fit the device MTU (1500 less IPv4 and UDP headers)
+# Errors that mean "not this way" rather than "not to there": the path's MTU is smaller,
+# the device cannot checksum, or the kernel lacks UDP GSO; the datagrams go one by one.
+GSO_UNSUPPORTED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+_GSO_SIZE = struct.Struct("=H")
 SLOT = 65536  # bytes per datagram slot: the largest UDP payload fits, nothing is truncated
 MSG_DONTWAIT = 0x40  # include/linux/socket.h
 
@@ -165,33 +176,84 @@ class Receiver:
 
 
 class Sender:
-    """sendmmsg on a non-blocking IPv4 UDP socket `fileno`."""
+    """sendmmsg on a non-blocking IPv4 UDP socket `fileno`; with `segment`, a run of
+    datagrams to one destination of one size (the last may be shorter) leaves as one
+    UDP_SEGMENT send that the kernel cuts up (UDP GSO), where the kernel offers it."""
 
-    def __init__(self, fileno: int) -> None:
+    def __init__(self, fileno: int, *, segment: bool = True) -> None:
         self.fileno = fileno
         self._slots = _Slots()
         self._packed: dict[Address, bytes] = {}
+        self._socket = socket.socket(fileno=os.dup(fileno))  # for sendmsg with a control message
+        self.segment = segment
+        self.segmented = 0  # UDP GSO sends made (each carrying 2 to GSO_SEGMENTS datagrams)
 
     def send(self, datagrams: Sequence[tuple[bytes, Address]]) -> list[tuple[int, int]]:
-        """Send every datagram, BATCH per call, in order; return (index, errno) of each one
-        the kernel refused (the plain path's sendto would have raised for exactly those).
+        """Send every datagram in order, many per system call; return (index, errno) of each
+        one the kernel refused (the plain path's sendto would have raised for those).
 
         A payload larger than a slot goes alone through sendto, which gives the same error.
         """
         errors: list[tuple[int, int]] = []
-        start = 0
+        start = plain = 0
         total = len(datagrams)
         while start < total:
-            start = self._send_batch(datagrams, start, errors)
+            end = self._run_end(datagrams, start) if self.segment else start + 1
+            if end - start < 2:
+                start += 1
+                continue
+            while plain < start:  # everything before the run, in order
+                plain = self._send_batch(datagrams, plain, start, errors)
+            self._send_segmented(datagrams, start, end, errors)
+            start = plain = end
+        while plain < total:
+            plain = self._send_batch(datagrams, plain, total, errors)
         return sorted(errors)
 
-    def _send_batch(self, datagrams: Sequence[tuple[bytes, Address]], start: int,
+    @staticmethod
+    def _run_end(datagrams: Sequence[tuple[bytes, Address]], start: int) -> int:
+        """The end of the UDP GSO run starting at `start` (start + 1: no run)."""
+        first, destination = datagrams[start]
+        size = len(first)
+        if not 0 < size <= GSO_MAX_SEGMENT:
+            return start + 1
+        total, end, limit = size, start + 1, min(len(datagrams), start + GSO_SEGMENTS)
+        while end < limit:
+            payload, to = datagrams[end]
+            length = len(payload)
+            if to != destination or not 0 < length <= size or total + length > GSO_BYTES:
+                break
+            total += length
+            end += 1
+            if length < size:  # only the last segment may be shorter
+                break
+        return end
+
+    def _send_segmented(self, datagrams: Sequence[tuple[bytes, Address]], start: int, end: int,
+                        errors: list[tuple[int, int]]) -> None:
+        first, destination = datagrams[start]
+        control = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(len(first)))]
+        try:
+            self._socket.sendmsg([b"".join(payload for payload, _ in datagrams[start:end])], control, 0,
+                                 destination)
+        except OSError as error:
+            if error.errno not in GSO_UNSUPPORTED:  # the destination's verdict: each datagram's
+                errors.extend((index, error.errno or errno.EIO) for index in range(start, end))
+                return
+            if error.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self.segment = False  # this kernel has no UDP GSO: never try again
+            index = start
+            while index < end:  # the path cannot take it as one: send one by one
+                index = self._send_batch(datagrams, index, end, errors)
+            return
+        self.segmented += 1
+
+    def _send_batch(self, datagrams: Sequence[tuple[bytes, Address]], start: int, total: int,
                     errors: list[tuple[int, int]]) -> int:
         slots = self._slots
         data, iovecs, names = slots.data, slots.iovec_view, slots.name_view
         count = 0
         index = start
-        total = len(datagrams)
         while index < total and count < BATCH:
             payload, destination = datagrams[index]
             size = len(payload)
@@ -253,3 +315,4 @@ class Sender:
 
     def close(self) -> None:
         self._slots.close()
+        self._socket.close()
