@@ -14,8 +14,8 @@ TUN_IN, TUN_OUT = BYTES + "tun_in", BYTES + "tun_out"
 class Counters(Counter):
     """A Counter of event names; `drop(reason)` keeps drop reasons under one namespace."""
 
-    def drop(self, reason: str, count: int = 1) -> None:
-        self[DROP + reason] += count
+    def drop(self, reason: str) -> None:
+        self[DROP + reason] += 1
 
     def drops(self) -> dict[str, int]:
         return {k[len(DROP):]: v for k, v in sorted(self.items()) if k.startswith(DROP)}

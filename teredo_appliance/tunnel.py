@@ -38,7 +38,6 @@ from zope.interface import implementer
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
-from teredo_appliance.wire.offload import PLAIN, VNET_HEADER, VNET_HEADER_LEN, coalesce
 
 __all__ = ["LinkError", "Tunnel"]
 
@@ -47,7 +46,6 @@ IFNAMSIZ = 16  # include/uapi/linux/if.h, including the terminating NUL
 # Read buffer: the largest MTU a TUN accepts, so a packet is never truncated even if an operator
 # raises the MTU behind our back; reading into a 64 KiB buffer costs no more than into 1280 bytes.
 READ_SIZE = 65535
-IFF_VNET_HDR = 0x4000  # include/uapi/linux/if_tun.h: a virtio-net header before every packet
 
 
 @implementer(IRawPacketProtocol)
@@ -64,13 +62,8 @@ class _IPv6Packets(AbstractDatagramProtocol):
         self.on_packet = on_packet
         self.counters = counters
         self._guard = PacketGuard(counters, "tun")
-        self.vnet = False  # each packet starts with a virtio-net header (IFF_VNET_HDR)
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
-        if self.vnet:
-            # No offload is switched on for reads (TUNSETOFFLOAD), so the kernel hands us whole
-            # packets with complete checksums; the header says nothing we need.
-            datagram = datagram[VNET_HEADER_LEN:]
         self.counters[TUN_IN] += len(datagram)
         if len(datagram) < IPV6_HEADER_LEN:
             self.counters.drop("tun.short")
@@ -90,7 +83,6 @@ class _TunPort(TuntapPort):
     packets make the role send leaves in batches."""
 
     batch: tuple[Callable[[], None], Callable[[], None]] | None = None
-    vnet = False  # open with IFF_VNET_HDR
 
     def doRead(self) -> None:
         if self.batch is None:
@@ -107,8 +99,7 @@ class _TunPort(TuntapPort):
         system = self._system
         fileno = system.open(_TUN_KO_PATH, system.O_RDWR | system.O_CLOEXEC | system.O_NONBLOCK)
         try:
-            flags = mode.value | (IFF_VNET_HDR if self.vnet else 0)
-            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, flags))
+            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, mode.value))
         except OSError:
             system.close(fileno)
             raise
@@ -124,10 +115,6 @@ class Tunnel:
     passed to TuntapPort (tests use twisted.pair.testing.MemoryIOSystem as `system`);
     `link_factory(ifname)` returns the netlink configurator (tests pass a fake). `batch`:
     (hold, release) called around each wake-up's reads (the role's batched UDP sends).
-
-    `offload`: open the device with IFF_VNET_HDR; then the packets written between
-    hold() and release() go to the kernel with consecutive TCP segments of a flow merged
-    into one GSO write (wire.offload.coalesce), which the kernel cuts up again itself.
 
     The tunnel remembers the addresses and routes it added, so close() removes exactly those
     even on a persistent device; a non-persistent TUN (the usual case) vanishes when its
@@ -147,12 +134,9 @@ class Tunnel:
         system: Any = None,
         link_factory: Callable[[str], Link] = Link,
         batch: tuple[Callable[[], None], Callable[[], None]] | None = None,
-        offload: bool = False,
     ) -> None:
         self.name = name
         self._batch = batch
-        self.offload = offload
-        self._held: list[bytes] | None = None  # packets waiting for release()
         self._requested_name = name  # `name` becomes the kernel's (a pattern like "teredo%d" expands)
         self.mtu = mtu
         self.counters = Counters() if counters is None else counters
@@ -182,12 +166,11 @@ class Tunnel:
         port = _TunPort(
             os.fsencode(self.name),
             self._protocol,
-            maxPacketSize=READ_SIZE + (VNET_HEADER_LEN if self.offload else 0),
+            maxPacketSize=READ_SIZE,
             reactor=self._reactor,
             system=self._system,
         )
         port.batch = self._batch
-        port.vnet = self._protocol.vnet = self.offload
         try:
             port.startListening()
         except CannotListenError as e:
@@ -235,48 +218,19 @@ class Tunnel:
             self._routes.remove((prefix, metric))
 
     def write(self, packet: bytes) -> None:
-        """Hand one IPv6 packet to the kernel (or keep it until release() if held). Never
-        raises: a packet the kernel refuses (queue full: EAGAIN/ENOBUFS, or any other error)
-        or one written while closed is counted as drop "tun.write_<errno>" / "tun.closed"
-        and lost, as IP allows."""
-        held = self._held
-        if held is not None:
-            held.append(packet)
-            return
-        self._write(PLAIN + packet if self.offload else packet, len(packet), 1)
-
-    def hold(self) -> None:
-        """Keep written packets until release(), to merge TCP bursts (with `offload` only)."""
-        if self.offload and self._held is None:
-            self._held = []
-
-    def release(self) -> None:
-        """Write what was held: each run of one TCP flow's segments as one GSO packet."""
-        held, self._held = self._held, None
-        if not held:
-            return
-        for vnet, packet in coalesce(held):
-            if vnet == PLAIN:
-                self._write(vnet + packet, len(packet), 1)
-                continue
-            headers, gso_size = VNET_HEADER.unpack(vnet)[2:4]
-            segments = -(-(len(packet) - headers) // gso_size)
-            self.counters["tun.gso_writes"] += 1
-            self.counters["tun.gso_segments"] += segments
-            self._write(vnet + packet, len(packet) + (segments - 1) * headers, segments)
-
-    def _write(self, data: bytes, size: int, packets: int) -> None:
-        """Write `data` standing for `packets` packets of `size` bytes in all; count as write() says."""
+        """Hand one IPv6 packet to the kernel. Never raises: a packet the kernel refuses (queue
+        full: EAGAIN/ENOBUFS, or any other error) or one written while closed is counted as
+        drop "tun.write_<errno>" / "tun.closed" and lost, as IP allows."""
         port = self._port
         if port is None:
-            self.counters.drop("tun.closed", packets)
+            self.counters.drop("tun.closed")
             return
         try:
-            port.write(data)
+            port.write(packet)
         except OSError as e:
-            self.counters.drop("tun.write_" + errno.errorcode.get(e.errno or 0, "error").lower(), packets)
+            self.counters.drop("tun.write_" + errno.errorcode.get(e.errno or 0, "error").lower())
             return
-        self.counters[TUN_OUT] += size
+        self.counters[TUN_OUT] += len(packet)
 
     def close(self) -> Deferred[None]:
         """Remove the routes and addresses we added, then close the device.

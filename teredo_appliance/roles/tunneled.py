@@ -59,9 +59,7 @@ class TunneledRole(RoleService):
         self.tunnel = Tunnel(
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
             system=tun_system, link_factory=link_factory, batch=(self.udp.hold, self.udp.release),
-            offload=tun_system is None,  # a real TUN: merge TCP bursts into GSO writes
         )
-        self.udp.hold_with(self.tunnel.hold, self.tunnel.release)
         self._port: Any = None
         self._timer: IDelayedCall | None = None
         # Another program may delete the TUN, set it down or remove its routes: notice, repair.

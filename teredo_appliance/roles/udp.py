@@ -47,7 +47,6 @@ class TeredoUDP(DatagramProtocol):
         self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
         self._sender: batchio.Sender | None = None
         self._held: list[tuple[bytes, tuple[str, int]]] | None = None  # sends waiting for release()
-        self._also: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
@@ -77,27 +76,23 @@ class TeredoUDP(DatagramProtocol):
         if sender is not None:
             sender.close()
 
-    def hold_with(self, hold: Callable[[], None], release: Callable[[], None]) -> None:
-        """Also hold (and release) something else, e.g. the TUN the datagrams' packets go to."""
-        self._also.append((hold, release))
-
     def hold(self) -> None:
         """Keep the following sends until release(), to send them in batches (if batched)."""
-        for also, _ in self._also:
-            also()
         if self._sender is not None and self._held is None:
             self._held = []
 
     def release(self) -> None:
         """Send what was held, BATCH datagrams per system call; refused ones are counted drops
         exactly as send() counts them."""
-        for _, also in self._also:
-            also()
         held, self._held = self._held, None
         if not held or self._sender is None:
             return
         counters = self.counters
-        failed = dict(self._sender.send(held))
+        sender = self._sender
+        segmented = sender.segmented
+        failed = dict(sender.send(held))
+        if sender.segmented != segmented:
+            counters["udp.gso_sends"] += sender.segmented - segmented
         for code in failed.values():
             counters.drop("send-" + errno.errorcode.get(code, "error").lower())
         counters[UDP_OUT] += sum(len(payload) for payload, _ in held) - sum(len(held[i][0]) for i in failed)
