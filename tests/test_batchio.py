@@ -4,6 +4,7 @@ the plain path, for the same inputs (hypothesis), on real loopback sockets."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
@@ -230,3 +231,20 @@ class RelayVerdictTests(SocketsMixin, SynchronousTestCase):
         # The indirect bubble to the peer's server cannot leave a socket bound to loopback:
         # sendmmsg's refusal is counted as sendto's would be.
         self.assertEqual(counters.drops(), {"udp.ipv6-short": 1, "send-einval": 1})
+
+
+class BatchedPortLifeTests(SynchronousTestCase):
+    if not batchio.available():
+        skip = "recvmmsg/sendmmsg not available"
+
+    def test_ten_ports_opened_and_closed_leak_no_descriptor(self) -> None:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            udp = TeredoUDP(lambda data, source: None, Counters())
+            port = listen_udp(reactor, udp, LOOPBACK, 0, batched=True)
+            self.assertIsInstance(port, BatchedPort)
+            port.stopReading()
+            port.connectionLost()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.assertFalse(udp.send(b"x", (LOOPBACK, 9)))  # closed: a counted drop, no error
+        self.assertEqual(udp.counters.drops(), {"socket-closed": 1})
