@@ -1,17 +1,19 @@
-"""Batched UDP I/O: up to 64 IPv4 datagrams per system call (recvmmsg, sendmmsg).
+"""Batched UDP I/O: up to 64 IPv4 datagrams per system call (recvmmsg, sendmmsg, UDP GSO).
 
 Python pays a system call and a few objects per datagram on a plain socket; a Teredo
 relay, client or server is a packet pump, so that cost is most of its CPU. recvmmsg(2)
-and sendmmsg(2) move a whole batch per call. They are reached through ctypes (stdlib),
-so the wheel needs no compiler; where libc lacks them (or the socket is not IPv4)
-`available()` says so and callers keep the plain path.
+and sendmmsg(2) move a whole batch per call, and a run of equal-sized datagrams to one
+destination leaves as one UDP_SEGMENT send that the kernel cuts up late (UDP GSO).
+They are reached through ctypes and the socket module (stdlib), so the wheel needs no
+compiler; where libc lacks them `available()` says so and callers keep the plain path.
+Only IPv4 sockets (Teredo's) are handled.
 
 The API, shared by every role::
 
     receiver = Receiver(sock.fileno())
     for data, (host, port) in receiver.receive():   # [] when the socket is empty
         ...
-    sender = Sender(sock.fileno())
+    sender = Sender(sock.fileno())                  # segment=False: no UDP GSO
     errors = sender.send([(payload, (host, port)), ...])  # [(index, errno), ...] refused ones
 
 Buffers are anonymous mmaps allocated once: the kernel hands out their pages only as
@@ -35,7 +37,7 @@ BATCH = 64  # datagrams per system call
 SOL_UDP = 17
 UDP_SEGMENT = 103
 GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
-GSO_BYTES = 65507 - 8  # the largest IPv4 UDP payload, less room for the kernel's accounting
+GSO_BYTES = 65507  # one send carries at most the largest IPv4 UDP payload
 GSO_MAX_SEGMENT = 1472  # a segment must fit the device MTU (1500 less IPv4 and UDP headers)
 # Errors that mean "not this way" rather than "not to there": the path's MTU is smaller,
 # the device cannot checksum, or the kernel lacks UDP GSO; the datagrams go one by one.
@@ -71,7 +73,6 @@ MMSGHDR_SIZE = ctypes.sizeof(_Mmsghdr)
 IOVEC_SIZE = ctypes.sizeof(_Iovec)
 LEN_OFFSET = _Mmsghdr.len.offset
 IOV_LEN_OFFSET = _Iovec.len.offset
-_U32 = struct.Struct("=I")
 _SIZE = struct.Struct("N")  # size_t, native
 _SOCKADDR = struct.Struct("=H2s4s8x")  # family (host order), port and address (network order)
 
@@ -92,11 +93,9 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def available(sock: socket.socket | None = None) -> bool:
-    """Whether batched I/O works here (and for `sock`: only IPv4 UDP sockets are batched)."""
-    if _LIBC is None:
-        return False
-    return sock is None or (sock.family == socket.AF_INET and sock.type == socket.SOCK_DGRAM)
+def available() -> bool:
+    """Whether batched I/O works here (libc has recvmmsg and sendmmsg)."""
+    return _LIBC is not None
 
 
 def _address(buffer: mmap.mmap) -> int:
