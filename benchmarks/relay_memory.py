@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.testing import MemoryReactorClock, _FakePort
 from twisted.pair import testing
+from twisted.pair.tuntap import TuntapPort
 
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.roles.relay import RelayService
@@ -103,7 +104,8 @@ class Relay:
         self.service.startService()
         [fd] = system._openFiles
         self.device = system._openFiles[fd]
-        [self.tun_port] = self.reactor.getReaders()
+        # The TUN's reader (the netlink watch of the device is another).
+        [self.tun_port] = [reader for reader in self.reactor.getReaders() if isinstance(reader, TuntapPort)]
 
     def from_kernel(self, packets: Iterator[bytes]) -> None:
         """One TUN read burst, then drop whatever the relay wrote back (ICMPv6 errors)."""
