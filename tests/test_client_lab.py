@@ -12,9 +12,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab
-from teredo_appliance.lab.scenario import Scenario, client_section, scenario_lab, server_section
+from teredo_lab import checks, topology
+from teredo_lab.lab import MIREDO, OURS, Lab
+from teredo_lab.scenario import Scenario, client_section, scenario_lab, server_section
 from tests.labsupport import ScenarioChecks, scenario_skip_reason, skip_unless_lab
 
 FIRST_NETWORK = topology.teredo_network(topology.SERVER_ADDRESS)

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
-from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
+from teredo_appliance.roles.client_machine import QUALIFICATION_TIMEOUT
 from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64

@@ -18,9 +18,9 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import cli, configs, preflight, scenario, state, tcpxfer, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, client_section, relay_section, server_section
+from teredo_lab import cli, configs, preflight, scenario, state, tcpxfer, topology
+from teredo_lab.lab import MIREDO, OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, client_section, relay_section, server_section
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
@@ -298,7 +298,7 @@ class CrashTeardownTests(unittest.TestCase):
 
     def cli(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        return subprocess.Popen([sys.executable, "-m", "teredo_appliance.lab.cli", *args], env=env, **popen)
+        return subprocess.Popen([sys.executable, "-m", "teredo_lab.cli", *args], env=env, **popen)
 
     def test_down_after_sigkill(self) -> None:
         prefix = f"{state.PREFIX_TAG}{secrets.token_hex(2)}"

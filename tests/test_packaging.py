@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "twisted/plugins/teredo_appliance_plugin.py"
+PACKAGES = ("teredo_appliance", "teredo_lab")
 
 
 class WheelTests(SynchronousTestCase):
@@ -41,7 +42,7 @@ class WheelTests(SynchronousTestCase):
         self.assertIn(PLUGIN, names)
         self.assertFalse([name for name in names if name.endswith("dropin.cache")])
         self.assertFalse([name for name in names if name.startswith("tests/")])
-        modules = {str(path.relative_to(REPO)) for path in (REPO / "teredo_appliance").rglob("*.py")}
+        modules = {str(path.relative_to(REPO)) for package in PACKAGES for path in (REPO / package).rglob("*.py")}
         self.assertEqual(modules - names, set())
 
 
@@ -78,13 +79,14 @@ class DeclaredDependencyTests(SynchronousTestCase):
                     for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
         distributions = packages_distributions()
         imported = set()
-        for path in [*(REPO / "teredo_appliance").rglob("*.py"), *(REPO / "twisted" / "plugins").glob("*.py")]:
+        sources = [path for package in PACKAGES for path in (REPO / package).rglob("*.py")]
+        for path in [*sources, *(REPO / "twisted" / "plugins").glob("*.py")]:
             for node in ast.walk(ast.parse(path.read_text())):
                 names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                          else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
                          else [])
                 imported.update(name.split(".")[0] for name in names)
-        third_party = {top for top in imported - set(sys.stdlib_module_names) - {"teredo_appliance"}}
+        third_party = {top for top in imported - set(sys.stdlib_module_names) - set(PACKAGES)}
         undeclared = {top: distributions.get(top) for top in third_party
                       if not {_normalised(d) for d in distributions.get(top, [top])} & declared}
         self.assertEqual(undeclared, {})

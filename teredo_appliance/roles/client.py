@@ -1,7 +1,7 @@
 """The client role as a Twisted service: UDP port, TUN, resolver, netlink watch, hook, one timer.
 
-Decisions live in `client_qualify` (qualification, NAT type, refresh, failover) and
-`client_peers` (the data path); this module wires them to the reactor. What it puts on
+Decisions live in `client_machine` (qualification, NAT type, refresh, failover) and
+`client_datapath` (the data path); this module wires them to the reactor. What it puts on
 the TUN once qualified is what Miredo's client does: the Teredo address /32, the
 link-local fe80::ffff:ffff:ffff/64 and a default route of metric 1029, so that any
 native IPv6 default route wins. All of it goes when connectivity is lost or on stop.
@@ -20,8 +20,8 @@ from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.netwatch import NetWatch
-from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
-from teredo_appliance.roles.client_qualify import Qualification, Qualifier
+from teredo_appliance.roles.client_datapath import LINK_LOCAL, ClientPeers
+from teredo_appliance.roles.client_machine import Qualification, Qualifier
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper

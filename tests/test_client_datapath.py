@@ -1,4 +1,4 @@
-"""roles/client_peers.py: bubbles, relay trust by echo, held and queued packets, bounds."""
+"""roles/client_datapath.py: bubbles, relay trust by echo, held and queued packets, bounds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
-from teredo_appliance.roles.client_peers import ICMP_ERRORS_PER_SECOND, ClientPeers
+from teredo_appliance.roles.client_datapath import ICMP_ERRORS_PER_SECOND, ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (

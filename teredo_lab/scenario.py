@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
+from teredo_lab import checks, topology
+from teredo_lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
 
 ROLE_CLASSES = {"server": "ServerService", "relay": "RelayService", "client": "ClientService"}
 

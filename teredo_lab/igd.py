@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from teredo_appliance.lab import stun, topology
+from teredo_lab import stun, topology
 
 if TYPE_CHECKING:
-    from teredo_appliance.lab.lab import Lab
+    from teredo_lab.lab import Lab
 
 NODE = "nat2"
 DAEMON, STUN = "miniupnpd", "stun"
@@ -52,7 +52,7 @@ def miniupnpd_conf(prefix: str, lease_file: Path, device_uuid: str) -> str:
 
 def start(lab: Lab) -> None:
     """Start the STUN responder and miniupnpd in NAT 2; LabError unless forwarding is enabled."""
-    from teredo_appliance.lab.lab import LabError
+    from teredo_lab.lab import LabError
 
     assert lab.prefix is not None and lab.rundir is not None
     lab.start_service(STUN, NODE, [sys.executable, stun.__file__, topology.NAT2_WAN, str(topology.STUN_PORT)])

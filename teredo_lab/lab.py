@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import teredo_appliance
-from teredo_appliance.lab import configs, igd, state, topology
+from teredo_lab import configs, igd, state, topology
 
 MIREDO, OURS = "miredo", "ours"
 IMPLS = (MIREDO, OURS)

@@ -3,7 +3,7 @@
 The builders use the project's own `wire` module, so the hostile traffic is exactly as
 well-formed as it means to be: every Teredo source embeds the sender's real mapping
 (RFC 4380 §5.3.1 rule 5 holds), every checksum is right; only the intent is hostile.
-Run inside a namespace as `python -m teredo_appliance.lab.attacks COMMAND ARGS...`;
+Run inside a namespace as `python -m teredo_lab.attacks COMMAND ARGS...`;
 each command prints one JSON line saying what it did.
 """
 

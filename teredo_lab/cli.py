@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 
-from teredo_appliance.lab import state, topology
-from teredo_appliance.lab.demo import run_demo
-from teredo_appliance.lab.lab import IMPLS, MIREDO, Lab, LabError
-from teredo_appliance.lab.preflight import unavailable_reason
-from teredo_appliance.lab.scenario import Scenario, run_scenario, start
+from teredo_lab import state, topology
+from teredo_lab.demo import run_demo
+from teredo_lab.lab import IMPLS, MIREDO, Lab, LabError
+from teredo_lab.preflight import unavailable_reason
+from teredo_lab.scenario import Scenario, run_scenario, start
 
 
 def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:

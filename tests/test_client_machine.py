@@ -1,4 +1,4 @@
-"""roles/client_qualify.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
+"""roles/client_machine.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.config_model import ClientConfig
-from teredo_appliance.roles.client_qualify import (
+from teredo_appliance.roles.client_machine import (
     CONE_PROBE_QUIET,
     NAT_CONE,
     NAT_NONE,
