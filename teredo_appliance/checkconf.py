@@ -14,9 +14,10 @@ import sys
 from teredo_appliance import __version__
 from teredo_appliance.boundedfile import FileRefused, read_bounded
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, parse_config, truncation_hint
-from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
+from teredo_appliance.config_model import ClientConfig, Config, RelayConfig, ServerConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.miredo_import import convert, looks_like_miredo
+from teredo_appliance.wire.constants import TEREDO_PORT
 
 
 def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:

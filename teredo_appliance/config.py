@@ -22,7 +22,6 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from teredo_appliance.boundedfile import MAX_FILE_BYTES, FileRefused, read_bounded
 from teredo_appliance.config_model import (
     ANY_IPV4,
-    TEREDO_PORT,
     ClientConfig,
     ClientExtensions,
     Config,
@@ -34,20 +33,17 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
+from teredo_appliance.wire.constants import IFNAMSIZ, MAX_MTU, MIN_MTU, TEREDO_PORT, TEREDO_PREFIX_LENGTH
 
 DEFAULT_PATH = "/etc/teredo/teredo.yaml"
 MAX_CONFIG_BYTES = MAX_FILE_BYTES  # a real teredo.yaml is a few kB; a 50 MB one is a mistake or an attack
 
-TEREDO_PREFIX_LENGTH = 32  # RFC 4380 §2.6: the Teredo service prefix is a /32
-IPV6_MIN_MTU = 1280  # RFC 8200 §5
-MAX_MTU = 65535  # the IPv6 payload length field is 16 bits
 UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NUL
 # Refresh bounds in seconds: at least 1 s so a typo cannot flood the server; at most 120 s,
 # the initial "maximum Teredo refresh interval" of RFC 4380 §5.2.7 (and the shortest NAT
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
-IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 bytes (UTF-8 counts per byte)
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
@@ -367,7 +363,7 @@ def _client_extensions(node: Node) -> ClientExtensions:
     return ClientExtensions(**values)
 
 
-_mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
+_mtu = _int_in(MIN_MTU, MAX_MTU)
 
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
 # without a default, except those derived in _Reader (server bind_address2).

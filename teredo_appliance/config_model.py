@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Network
 
-TEREDO_PORT = 3544  # RFC 4380 §4: the IANA-assigned Teredo UDP port
-DEFAULT_PREFIX = IPv6Network("2001::/32")  # RFC 4380 §2.6
+from teredo_appliance.wire.constants import DEFAULT_PREFIX, MIN_MTU, TEREDO_PORT
+
 GLOBAL_UNICAST = IPv6Network("2000::/3")  # RFC 4291 §2.4, RFC 3587: what a relay serves by default
-TEREDO_MTU = 1280  # RFC 4380 §5.1.2
+TEREDO_MTU = MIN_MTU  # RFC 4380 §5.1.2
 ANY_IPV4 = IPv4Address("0.0.0.0")
 # Router Solicitations answered per source IPv4 address: a client sends one every 30 s
 # (RFC 4380 §5.2.7), so 20/s serves 600 clients behind one NAT address, while a forged

@@ -20,12 +20,13 @@ from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.netwatch import NetWatch
-from teredo_appliance.roles.client_datapath import LINK_LOCAL, ClientPeers
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.roles.client_machine import Qualification, Qualifier
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
+from teredo_appliance.wire.constants import LINK_LOCAL
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
 

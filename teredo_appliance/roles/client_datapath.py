@@ -36,6 +36,7 @@ from teredo_appliance.peers import Mapping, Peer, PeerTable
 from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -50,10 +51,8 @@ from teredo_appliance.wire.ipv6 import (
     parse_header,
     quoted_packet,
 )
-from teredo_appliance.wire.nd import RS_SOURCE, TEREDO_PORT
 from teredo_appliance.wire.teredo import build_bubble, parse_datagram
 
-LINK_LOCAL = RS_SOURCE  # fe80::ffff:ffff:ffff, as Miredo's client (its LLADDRESS)
 MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
 ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
 ICMP_ERRORS_PER_SECOND = 10  # to the local stack, as Miredo

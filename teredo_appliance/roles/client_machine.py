@@ -40,12 +40,12 @@ from twisted.logger import Logger
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int, is_global_ipv4, random_flags
+from teredo_appliance.wire.constants import MAX_MTU, MIN_MTU, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
-from teredo_appliance.wire.ipv6 import MIN_MTU, is_link_local
+from teredo_appliance.wire.ipv6 import is_link_local
 from teredo_appliance.wire.nd import (
     RS_SOURCE,
     RS_SOURCE_CONE,
-    TEREDO_PORT,
     parse_router_advertisement,
     router_solicitation,
 )
@@ -57,7 +57,6 @@ NAT_UNKNOWN, NAT_NONE, NAT_CONE, NAT_RESTRICTED, NAT_SYMMETRIC = "unknown", "non
 QUALIFICATION_TIMEOUT = 4.0  # RFC 4380 §5.2.1: T
 QUALIFICATION_TRIES = 3  # RFC 4380 §5.2.1: N
 REFRESH_RANDOM_LOW = 0.75  # RFC 4380 §5.2: randomised refresh interval is 75-100% of it
-MAX_MTU = 65535  # the largest MTU an RA's MTU option may name for a UDP tunnel
 RETRY_BACKOFF_MIN = 5.0  # after every server failed: first retry, doubling...
 RETRY_BACKOFF_MAX = 120.0  # ...up to this; also the retry period behind a symmetric NAT
 RESOLVE_TIMEOUT = 10.0  # a server name that does not resolve by then counts as a failed server

@@ -21,6 +21,7 @@ from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTab
 from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -37,11 +38,10 @@ from teredo_appliance.wire.ipv6 import (
 from teredo_appliance.wire.prefixes import PrefixFilter
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 
-TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indirect bubbles
 # RFC 4380 §5.4: the relay's link-local on the TUN. Also the source of our bubbles: the
 # client answers an indirect bubble by bubbling back to the origin indication, whatever
 # its source (Miredo's relay uses a link-local as well), and this one is ours.
-RELAY_LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")
+RELAY_LINK_LOCAL = LINK_LOCAL
 # Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
 ICMP_ERRORS_PER_SECOND = 10
 # Relay-wide cap on bubbles (datagrams, not rounds): RFC 4380 §5.2.6 paces each peer, but

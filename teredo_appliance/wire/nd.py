@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from teredo_appliance.wire.address import TEREDO_PREFIX
+from teredo_appliance.wire.constants import ALL_ROUTERS, LINK_LOCAL, LINK_LOCAL_CONE, TEREDO_PORT, TEREDO_PREFIX
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -28,11 +28,8 @@ PREFIX_FLAG_AUTONOMOUS = 0x40
 # RA "Retrans Timer": 2 s, the Teredo retransmission step (RFC 4380 §5.2.6); Miredo's
 # and Microsoft's servers advertise it, so clients see the same RA from us.
 RA_RETRANS_TIMER_MS = 2000
-TEREDO_PORT = 3544  # RFC 4380 §4
-
-RS_SOURCE = bytes.fromhex("fe800000000000000000ffffffffffff")  # RFC 4380 §5.2.1
-RS_SOURCE_CONE = bytes.fromhex("fe800000000000008000544552454" "44f")  # fe80::8000:5445:5245:444f
-ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
+RS_SOURCE = LINK_LOCAL  # RFC 4380 §5.2.1: the two sources a qualification RS may have
+RS_SOURCE_CONE = LINK_LOCAL_CONE
 
 _RA_BODY = struct.Struct("!BBHII")  # cur hop limit, flags, router lifetime, reachable, retrans
 _PREFIX_OPTION = struct.Struct("!BBBBIII16s")
