@@ -18,21 +18,21 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
-from twisted.python.reflect import namedAny
 
 from teredo_appliance import __version__, earlyhup
 from teredo_appliance.config import ConfigError, load_config, truncation_hint
-from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
+from teredo_appliance.config_model import Config, RolesConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.loglevel import LogSink
+from teredo_appliance.plugin import role_names, role_plugins
 from teredo_appliance.privileges import describe_failure, preflight
 from teredo_appliance.reload import (
     CHECK_KEYS,
-    COMPONENT_ORDER,
     CONSOLE,
     CONTROL,
     METRICS,
     SERVICES,
+    component_order,
     components,
     describe_changes,
     empty_summary,
@@ -43,12 +43,6 @@ from teredo_appliance.sdnotify import Notifier
 
 RoleFactory = Callable[..., Service]  # Factory(section_config, reactor=reactor) -> role service
 ConfigLoader = Callable[[str], Config]
-
-DEFAULT_ROLE_FACTORIES = {
-    "server": "teredo_appliance.roles.server.ServerService",
-    "relay": "teredo_appliance.roles.relay.RelayService",
-    "client": "teredo_appliance.roles.client.ClientService",
-}
 
 
 class StartError(ConfigError):
@@ -100,10 +94,11 @@ class Appliance(MultiService):
 
     # -- building children -------------------------------------------------------------
 
-    def _role_factory(self, name: str) -> RoleFactory:
-        if name not in self._factories:
-            self._factories[name] = namedAny(DEFAULT_ROLE_FACTORIES[name])
-        return self._factories[name]
+    def _build_role(self, name: str, section: Any) -> Service:
+        """`role_factories` (tests) first, else the role's plugin."""
+        if name in self._factories:
+            return self._factories[name](section, reactor=self._reactor)
+        return role_plugins()[name].build(section, reactor=self._reactor)
 
     def _build(self, name: str, section: Any) -> Service:
         """A new, not yet started service for one component; opens nothing."""
@@ -123,7 +118,7 @@ class Appliance(MultiService):
 
             service = MetricsService(section, self, reactor=self._reactor)
         else:
-            service = self._role_factory(name)(section, reactor=self._reactor)
+            service = self._build_role(name, section)
         service.setName(name)
         return service
 
@@ -149,8 +144,9 @@ class Appliance(MultiService):
             self.log.warn("host check: {problem}", problem=warning)
         # Import every role's code while still root: a reload after `twistd -u` may add
         # a role, and the Python install need not be readable by that user.
-        for name in ROLE_NAMES:
-            self._role_factory(name)
+        for name, role in role_plugins().items():
+            if name not in self._factories:
+                role.load()
         self._start_all("privilegedStartService")
 
     def startService(self) -> None:
@@ -341,7 +337,7 @@ class Appliance(MultiService):
 
     def _running_config(self, new: Config, running: dict[str, Any]) -> Config:
         """The config actually in force: a failed role keeps its old section or is absent."""
-        roles = RolesConfig(**{name: running.get(name) for name in ROLE_NAMES})
+        roles = RolesConfig(**{name: running.get(name) for name in role_names()})
         return dataclasses.replace(new, roles=roles, **{name: running.get(name) for name in SERVICES})
 
     def _report(self, result: dict[str, list[str]], unchanged: list[str],
@@ -361,7 +357,7 @@ class Appliance(MultiService):
     def status(self) -> dict[str, dict[str, Any]]:
         """Each child's status() by name, in start order; one failing report hides no other."""
         report: dict[str, dict[str, Any]] = {}
-        for name in COMPONENT_ORDER:
+        for name in component_order():
             service = self.namedServices.get(name)
             if service is None:
                 continue
@@ -375,7 +371,7 @@ class Appliance(MultiService):
     def summary(self) -> str:
         """One line for systemd's STATUS=: which roles run, how many peers, the client's state."""
         parts = []
-        for name in ROLE_NAMES:
+        for name in role_names():
             service: Any = self.namedServices.get(name)
             if service is None:
                 continue
@@ -389,8 +385,10 @@ class Appliance(MultiService):
 
     def peers(self, role: str, limit: int | None = None) -> dict[str, Any]:
         """One running role's peer table: {"role", "total", "peers"}, at most `limit` rows (None: all)."""
-        if role not in ROLE_NAMES or role not in self.namedServices:
-            running = ", ".join(n for n in ROLE_NAMES if n in self.namedServices) or "none"
+        if role not in role_names() or role not in self.namedServices:
+            running = ", ".join(n for n in role_names() if n in self.namedServices) or "none"
             raise LookupError(f"no {role!r} role is running (running: {running})")
-        service = self.getServiceNamed(role)
+        service: Any = self.getServiceNamed(role)
+        if not hasattr(service, "peers"):
+            raise LookupError(f"the {role} role keeps no peer table")
         return {"role": role, "total": service.peer_count(), "peers": service.peers(limit)}

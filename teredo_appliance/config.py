@@ -33,6 +33,7 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
+from teredo_appliance.plugin import RoleSchema, role_plugins
 from teredo_appliance.wire.constants import IFNAMSIZ, MAX_MTU, MIN_MTU, TEREDO_PORT, TEREDO_PREFIX_LENGTH
 
 DEFAULT_PATH = "/etc/teredo/teredo.yaml"
@@ -366,47 +367,49 @@ def _client_extensions(node: Node) -> ClientExtensions:
 _mtu = _int_in(MIN_MTU, MAX_MTU)
 
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
-# without a default, except those derived in _Reader (server bind_address2).
-_CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
-    ServerConfig: {
-        "bind_address": _ipv4,
-        "bind_address2": _ipv4,
-        "prefix": _prefix,
-        "mtu": _mtu,
-        "rs_rate": _rs_rate,
-        "rs_burst": _int_in(1, 1_000_000),
-    },
-    RelayConfig: {
-        "interface": _interface,
-        "bind_address": _ipv4,
-        "bind_port": _int_in(1, 65535),
-        "prefix": _prefix,
-        "mtu": _mtu,
-        "max_peers": _int_in(1),
-        "bubbles_per_second": _int_in(2),
-        "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
-    },
-    ClientConfig: {
-        "server_address": _host,
-        "server_address2": _optional(_ipv4),
-        "fallback_servers": _list_of(_host, "hostnames or IPv4 addresses"),
-        "interface": _interface,
-        "bind_address": _ipv4,
-        "bind_port": _int_in(0, 65535),
-        "refresh_interval": _refresh_interval,
-        "mtu": _mtu,
-        "prefix": _prefix,
-        "hook": _optional(_nonempty_text),
-        "extensions": _client_extensions,
-    },
-    ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
-    LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
-    ControlConfig: {"socket": _socket_path},
-    MetricsConfig: {"listen": _server_endpoint},
-}
-_REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
+# without a default, except those derived in _Reader (server bind_address2). The roles'
+# schemas are public: their plugins (twisted/plugins/teredo_roles.py) hand them back.
+SERVER_SCHEMA = RoleSchema(ServerConfig, {
+    "bind_address": _ipv4,
+    "bind_address2": _ipv4,
+    "prefix": _prefix,
+    "mtu": _mtu,
+    "rs_rate": _rs_rate,
+    "rs_burst": _int_in(1, 1_000_000),
+}, required=("bind_address",))
+RELAY_SCHEMA = RoleSchema(RelayConfig, {
+    "interface": _interface,
+    "bind_address": _ipv4,
+    "bind_port": _int_in(1, 65535),
+    "prefix": _prefix,
+    "mtu": _mtu,
+    "max_peers": _int_in(1),
+    "bubbles_per_second": _int_in(2),
+    "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
+})
+CLIENT_SCHEMA = RoleSchema(ClientConfig, {
+    "server_address": _host,
+    "server_address2": _optional(_ipv4),
+    "fallback_servers": _list_of(_host, "hostnames or IPv4 addresses"),
+    "interface": _interface,
+    "bind_address": _ipv4,
+    "bind_port": _int_in(0, 65535),
+    "refresh_interval": _refresh_interval,
+    "mtu": _mtu,
+    "prefix": _prefix,
+    "hook": _optional(_nonempty_text),
+    "extensions": _client_extensions,
+}, required=("server_address",))
+_MANHOLE = RoleSchema(ManholeConfig, {
+    "listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text})
+_LOG = RoleSchema(LogConfig, {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels})
+_CONTROL = RoleSchema(ControlConfig, {"socket": _socket_path})
+_METRICS = RoleSchema(MetricsConfig, {"listen": _server_endpoint})
 _TOP_LEVEL = ("roles", "manhole", "log", "control", "metrics")
-_ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientConfig}
+
+# What a role plugin's own checks may use (see teredo_appliance.plugin.RoleSchema).
+Invalid = _Invalid
+nonempty_text = _nonempty_text
 
 
 @dataclass
@@ -445,10 +448,10 @@ class _Reader:
         if top is None:
             return None
         roles = self.roles(top)
-        manhole = self.section(ManholeConfig, *top["manhole"]) if "manhole" in top else None
-        log = self.section(LogConfig, *top["log"]) if "log" in top else None
+        manhole = self.section(_MANHOLE, *top["manhole"]) if "manhole" in top else None
+        log = self.section(_LOG, *top["log"]) if "log" in top else None
         control = self.control(top["control"]) if "control" in top else ControlConfig()
-        metrics = self.section(MetricsConfig, *top["metrics"]) if "metrics" in top else None
+        metrics = self.section(_METRICS, *top["metrics"]) if "metrics" in top else None
         if self.check_files and manhole is not None:
             self.check_console_files(manhole)
         if self.errors or roles is None:
@@ -468,7 +471,7 @@ class _Reader:
             if _SCALARS.construct_yaml_bool(node):
                 return ControlConfig()
             return None
-        section = self.section(ControlConfig, *where)
+        section = self.section(_CONTROL, *where)
         return ControlConfig(**section.values) if section else None
 
     def compose(self, text: str) -> Node | None:
@@ -514,9 +517,9 @@ class _Reader:
                 found[key] = (value_node, key_path, key_line)
         return found
 
-    def section(self, cls: type, node: Node, path: str, line: int) -> _Section | None:
+    def section(self, schema: RoleSchema, node: Node, path: str, line: int) -> _Section | None:
         """Check every key of one section; None only if it is not a mapping at all."""
-        checks = _CHECKS[cls]
+        checks = schema.checks
         found = self.entries(node, path, line, tuple(checks))
         if found is None:
             return None
@@ -528,7 +531,7 @@ class _Reader:
             except _Invalid as e:
                 self.error(key_line, key_path, str(e))
                 section.bad.add(key)
-        for key in _REQUIRED.get(cls, ()):
+        for key in schema.required:
             if key not in found:
                 self.error(line, f"{path}.{key}", "required key is missing")
                 section.bad.add(key)
@@ -538,13 +541,14 @@ class _Reader:
         if "roles" not in top:
             self.error(1, "roles", "required key is missing")
             return None
-        found = self.entries(*top["roles"], tuple(_ROLE_CLASSES))
+        plugins = role_plugins()
+        found = self.entries(*top["roles"], tuple(plugins))
         if found is None:
             return None
         if not found:
-            self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(_ROLE_CLASSES)}")
+            self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(plugins)}")
             return None
-        sections = {name: self.section(_ROLE_CLASSES[name], *found[name]) for name in found}
+        sections = {name: self.section(plugins[name].schema, *found[name]) for name in found}
         usable = {name: section for name, section in sections.items() if section is not None}
         if "server" in usable:
             self.server_addresses(usable["server"])
@@ -552,7 +556,9 @@ class _Reader:
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
             return None
-        return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
+        # In the plugins' start order, whatever the file's order.
+        return RolesConfig(**{name: plugins[name].schema.config_class(**sections[name].values)
+                              for name in plugins if name in sections})
 
     def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""
@@ -585,7 +591,8 @@ class _Reader:
             elif "bind_port" in section.bad:
                 keys = []
             else:
-                port = section.values.get("bind_port", _ROLE_CLASSES[name].bind_port)
+                default = getattr(role_plugins()[name].schema.config_class, "bind_port", 0)
+                port = section.values.get("bind_port", default)
                 keys = [("bind_address", port)] if port else []  # port 0: the kernel picks a free one
             for key, port in keys:
                 if key in section.bad:

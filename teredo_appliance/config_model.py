@@ -7,8 +7,9 @@ reload can diff them section by section.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from ipaddress import IPv4Address, IPv6Network
+from typing import Any
 
 from teredo_appliance.wire.constants import DEFAULT_PREFIX, MIN_MTU, TEREDO_PORT
 
@@ -20,8 +21,6 @@ ANY_IPV4 = IPv4Address("0.0.0.0")
 # source (the server as a reflector) gets 20 RAs a second, not line rate.
 DEFAULT_RS_RATE = 20.0
 DEFAULT_RS_BURST = 40
-
-ROLE_NAMES = ("server", "relay", "client")
 
 
 @dataclass(frozen=True)
@@ -68,15 +67,36 @@ class ClientConfig:
     extensions: ClientExtensions = ClientExtensions()
 
 
-@dataclass(frozen=True)
 class RolesConfig:
-    server: ServerConfig | None = None
-    relay: RelayConfig | None = None
-    client: ClientConfig | None = None
+    """The enabled roles' frozen configs by role name, in start order (the loader adds them in
+    the order of the role plugins). `roles.client` is the client's config, None if disabled;
+    any role plugin's name works the same way."""
 
-    def enabled(self) -> dict[str, ServerConfig | RelayConfig | ClientConfig]:
-        """The configured roles by name, in a stable order."""
-        return {name: getattr(self, name) for name in ROLE_NAMES if getattr(self, name) is not None}
+    __slots__ = ("_sections",)
+
+    def __init__(self, **sections: Any) -> None:
+        object.__setattr__(self, "_sections", {name: s for name, s in sections.items() if s is not None})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._sections.get(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RolesConfig) and self._sections == other._sections
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._sections.items()))
+
+    def __repr__(self) -> str:
+        return f"RolesConfig({', '.join(f'{name}={section!r}' for name, section in self._sections.items())})"
+
+    def enabled(self) -> dict[str, Any]:
+        """The configured roles by name, in start order."""
+        return dict(self._sections)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from teredo_appliance.config_model import ROLE_NAMES
+from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
     from teredo_appliance.appliance import Appliance
@@ -225,7 +225,7 @@ class ConsoleManhole(ColoredManhole):
 
     def peers(self, role: str | None = None, limit: int = PEER_ROWS) -> None:
         """The peer table of one role, or of every running role."""
-        roles = [role] if role is not None else [r for r in ROLE_NAMES if r in self.appliance.namedServices]
+        roles = [role] if role is not None else [r for r in role_names() if r in self.appliance.namedServices]
         for name in roles:
             try:
                 self.say(render_peers(self.appliance.peers(name, limit if limit > 0 else None)))

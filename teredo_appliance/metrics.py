@@ -23,7 +23,8 @@ from twisted.web.server import Site
 
 import teredo_appliance
 from teredo_appliance.config import ConfigError
-from teredo_appliance.config_model import ROLE_NAMES, MetricsConfig
+from teredo_appliance.config_model import MetricsConfig
+from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -51,21 +52,23 @@ class ApplianceCollector:
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
         configured = self.appliance.config.roles.enabled()
-        for name in ROLE_NAMES:
+        for name in role_names():
             service: Any = self.appliance.namedServices.get(name)
             if service is None:
                 if name in configured:
                     up.add_metric([name], 0)
                 continue
             up.add_metric([name], 1 if service.running else 0)
-            counters = service.counters
-            for event, count in counters.events().items():
-                events.add_metric([name, event], count)
-            for reason, count in counters.drops().items():
-                drops.add_metric([name, reason], count)
-            for direction, count in counters.traffic().items():
-                traffic.add_metric([name, direction], count)
-            peers.add_metric([name], service.peer_count())
+            counters = getattr(service, "counters", None)  # a third party's role may count nothing
+            if counters is not None:
+                for event, count in counters.events().items():
+                    events.add_metric([name, event], count)
+                for reason, count in counters.drops().items():
+                    drops.add_metric([name, reason], count)
+                for direction, count in counters.traffic().items():
+                    traffic.add_metric([name, direction], count)
+            if hasattr(service, "peer_count"):
+                peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
         build = InfoMetricFamily("teredo_build", "The appliance's version")

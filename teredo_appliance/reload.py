@@ -12,17 +12,22 @@ from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
-from teredo_appliance.config_model import ROLE_NAMES, Config
+from teredo_appliance.config_model import Config
+from teredo_appliance.plugin import role_names
 
 CONSOLE = "manhole"  # the console is diffed like a role, under its section's name
 CONTROL = "control"
 METRICS = "metrics"
 SERVICES = (CONSOLE, CONTROL, METRICS)  # the components that are not roles, each a Config field
-COMPONENT_ORDER = (*ROLE_NAMES, *SERVICES)  # start order; stops go in reverse
 
 SUMMARY_KEYS = ("started", "stopped", "restarted", "unchanged", "errors")
 CHECK_KEYS = ("start", "stop", "restart", "unchanged", "changes", "warnings", "errors")
 SHOWN_VALUE = 40  # characters of a value shown in a change line
+
+
+def component_order() -> tuple[str, ...]:
+    """Start order: the roles as their plugins order them, then the other services; stops go in reverse."""
+    return (*role_names(), *SERVICES)
 
 
 def components(config: Config) -> dict[str, Any]:
@@ -46,11 +51,11 @@ class Plan:
 
     def to_start(self) -> tuple[str, ...]:
         """Added and changed components, in start order."""
-        return tuple(n for n in COMPONENT_ORDER if n in self.start or n in self.restart)
+        return tuple(n for n in component_order() if n in self.start or n in self.restart)
 
     def to_stop(self) -> tuple[str, ...]:
         """Removed and changed components, in stop order (the reverse of start order)."""
-        return tuple(n for n in reversed(COMPONENT_ORDER) if n in self.stop or n in self.restart)
+        return tuple(n for n in reversed(component_order()) if n in self.stop or n in self.restart)
 
 
 def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Plan:
@@ -58,7 +63,7 @@ def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Pla
     except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart."""
     before, after = components(old), components(new)
     actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": []}
-    for name in COMPONENT_ORDER:
+    for name in component_order():
         if name in before or name in after:
             if name not in after:
                 action = "stop"
@@ -98,7 +103,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     """
     before, after = components(old), components(new)
     lines = []
-    for name in COMPONENT_ORDER:
+    for name in component_order():
         path = section_path(name)
         if name in before and name not in after:
             lines.append(f"{path} removed")

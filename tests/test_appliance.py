@@ -25,7 +25,6 @@ from teredo_appliance import earlyhup, privileges, tap
 from teredo_appliance.appliance import Appliance, StartError
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import (
-    ROLE_NAMES,
     ClientConfig,
     Config,
     LogConfig,
@@ -35,6 +34,7 @@ from teredo_appliance.config_model import (
     ServerConfig,
 )
 from teredo_appliance.loglevel import LogSink
+from teredo_appliance.plugin import role_names
 from teredo_appliance.reload import Plan, describe_changes, plan_reload
 from tests.test_config import no_longer_than
 
@@ -120,7 +120,7 @@ class World:
 
             return factory
 
-        return {name: factory_for(name) for name in ROLE_NAMES}
+        return {name: factory_for(name) for name in role_names()}
 
     def events(self, *kinds: str) -> list[tuple[str, str, Any]]:
         return [e for e in self.journal if e[0] in kinds]

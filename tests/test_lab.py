@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import os
@@ -18,6 +19,7 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
+from teredo_appliance.plugin import role_plugins
 from teredo_lab import cli, configs, preflight, scenario, state, tcpxfer, topology
 from teredo_lab.lab import MIREDO, OURS, Lab, LabError
 from teredo_lab.scenario import Scenario, client_section, relay_section, server_section
@@ -151,8 +153,10 @@ class RootOnlyTests(unittest.SynchronousTestCase):
 
 class OursMissingTests(unittest.SynchronousTestCase):
     def test_a_role_without_its_service_class_is_named(self) -> None:
-        self.patch(scenario, "ROLE_CLASSES", {"server": "NoSuchService"})
-        self.assertEqual(scenario.ours_missing({"server"}), "teredo_appliance.roles.server has no NoSuchService yet")
+        broken = dataclasses.replace(role_plugins()["server"], service="teredo_appliance.roles.server.NoSuchService")
+        self.patch(scenario, "role_plugins", lambda: {"server": broken})
+        self.assertIn("the server role's service cannot be loaded", scenario.ours_missing({"server"}))
+        self.assertEqual(scenario.ours_missing({"relay"}), "no role plugin provides 'relay'")
         self.assertIsNone(scenario.ours_missing(set()))
 
 

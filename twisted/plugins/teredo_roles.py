@@ -1,0 +1,27 @@
+"""The appliance's three roles as Twisted plugins (teredo_appliance.plugin.ITeredoRole).
+
+Their config checks live in teredo_appliance.config; their services are imported only
+when a role is built.
+"""
+
+from teredo_appliance.config import CLIENT_SCHEMA, RELAY_SCHEMA, SERVER_SCHEMA
+from teredo_appliance.plugin import Role
+
+server = Role(
+    name="server",
+    order=10,
+    schema=SERVER_SCHEMA,
+    service="teredo_appliance.roles.server.ServerService",
+)
+relay = Role(
+    name="relay",
+    order=20,
+    schema=RELAY_SCHEMA,
+    service="teredo_appliance.roles.relay.RelayService",
+)
+client = Role(
+    name="client",
+    order=30,
+    schema=CLIENT_SCHEMA,
+    service="teredo_appliance.roles.client.ClientService",
+)
