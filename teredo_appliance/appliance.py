@@ -32,6 +32,7 @@ from teredo_appliance.reload import (
     CONTROL,
     METRICS,
     SERVICES,
+    Plan,
     component_order,
     components,
     describe_changes,
@@ -220,9 +221,9 @@ class Appliance(MultiService):
         except ConfigError as error:
             return self._report(result, unchanged=list(components(old)), errors=error.errors)
 
-        plan = plan_reload(old, new, self._degraded())
-        self._announce(plan, old, new)
         before, after = components(old), components(new)
+        plan = self._plan(old, new)
+        self._announce(plan, old, new)
         # Everything that can be checked is checked before any running service is touched.
         built: dict[str, Service] = {}
         for name in plan.to_start():
@@ -240,6 +241,10 @@ class Appliance(MultiService):
         result["stopped"] += plan.stop
 
         running = {name: after[name] for name in plan.keep}
+        for name in plan.reconfigure:  # in place: same sockets, TUN, peers and qualification
+            self.getServiceNamed(name).reconfigure(after[name])
+            running[name] = after[name]
+            result.setdefault("reconfigured", []).append(name)
         for name, service in built.items():
             failure = await self._start(service, after[name])
             if failure is None:
@@ -268,6 +273,16 @@ class Appliance(MultiService):
                           new_level=new.log.level, new_format=new.log.format)
         return self._report(result, unchanged=list(plan.keep))
 
+    def _plan(self, old: Config, new: Config) -> Plan:
+        """plan_reload with each role's live keys; a role whose running service cannot take its
+        new config in place now (reconfigurable() says no) is restarted instead."""
+        live = {name: role.live_keys for name, role in role_plugins().items()}
+        plan = plan_reload(old, new, self._degraded(), live)
+        after = components(new)
+        refused = [name for name in plan.reconfigure
+                   if not getattr(self.getServiceNamed(name), "reconfigurable", lambda config: False)(after[name])]
+        return plan.restarting(refused)
+
     def _announce(self, plan: Any, old: Config, new: Config) -> None:
         """Log what the new file changes before applying it; stopping a component is a warning."""
         changes = "; ".join(describe_changes(old, new))
@@ -293,7 +308,7 @@ class Appliance(MultiService):
         except ConfigError as error:
             result.update(unchanged=list(components(self.config)), errors=list(error.errors))
             return result
-        plan = plan_reload(self.config, new, self._degraded())
+        plan = self._plan(self.config, new)
         after = components(new)
         for name in plan.to_start():
             result["errors"] += preflight(name, after[name])
@@ -301,6 +316,8 @@ class Appliance(MultiService):
         result.update(start=list(plan.start), stop=list(plan.stop), restart=list(plan.restart),
                       unchanged=list(plan.keep), changes=describe_changes(self.config, new),
                       warnings=[warning for warning in warnings if warning])
+        if plan.reconfigure:
+            result["reconfigure"] = list(plan.reconfigure)
         return result
 
     def _degraded(self) -> set[str]:
@@ -344,10 +361,11 @@ class Appliance(MultiService):
                 errors: Sequence[str] = ()) -> dict[str, list[str]]:
         result["unchanged"] = unchanged
         result["errors"] += errors
+        live = ", reconfigured {reconfigured}" if result.get("reconfigured") else ""
         self.log.emit(
             LogLevel.warn if result["errors"] else LogLevel.info,
-            "reload of {path}: started {started}, stopped {stopped}, restarted {restarted}, "
-            "unchanged {unchanged}, errors {errors}",
+            "reload of {path}: started {started}, stopped {stopped}, restarted {restarted}" + live
+            + ", unchanged {unchanged}, errors {errors}",
             path=self.config_path, **result,
         )
         return result

@@ -386,7 +386,7 @@ RELAY_SCHEMA = RoleSchema(RelayConfig, {
     "max_peers": _int_in(1),
     "bubbles_per_second": _int_in(2),
     "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
-})
+}, live=frozenset({"max_peers"}))
 CLIENT_SCHEMA = RoleSchema(ClientConfig, {
     "server_address": _host,
     "server_address2": _optional(_ipv4),
@@ -399,7 +399,7 @@ CLIENT_SCHEMA = RoleSchema(ClientConfig, {
     "prefix": _prefix,
     "hook": _optional(_nonempty_text),
     "extensions": _client_extensions,
-}, required=("server_address",))
+}, required=("server_address",), live=frozenset({"refresh_interval", "fallback_servers", "hook"}))
 _MANHOLE = RoleSchema(ManholeConfig, {
     "listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text})
 _LOG = RoleSchema(LogConfig, {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels})

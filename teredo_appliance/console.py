@@ -120,8 +120,8 @@ def render_peers(table: Mapping[str, Any], show_all: str = "peers({role!r}, limi
 def render_summary(result: Mapping[str, list[str]]) -> str:
     """The reload summary, one outcome per line; several errors line up under each other."""
     lines = []
-    for key in ("started", "stopped", "restarted", "unchanged", "restored", "errors"):
-        if key == "restored" and not result.get(key):
+    for key in ("started", "stopped", "restarted", "reconfigured", "unchanged", "restored", "errors"):
+        if key in ("reconfigured", "restored") and not result.get(key):
             continue
         values = result.get(key) or ["-"]
         separator = "\n" + " " * 12 if key == "errors" else ", "

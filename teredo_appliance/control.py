@@ -110,7 +110,7 @@ class ControlCommands:
     def _reloaded(summary: dict[str, list[str]]) -> Answer:
         errors = list(summary.get("errors", []))
         answer: Answer = {"ok": not errors, "result": summary, "errors": errors}
-        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted")):
+        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted", "reconfigured")):
             answer["error"] = "reload refused; the running configuration is unchanged"
         elif errors:
             answer["error"] = "reload partly failed; the summary says what runs now"

@@ -44,6 +44,7 @@ class RoleSchema:
     config_class: type  # a frozen dataclass, one field per key
     checks: Mapping[str, Callable[[Any], object]]
     required: tuple[str, ...] = ()
+    live: frozenset[str] = frozenset()  # keys the running service applies in place (reconfigure)
 
 
 @implementer(IPlugin, ITeredoRole)
@@ -56,7 +57,10 @@ class Role:
     order: int
     schema: RoleSchema
     service: str  # dotted name of the service class: Service(config, reactor=reactor)
-    live_keys: frozenset[str] = frozenset()
+
+    @property
+    def live_keys(self) -> frozenset[str]:
+        return self.schema.live
 
     def build(self, config: Any, reactor: Any) -> IService:
         return namedAny(self.service)(config, reactor=reactor)

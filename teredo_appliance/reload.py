@@ -8,7 +8,7 @@ service (same sockets, TUN, peers, qualification).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -48,6 +48,12 @@ class Plan:
     stop: tuple[str, ...]
     restart: tuple[str, ...]
     keep: tuple[str, ...]
+    reconfigure: tuple[str, ...] = ()  # changed only in keys the running service applies in place
+
+    def restarting(self, names: Collection[str]) -> Plan:
+        """This plan with `names` restarted instead of reconfigured (their service said it cannot)."""
+        return Plan(self.start, self.stop, tuple(n for n in component_order() if n in self.restart or n in names),
+                    self.keep, tuple(n for n in self.reconfigure if n not in names))
 
     def to_start(self) -> tuple[str, ...]:
         """Added and changed components, in start order."""
@@ -58,11 +64,14 @@ class Plan:
         return tuple(n for n in reversed(component_order()) if n in self.stop or n in self.restart)
 
 
-def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Plan:
+def plan_reload(old: Config, new: Config, degraded: Collection[str] = (),
+                live_keys: Mapping[str, Collection[str]] | None = None) -> Plan:
     """Added components start, removed ones stop, changed ones restart, the rest are kept;
-    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart."""
+    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart.
+    A component changed only in its `live_keys[name]` is reconfigured in place instead."""
     before, after = components(old), components(new)
-    actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": []}
+    live_keys = live_keys or {}
+    actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": [], "reconfigure": []}
     for name in component_order():
         if name in before or name in after:
             if name not in after:
@@ -71,6 +80,9 @@ def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Pla
                 action = "start"
             else:
                 action = "keep" if before[name] == after[name] and name not in degraded else "restart"
+                if action == "restart" and name not in degraded and \
+                        set(changed_keys(before[name], after[name])) <= set(live_keys.get(name, ())):
+                    action = "reconfigure"
             actions[action].append(name)
     return Plan(**{action: tuple(names) for action, names in actions.items()})
 
@@ -88,6 +100,11 @@ def section_path(name: str) -> str:
 def _shown(value: Any) -> str:
     text = str(value)
     return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
+
+
+def changed_keys(before: Any, after: Any) -> list[str]:
+    """The keys (dataclass fields) whose values differ between two sections of one kind."""
+    return [f.name for f in fields(before) if getattr(before, f.name) != getattr(after, f.name)]
 
 
 def _field_changes(path: str, before: Any, after: Any) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -685,3 +686,40 @@ class RobustnessTests(SynchronousTestCase):
             except ParseError:
                 continue
             self.assertTrue(h.q.receive(datagram, SERVER, PORT, h.now))
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """refresh_interval and fallback_servers change in place: the qualification stays."""
+
+    def test_a_shorter_refresh_interval_is_heeded_at_once(self) -> None:
+        h = Harness(self, refresh_interval=100.0)
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.advance(10)
+        h.q.reconfigure(dataclasses.replace(h.config, refresh_interval=20.0), h.now)
+        h.advance(20)
+        self.assertEqual(h.rs()[1], SERVER)  # refreshed within the new interval, not at 100 s
+        self.assertEqual(h.q.qualification, qualification)
+        self.assertEqual(h.changes, [qualification])
+
+    def test_a_new_fallback_chain_is_used_on_the_next_failover(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.qualify()
+        h.take()
+        new = dataclasses.replace(h.config, fallback_servers=("198.18.0.5",))
+        self.assertTrue(h.q.can_reconfigure(new))
+        h.q.reconfigure(new, h.now)
+        self.assertEqual(h.q.state, QUALIFIED)
+        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)  # the first server went silent
+        self.assertEqual(h.rs()[1], FALLBACK)
+
+    def test_the_chain_cannot_change_under_a_fallback_in_use(self) -> None:
+        h = Harness(self, fallback_servers=("198.18.0.5",))
+        h.start()
+        h.advance(3 * QUALIFICATION_TIMEOUT)
+        h.qualify(server=FALLBACK, secondary=FALLBACK2)
+        self.assertFalse(h.q.can_reconfigure(dataclasses.replace(h.config, fallback_servers=())))
+        self.assertTrue(h.q.can_reconfigure(dataclasses.replace(h.config, refresh_interval=10.0)))

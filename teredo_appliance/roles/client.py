@@ -83,6 +83,19 @@ class ClientService(TunneledRole):
 
     # -- packets ---------------------------------------------------------------------------
 
+    def reconfigurable(self, config: ClientConfig) -> bool:
+        return self.qualifier.can_reconfigure(config)
+
+    def reconfigure(self, config: ClientConfig) -> None:
+        """refresh_interval and fallback_servers go to the qualifier; a new hook runs from the
+        next change of state on (a run of the old script in progress finishes)."""
+        if config.hook != self.config.hook:
+            self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
+        self.qualifier.reconfigure(config, self._seconds())
+        super().reconfigure(config)
+        if self.running:
+            self._reschedule()
+
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         now = self._seconds()
         if len(data) > 1 and data[0] == 0 and data[1] == AUTH_TYPE:  # only RAs carry one for a client

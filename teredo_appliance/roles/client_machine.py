@@ -274,6 +274,32 @@ class Qualifier:
 
     # -- timers -----------------------------------------------------------------------------
 
+    def can_reconfigure(self, config: ClientConfig) -> bool:
+        """Whether `config`'s fallback chain can replace ours now: not while a fallback server
+        is in use or being tried (rounds and resolutions hold its place in the chain)."""
+        if config.fallback_servers == self.config.fallback_servers:
+            return True
+        busy = {self.server_index, *(r.index for r in (self._main, self._return) if r is not None),
+                *(p.index for p in self._pending.values())}
+        return busy <= {0}
+
+    def reconfigure(self, config: ClientConfig, now: float) -> None:
+        """Take a new refresh_interval and fallback chain without losing the qualification;
+        a shorter interval is heeded at once. The caller checked can_reconfigure()."""
+        old, self.config = self.config, config
+        if config.fallback_servers != old.fallback_servers:
+            known = {server.name: server for server in self.servers[1:]}
+            fallbacks = [known.get(name) or _Server(name, None) for name in config.fallback_servers]
+            if self._chain_left > 0:  # a pass along the chain is under way: it covers the new chain
+                self._chain_left = max(1, self._chain_left + len(fallbacks) - len(self.servers) + 1)
+            self.servers = [self.servers[0], *fallbacks]
+        if config.refresh_interval != old.refresh_interval:
+            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * config.refresh_interval
+            if self._refresh_at is not None:
+                self._refresh_at = min(self._refresh_at, now + self._randomized_refresh)
+            if self._return_at is not None:
+                self._return_at = min(self._return_at, now + config.refresh_interval)
+
     def next_deadline(self) -> float | None:
         times = [r.deadline for r in (self._main, self._return) if r is not None]
         times += [p.deadline for p in self._pending.values()]

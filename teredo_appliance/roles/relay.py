@@ -77,6 +77,11 @@ class RelayService(TunneledRole):
             served_prefixes=config.served_prefixes,
         )
 
+    def reconfigure(self, config: RelayConfig) -> None:
+        """max_peers applies in place: the table keeps its peers, or its most useful ones."""
+        self.machine.peers.resize(config.max_peers)
+        super().reconfigure(config)
+
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         wake = self.machine.from_udp(data, address, self._seconds())
         if wake is not None:

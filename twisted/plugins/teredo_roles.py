@@ -1,7 +1,8 @@
 """The appliance's three roles as Twisted plugins (teredo_appliance.plugin.ITeredoRole).
 
-Their config checks live in teredo_appliance.config; their services are imported only
-when a role is built.
+Their config checks and live keys live in teredo_appliance.config (so a checkout's tests
+see its own even when an older copy is installed); their services are imported only when
+a role is built.
 """
 
 from teredo_appliance.config import CLIENT_SCHEMA, RELAY_SCHEMA, SERVER_SCHEMA
