@@ -332,9 +332,13 @@ class Appliance(MultiService):
             result["errors"].append(f"{name}: error while stopping: {error}")
 
     async def _start(self, service: Service, section: Any) -> str | None:
-        """Attach and start `service`; on failure release what it opened and say why."""
+        """Attach and start `service` and wait for its start to finish (a startService that
+        returns a Deferred, as Buildbot's AsyncService, may still fail); on failure release
+        what it opened and say why."""
         try:
-            service.setServiceParent(self)  # a running parent calls privilegedStartService, startService
+            self._attach(service)
+            service.privilegedStartService()
+            await maybeDeferred(service.startService)
         except Exception as error:
             self.log.failure("{name}: start failed", name=service.name, level=LogLevel.debug)
             try:
@@ -343,6 +347,14 @@ class Appliance(MultiService):
                 self.log.failure("{name}: releasing a service that failed to start", name=service.name)
             return describe_failure(service.name, section, error)
         return None
+
+    def _attach(self, service: Service) -> None:
+        """Make `service` a child without MultiService's start, whose Deferred it would drop."""
+        running, self.running = self.running, 0
+        try:
+            service.setServiceParent(self)
+        finally:
+            self.running = running
 
     async def _restore(self, name: str, section: Any) -> str | None:
         """Bring back the previous configuration of a component whose new one failed to start."""

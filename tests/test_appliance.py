@@ -68,9 +68,14 @@ class FakeRole(Service):
             raise error
         super().privilegedStartService()
 
-    def startService(self) -> None:
+    def startService(self) -> Deferred[None] | None:
         self._note("start")
         super().startService()
+        if self.section in self.world.slow_start:  # an asynchronous start, finished by the test
+            d: Deferred[None] = Deferred()
+            self.world.starting.append(d)
+            return d
+        return None
 
     def reconfigurable(self, section: Any) -> bool:
         return self.name not in self.world.refuse_live
@@ -117,6 +122,8 @@ class World:
         self.slow_stop: set[str] = set()
         self.problems: dict[str, str] = {}  # what a running role's health() reports
         self.refuse_live: set[str] = set()  # roles whose reconfigurable() says no
+        self.slow_start: set[Any] = set()  # sections whose startService returns a Deferred
+        self.starting: list[Deferred[None]] = []
         self.stopping: list[Deferred[None]] = []
 
     def factories(self) -> dict[str, Any]:
@@ -380,6 +387,29 @@ class ReloadTests(ApplianceCase):
         self.assertIn(("stop", "relay", RELAY_BIGGER), self.world.journal)  # what it opened is released
         self.assertIsNone(failed.parent)
         self.flushLoggedErrors(CannotListenError)
+
+    def test_a_start_that_fails_later_is_reported_and_rolled_back(self) -> None:
+        """The reload waits for an asynchronous start; its failure restores the old relay."""
+        self.world.slow_start.add(RELAY_BIGGER)
+        appliance = self.running(make_config(server=SERVER, relay=RELAY),
+                                 make_config(server=SERVER, relay=RELAY_BIGGER))
+        d = appliance.reload()
+        self.assertNoResult(d)  # still starting
+        self.world.starting.pop().errback(OSError(errno.ENODEV, "No such device"))
+        result = self.successResultOf(d)
+        self.assertEqual((result["restarted"], result["restored"]), ([], ["relay"]))
+        self.assertIn("No such device", result["errors"][0])
+        self.assertEqual(appliance.getServiceNamed("relay").section, RELAY)
+        self.assertIn(("stop", "relay", RELAY_BIGGER), self.world.journal)
+        self.flushLoggedErrors(OSError)
+
+    def test_a_start_that_finishes_later_is_waited_for(self) -> None:
+        self.world.slow_start.add(RELAY_BIGGER)
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=RELAY_BIGGER))
+        d = appliance.reload()
+        self.assertNoResult(d)
+        self.world.starting.pop().callback(None)
+        self.assertEqual(self.successResultOf(d)["restarted"], ["relay"])
 
     def test_failed_start_and_failed_restore_leave_the_role_stopped(self) -> None:
         self.world.fail_open[RELAY_BIGGER] = OSError(errno.ENODEV, "No such device")
