@@ -131,8 +131,9 @@ def render_summary(result: Mapping[str, list[str]]) -> str:
 
 def render_check(result: Mapping[str, list[str]]) -> str:
     """The dry run's answer: the actions first, then one line per change, warning and error."""
-    lines = [f"{'would ' + key if key in ('start', 'stop', 'restart') else key:<13}: {', '.join(result[key]) or '-'}"
-             for key in ("start", "stop", "restart", "unchanged")]
+    actions = ("start", "stop", "restart", "reconfigure")
+    lines = [f"{'would ' + key if key in actions else key:<13}: {', '.join(result.get(key, [])) or '-'}"
+             for key in (*actions, "unchanged") if key != "reconfigure" or result.get(key)]
     for key in ("changes", "warnings", "errors"):
         lines += [f"{key:<13}: {result[key][0] if result[key] else '-'}"]
         lines += [" " * 15 + line for line in result[key][1:]]

@@ -34,7 +34,7 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
-from teredo_appliance.console import render_summary
+from teredo_appliance.console import render_check, render_summary
 from teredo_appliance.loglevel import LogSink
 from teredo_appliance.plugin import role_names
 from teredo_appliance.reload import Plan, describe_changes, plan_reload
@@ -280,6 +280,7 @@ class ReloadTests(ApplianceCase):
         appliance = self.running(make_config(relay=RELAY), make_config(relay=dataclasses.replace(RELAY, max_peers=9)))
         check = appliance.check()
         self.assertEqual((check["reconfigure"], check["restart"]), (["relay"], []))
+        self.assertIn("would reconfigure: relay", render_check(check))
 
     def test_added_role_starts_and_unchanged_is_the_same_object(self) -> None:
         appliance = self.running(make_config(server=SERVER), make_config(server=SERVER, relay=RELAY))
