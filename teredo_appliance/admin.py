@@ -39,7 +39,7 @@ from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, vet_author
 from teredo_appliance.privileges import privileges_dropped
 
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -187,7 +187,7 @@ class ConsoleSession(TerminalSession):
 class ConsoleRealm(TerminalRealm):
     sessionFactory = ConsoleSession
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         super().__init__()
         self.chainedProtocolFactory = partial(insults.ServerProtocol, ConsoleManhole, appliance)
 
@@ -222,7 +222,7 @@ class ConsoleSSHFactory(SSHFactory):
 class ManholeService(Service):
     """Listens for console logins; already open sessions outlive a stop (see stopService)."""
 
-    def __init__(self, config: ManholeConfig, appliance: Appliance, reactor: Any = None,
+    def __init__(self, config: ManholeConfig, appliance: ApplianceView, reactor: Any = None,
                  host_key: keys.Key | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor

@@ -413,6 +413,10 @@ class Appliance(MultiService):
                 parts.append(name)
         return "running: " + (", ".join(parts) or "no role")
 
+    def roles(self) -> dict[str, Any]:
+        """The running role services by name, in start order (ApplianceView)."""
+        return {name: self.namedServices[name] for name in role_names() if name in self.namedServices}
+
     def peers(self, role: str, limit: int | None = None) -> dict[str, Any]:
         """One running role's peer table: {"role", "total", "peers"}, at most `limit` rows (None: all)."""
         if role not in role_names() or role not in self.namedServices:

@@ -16,10 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from teredo_appliance.plugin import role_names
-
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 ACRONYMS = {"nat": "NAT", "mtu": "MTU", "ip": "IP", "ipv4": "IPv4", "ipv6": "IPv6", "tun": "TUN",
             "udp": "UDP", "ra": "RA", "rs": "RS", "ssh": "SSH", "id": "ID"}
@@ -147,7 +145,7 @@ class ConsoleManhole(ColoredManhole):
 
     log = Logger()
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         super().__init__()
         self.appliance = appliance
         self._running_line = False  # output now belongs inline, before the next prompt
@@ -226,7 +224,7 @@ class ConsoleManhole(ColoredManhole):
 
     def peers(self, role: str | None = None, limit: int = PEER_ROWS) -> None:
         """The peer table of one role, or of every running role."""
-        roles = [role] if role is not None else [r for r in role_names() if r in self.appliance.namedServices]
+        roles = [role] if role is not None else list(self.appliance.roles())
         for name in roles:
             try:
                 self.say(render_peers(self.appliance.peers(name, limit if limit > 0 else None)))

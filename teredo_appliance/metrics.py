@@ -29,7 +29,7 @@ from teredo_appliance.plugin import role_names
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -37,7 +37,7 @@ log = Logger()
 class ApplianceCollector:
     """Reads the running appliance at scrape time; registered in a registry of its own."""
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         self.appliance = appliance
 
     def collect(self) -> Iterator[Metric]:
@@ -52,8 +52,9 @@ class ApplianceCollector:
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
         configured = self.appliance.config.roles.enabled()
+        running = self.appliance.roles()
         for name in role_names():
-            service: Any = self.appliance.namedServices.get(name)
+            service: Any = running.get(name)
             if service is None:
                 if name in configured:
                     up.add_metric([name], 0)
@@ -76,7 +77,7 @@ class ApplianceCollector:
         yield from (up, events, drops, traffic, peers, qualified, build)
 
 
-def make_registry(appliance: Appliance) -> CollectorRegistry:
+def make_registry(appliance: ApplianceView) -> CollectorRegistry:
     """The appliance's metrics plus this process's CPU, memory and descriptors."""
     registry = CollectorRegistry()
     registry.register(ApplianceCollector(appliance))
@@ -96,7 +97,7 @@ class QuietSite(Site):
 class MetricsService(Service):
     """Serves /metrics on the `listen` endpoint."""
 
-    def __init__(self, config: MetricsConfig, appliance: Appliance, reactor: Any = None) -> None:
+    def __init__(self, config: MetricsConfig, appliance: ApplianceView, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 

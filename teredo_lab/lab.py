@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import teredo_appliance
 from teredo_lab import configs, igd, state, topology
+from teredo_lab.errors import LabError
 
 MIREDO, OURS = "miredo", "ours"
 IMPLS = (MIREDO, OURS)
@@ -40,10 +41,6 @@ CAPTURE = str(Path(__file__).with_name("capture.py"))
 # holding its config and pid file: `ip netns exec` has already given the process a mount
 # namespace of its own, so this mount never reaches the host.
 PRIVATE_RUN = 'mount --bind "$0" /run && exec "$@"'
-
-
-class LabError(Exception):
-    """The lab could not be built or a daemon did not come up; the message says why."""
 
 
 @dataclass
