@@ -9,10 +9,10 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.roles.client_failover import RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN
 from teredo_appliance.roles.client_machine import (
     CONE_PROBE_QUIET,
     NAT_CONE,
@@ -24,10 +24,9 @@ from teredo_appliance.roles.client_machine import (
     QUALIFICATION_TIMEOUT,
     QUALIFIED,
     RESOLVE_TIMEOUT,
-    RETRY_BACKOFF_MAX,
-    RETRY_BACKOFF_MIN,
     Qualification,
     Qualifier,
+    RSKind,
 )
 from teredo_appliance.wire.address import FLAG_RANDOM_MASK, TEREDO_PREFIX, TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
@@ -80,9 +79,11 @@ class Harness:
         self.changes: list[Qualification | None] = []
         self.local: int | None = ipv4_to_int("198.19.0.2")
         self.now = 0.0
+        self.logged: list[tuple[str, str, dict[str, object]]] = []
         self.q = Qualifier(
             self.config, lambda p, ip, port: self.sent.append((p, ip, port)), self.resolving.append,
             self.changes.append, local_address=lambda server: self.local, rng=random.Random(4380),
+            log=lambda level, format, **fields: self.logged.append((level, format, fields)),
         )
 
     def start(self) -> None:
@@ -177,7 +178,7 @@ class AcceptanceTests(SynchronousTestCase):
         vector = MIREDO["ra-with-auth-origin"]
         d = parse_datagram(vector.payload)
         assert d.auth is not None
-        self.h.q._main.nonces[d.auth.nonce] = "plain"  # type: ignore[union-attr]
+        self.h.q._main.round.nonces[d.auth.nonce] = RSKind.PLAIN  # type: ignore[union-attr]
         self.assertTrue(self.h.q.receive(d, *vector.source, self.h.now))
         self.assertEqual(self.h.q.counters.drops(), {})
         self.assertEqual(self.h.sent[-1][1:], (SERVER2, PORT))
@@ -317,14 +318,13 @@ class QualificationTests(SynchronousTestCase):
         nonce, _ = h.rs()
         h.answer(nonce)
         nonce, _ = h.rs()
-        with capturedLogs() as events:
-            h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
+        h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
         self.assertEqual(h.q.state, OFFLINE)
         self.assertEqual(h.q.nat_type, NAT_SYMMETRIC)
         self.assertIsNone(h.q.qualification)
         self.assertEqual(h.changes, [])
         self.assertEqual(h.q.status()["nat_type"], "symmetric")
-        self.assertTrue(any("NAT type: symmetric" in e["log_format"] for e in events))
+        self.assertTrue(any(level == "warn" and "NAT type: symmetric" in format for level, format, _ in h.logged))
         h.take()
         h.advance(RETRY_BACKOFF_MAX - 1)
         self.assertEqual(h.sent, [])

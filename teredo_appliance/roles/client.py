@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel
 
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
@@ -69,7 +70,7 @@ class ClientService(TunneledRole):
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
-            local_address=self._local, counters=self.counters, rng=rng,
+            log=self._machine_log, local_address=self._local, counters=self.counters, rng=rng,
         )
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
                                 heard_server=self.qualifier.heard_from_server)
@@ -82,6 +83,10 @@ class ClientService(TunneledRole):
         self.upnp: PortMapper | None = None
 
     # -- packets ---------------------------------------------------------------------------
+
+    def _machine_log(self, level: str, format: str, **fields: Any) -> None:
+        """The machine's log events, into this service's logger (its namespace, its level)."""
+        self.log.emit(LogLevel.levelWithName(level), format, **fields)
 
     def reconfigurable(self, config: ClientConfig) -> bool:
         return self.qualifier.can_reconfigure(config)
