@@ -89,3 +89,17 @@ class ImportCycleTests(SynchronousTestCase):
         for module, imported in graph.items():
             if module.startswith("teredo_appliance.wire"):
                 self.assertEqual({m for m in imported if not m.startswith("teredo_appliance.wire")}, set(), module)
+
+    def test_no_machine_and_nothing_in_wire_imports_twisted(self) -> None:
+        """The sans-I/O core: fed (input, now), it never touches a reactor, a logger or a socket."""
+        pure = [*(REPO / "teredo_appliance" / "wire").glob("*.py"),
+                *(REPO / "teredo_appliance" / "roles").glob("*_machine.py"),
+                *(REPO / "teredo_appliance" / "roles").glob("client_[df]*.py"),
+                REPO / "teredo_appliance" / "peers.py", REPO / "teredo_appliance" / "ratelimit.py"]
+        self.assertGreaterEqual(len(pure), 14)
+        for path in pure:
+            tops = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Import) for alias in node.names}
+            tops |= {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.ImportFrom) and node.module}
+            self.assertNotIn("twisted", tops, path.name)

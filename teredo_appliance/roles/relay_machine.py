@@ -18,7 +18,7 @@ from typing import Any
 
 from teredo_appliance.config_model import GLOBAL_UNICAST
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTable
-from teredo_appliance.ratelimit import PerSecond
+from teredo_appliance.ratelimit import IcmpErrorBudget, PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
@@ -30,7 +30,6 @@ from teredo_appliance.wire.ipv6 import (
     IPv6Header,
     build_packet_too_big,
     build_unreachable,
-    error_allowed,
     is_link_local,
     is_multicast,
     parse_header,
@@ -42,8 +41,6 @@ from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 # client answers an indirect bubble by bubbling back to the origin indication, whatever
 # its source (Miredo's relay uses a link-local as well), and this one is ours.
 RELAY_LINK_LOCAL = LINK_LOCAL
-# Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
-ICMP_ERRORS_PER_SECOND = 10
 # Relay-wide cap on bubbles (datagrams, not rounds): RFC 4380 §5.2.6 paces each peer, but
 # packets towards many silent peers would still make the relay spray the Internet (and
 # the peers' servers) with bubbles. 1000/s is 500 discoveries a second, ~60 kB/s.
@@ -116,7 +113,7 @@ class RelayMachine:
         self._write = write
         self._error_source = error_source
         self._reachable_ipv4 = reachable_ipv4
-        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._icmp = IcmpErrorBudget(self.counters)
         self._bubble_rate = PerSecond(bubbles_per_second)
         self._round_cost = 1 if cone else 2  # bubbles per round (see _bubble)
         self._serves = PrefixFilter(served_prefixes, NEVER_SERVED).allows
@@ -299,14 +296,10 @@ class RelayMachine:
         build: Callable[[bytes, bytes, bytes, int], bytes],
         parameter: int,
     ) -> None:
-        """Report a dropped packet to its sender, at most ICMP_ERRORS_PER_SECOND per second."""
-        if not error_allowed(invoking, header):  # RFC 4443 §2.4 (e)
-            return
-        if not self._icmp_rate.allow(now):
-            self.counters["icmp.rate-limited"] += 1
+        """Report a dropped packet to its sender, within the ICMPv6 error budget."""
+        if not self._icmp.allow(invoking, header, now):
             return
         sender = header.source
-        self.counters["icmp.sent"] += 1
         self._write(build(self._error_source(sender), invoking, sender, parameter))
 
     # -- reporting -----------------------------------------------------------------------
