@@ -77,6 +77,7 @@ class ClientService(TunneledRole):
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
+        self._retired_hook: Hook | None = None  # a hook removed by a reload, maybe still running
         self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
         self._route = False
         self._port_mapper = port_mapper or self._igd_mapping
@@ -92,10 +93,15 @@ class ClientService(TunneledRole):
         return self.qualifier.can_reconfigure(config)
 
     def reconfigure(self, config: ClientConfig) -> None:
-        """refresh_interval and fallback_servers go to the qualifier; a new hook runs from the
-        next change of state on (a run of the old script in progress finishes)."""
+        """refresh_interval and fallback_servers go to the qualifier; a new hook script runs
+        from the next change of state on, after the runs already queued (still one at a time)."""
         if config.hook != self.config.hook:
-            self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
+            if config.hook is None:
+                self._retired_hook, self.hook = self.hook, None  # stop still waits for its runs
+            elif self.hook is None:
+                self.hook = Hook(config.hook, self.reactor)
+            else:
+                self.hook.path = config.hook
         self.qualifier.reconfigure(config, self._seconds())
         super().reconfigure(config)
         if self.running:
@@ -230,7 +236,7 @@ class ClientService(TunneledRole):
         return super().stopService()
 
     def _closing(self) -> list[Deferred[Any]]:
-        waits = [] if self.hook is None else [self.hook.wait()]
+        waits = [hook.wait() for hook in (self.hook, self._retired_hook) if hook is not None]
         if self.upnp is not None:
             waits.append(self.upnp.stopService())  # deletes the mapping on the IGD
         return waits
