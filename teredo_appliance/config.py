@@ -47,6 +47,11 @@ UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NU
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
+# The console's admission limits: a few waiting logins, each for a bounded time, so that
+# with LimitNOFILE in etc/teredo.service the console can never use up the descriptors.
+MAX_UNAUTHENTICATED = 1000
+MIN_LOGIN_GRACE_TIME = 1.0
+MAX_LOGIN_GRACE_TIME = 600.0
 IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 bytes (UTF-8 counts per byte)
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
@@ -249,13 +254,17 @@ def _int_in(low: int, high: int | None = None) -> Callable[[Node], int]:
     return check
 
 
-def _refresh_interval(node: Node) -> float:
-    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
-    if not (math.isfinite(value) and MIN_REFRESH_INTERVAL <= value <= MAX_REFRESH_INTERVAL):
-        raise _Invalid(
-            f"{_describe(node)} is out of range {MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
-        )
-    return value
+def _seconds_in(low: float, high: float) -> Callable[[Node], float]:
+    def check(node: Node) -> float:
+        value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _Invalid(f"{_describe(node)} is out of range {low:g}..{high:g} seconds")
+        return value
+
+    return check
+
+
+_refresh_interval = _seconds_in(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
 
 def _rs_rate(node: Node) -> float:
@@ -403,7 +412,13 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "hook": _optional(_nonempty_text),
         "extensions": _client_extensions,
     },
-    ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
+    ManholeConfig: {
+        "listen": _server_endpoint,
+        "authorized_keys": _nonempty_text,
+        "host_key": _nonempty_text,
+        "max_unauthenticated": _int_in(1, MAX_UNAUTHENTICATED),
+        "login_grace_time": _seconds_in(MIN_LOGIN_GRACE_TIME, MAX_LOGIN_GRACE_TIME),
+    },
     LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
     ControlConfig: {"socket": _socket_path},
     MetricsConfig: {"listen": _server_endpoint},

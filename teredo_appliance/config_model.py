@@ -84,6 +84,8 @@ class ManholeConfig:
     listen: str = "tcp:2222:interface=127.0.0.1"
     authorized_keys: str = "/etc/teredo/admin_keys"
     host_key: str = "/var/lib/teredo/ssh_host_ed25519_key"
+    max_unauthenticated: int = 10  # connections waiting for login at once (OpenSSH MaxStartups)
+    login_grace_time: float = 60.0  # seconds a connection may take to log in (OpenSSH LoginGraceTime)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from teredo_appliance import config_model
+from teredo_appliance import config, config_model, sshserver
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = (ROOT / "man" / "twistd-teredo.8", ROOT / "man" / "teredo.yaml.5", ROOT / "man" / "teredoctl.8")
@@ -76,3 +76,9 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn("Type=notify", unit)
         self.assertIn("ExecReload=/opt/teredo-appliance/bin/teredoctl reload", unit)
         self.assertIn("RestartPreventExitStatus=78", unit)
+
+    def test_unit_leaves_descriptors_for_reloads_beyond_the_console(self) -> None:
+        unit = (ROOT / "etc" / "teredo.service").read_text()
+        limit = int(next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")))
+        # The console's worst case (every waiting login at its cap, every session) is a small share.
+        self.assertGreaterEqual(limit, 16 * (config.MAX_UNAUTHENTICATED + sshserver.MAX_SESSIONS))
