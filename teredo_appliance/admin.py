@@ -34,6 +34,7 @@ from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ManholeConfig
 from teredo_appliance.console import ConsoleManhole, ConsoleTerminal
 from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, read_host_key, vet_authorized_keys
+from teredo_appliance.endpoints import listen_at_once
 from teredo_appliance.privileges import privileges_dropped
 from teredo_appliance.sshserver import MAX_SESSIONS, ConsoleSSHFactory, fingerprint
 
@@ -220,16 +221,7 @@ class ManholeService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # Listen here, as root, so a port below 1024 works. tcp: and unix: endpoints listen
-        # at once, so a failure raises now and a reload can put the previous console back.
-        outcome: list[Any] = []
-        self._endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise ConsoleError(f"manhole: listen {self.config.listen!r} does not listen at once; "
-                               "use a tcp: or unix: endpoint")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self._port = outcome[0]
+        self._port = listen_at_once(self._endpoint, self.factory, "manhole", self.config.listen)
         log.info("manhole: SSH console on {address} (host key {fingerprint}; key exchange: curve25519 "
                  "and fixed Diffie-Hellman groups)",
                  address=self.address(), fingerprint=fingerprint(self.host_key))

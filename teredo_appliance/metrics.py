@@ -17,13 +17,13 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import teredo_appliance
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ROLE_NAMES, MetricsConfig
+from teredo_appliance.endpoints import listen_at_once
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -112,16 +112,7 @@ class MetricsService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # As root, so a port below 1024 works; tcp: and unix: endpoints listen at once, so a
-        # failure raises here and a reload can report it and keep the rest.
-        outcome: list[Any] = []
-        self._endpoint.listen(self.site).addBoth(outcome.append)
-        if not outcome:
-            raise ConfigError([f"metrics: listen {self.config.listen!r} does not listen at once; "
-                               "use a tcp: or unix: endpoint"])
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self._port = outcome[0]
+        self._port = listen_at_once(self._endpoint, self.site, "metrics", self.config.listen)
         log.info("metrics: Prometheus scrape endpoint on {address}", address=self.address())
 
     def stopService(self) -> Any:
