@@ -25,6 +25,14 @@ answer: connectivity is lost, the server name is re-resolved, and qualification 
 through the fallback servers in order, then backs off and starts over from the first.
 While on a fallback the first server is probed every refresh interval and taken back as
 soon as it qualifies us again.
+
+Failover in seconds: with fallback servers configured, the server is checked at least
+every FAILOVER_CHECK_INTERVAL (randomised like the refresh), and one check RS left
+unanswered for T (RFC 4380 §5.2.1) is enough to qualify through the next server, the
+current address kept until that one answers. A dead server is thus left within
+FAILOVER_CHECK_INTERVAL + T + two round trips (12 s and a little with the defaults).
+RS to one address stay at least T apart, as RFC 4380 §5.2.1 (RFC 4861's
+RtrSolicitationInterval) spaces them.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ RETRY_BACKOFF_MIN = 5.0  # after every server failed: first retry, doubling...
 RETRY_BACKOFF_MAX = 120.0  # ...up to this; also the retry period behind a symmetric NAT
 RESOLVE_TIMEOUT = 10.0  # a server name that does not resolve by then counts as a failed server
 CONE_PROBE_QUIET = 300.0  # how long a NAT may keep its filter open for an address we contacted
+FAILOVER_CHECK_INTERVAL = 8.0  # with fallback servers: the longest wait between two checks of the server
 
 _PLAIN, _CONE, _SECONDARY = "plain", "cone", "secondary"  # the three RS kinds
 _QUALIFY, _REFRESH, _RETURN = "qualify", "refresh", "return"  # why a round runs
@@ -172,10 +181,11 @@ class Qualifier:
         self._retry_at: float | None = None
         self._backoff = RETRY_BACKOFF_MIN
         self._refresh_at: float | None = None
-        self._randomized_refresh = config.refresh_interval
+        self._randomized_refresh = self._check_interval
         self._return_at: float | None = None
         self._flags: tuple[tuple[int, int], int] | None = None  # (mapping, flags): RFC 5991 §4
         self._contacted: dict[int, float] = {}  # secondary address -> last RS sent there
+        self._failing_over = False  # a check went unanswered: the address stays while the chain runs
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -317,6 +327,7 @@ class Qualifier:
         self._main = None
         self._pending.pop("main", None)
         self._retry_at = self._refresh_at = None
+        self._failing_over = False
         self._chain_left = len(self.servers)
         self._begin(_QUALIFY, 0, now)
 
@@ -343,8 +354,9 @@ class Qualifier:
     def _start_round(self, purpose: str, index: int, now: float) -> None:
         server = self.servers[index]
         if purpose == _REFRESH:
-            round_ = _Round(purpose, index, server, QUALIFICATION_TRIES, detect=False)
-            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self.config.refresh_interval
+            tries = 1 if self._can_fail_over else QUALIFICATION_TRIES
+            round_ = _Round(purpose, index, server, tries, detect=False)
+            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self._check_interval
         else:
             tries = 1 if purpose == _RETURN else QUALIFICATION_TRIES  # a probe, repeated every interval
             round_ = _Round(purpose, index, server, tries, detect=True)
@@ -373,6 +385,17 @@ class Qualifier:
         round_.nonces[nonce] = kind
         self.counters["client.rs"] += 1
         self._send(AuthIndicator(nonce).pack() + router_solicitation(cone=kind == _CONE), ip, TEREDO_PORT)
+
+    @property
+    def _can_fail_over(self) -> bool:
+        return len(self.servers) > 1
+
+    @property
+    def _check_interval(self) -> float:
+        """How long the server may stay silent before an RS checks it (RFC 4380 §5.2.5, shortened to fail over)."""
+        if self._can_fail_over:
+            return min(self.config.refresh_interval, FAILOVER_CHECK_INTERVAL)
+        return self.config.refresh_interval
 
     def _filter_open(self, secondary: int, now: float) -> bool:
         contacted = self._contacted.get(secondary)
@@ -430,6 +453,7 @@ class Qualifier:
         self.last_qualified = now
         self._refresh_at = now + self._randomized_refresh
         self._retry_at = None
+        self._failing_over = False
         self._backoff = RETRY_BACKOFF_MIN
         if not round_.index:
             self._return_at = None
@@ -477,8 +501,14 @@ class Qualifier:
         if round_.purpose == _REFRESH:
             # RFC 4380 §5.2.5: connectivity is gone. Re-resolve this server: a new address
             # gets a try, the same one (or a literal) means going on to the next server.
+            # With somewhere to go, the address stays until the next server answers.
             failed = server.ip
-            self._lose()
+            if self._can_fail_over:
+                self._failing_over = True
+                self.counters["client.failover"] += 1
+            else:
+                self._lose()
+            self._refresh_at = None
             self._chain_left = len(self.servers)
             self._begin(_QUALIFY, round_.index, now, avoid=failed)
         else:
@@ -489,8 +519,9 @@ class Qualifier:
         if purpose == _RETURN:
             self._return_at = now + self.config.refresh_interval
             return
-        self._lose()
         self._chain_left -= 1
+        if not self._failing_over or self._chain_left <= 0:
+            self._lose()
         if self._chain_left > 0:
             self._begin(_QUALIFY, (index + 1) % len(self.servers), now)
             return
@@ -502,6 +533,7 @@ class Qualifier:
 
     def _lose(self) -> None:
         """Drop the current qualification (if any) and tell the service."""
+        self._failing_over = False
         self._refresh_at = self._return_at = None
         self._return = None
         if self.qualification is not None:
