@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.config_model import ClientConfig, ClientExtensions
 from teredo_appliance.roles.client_qualify import (
     CONE_PROBE_QUIET,
     FAILOVER_CHECK_INTERVAL,
@@ -311,8 +311,27 @@ class QualificationTests(SynchronousTestCase):
             flags.add(h.q.qualification.flags)
         self.assertGreater(len(flags), 4)
 
-    def test_symmetric_nat_stays_offline_and_says_so(self) -> None:
-        h = Harness(self)
+    def test_symmetric_nat_qualifies_with_the_primary_mapping(self) -> None:
+        """RFC 6081 §5.2: behind a symmetric NAT the address still comes from the primary's mapping."""
+        h = Harness(self, bind_port=MAPPED[1])
+        h.q._local_port = lambda: MAPPED[1]
+        h.start()
+        h.answer(h.rs()[0])
+        h.answer(h.rs()[0], (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
+        q = h.q.qualification
+        assert q is not None
+        self.assertEqual((q.mapping, q.nat_type, h.q.state), (MAPPED, NAT_SYMMETRIC, QUALIFIED))
+        self.assertEqual(h.changes, [q])
+        status = h.q.status()
+        self.assertEqual((status["nat_type"], status["port_preserving"], status["sequential"]),
+                         ("symmetric", True, True))
+        h.take()
+        h.advance(30)
+        h.answer(h.rs()[0])  # refreshes ask the primary only: the mapping holds
+        self.assertEqual(h.q.qualification, q)
+
+    def test_symmetric_nat_stays_offline_and_says_so_without_the_extension(self) -> None:
+        h = Harness(self, extensions=ClientExtensions(symmetric_nat=False))
         h.start()
         nonce, _ = h.rs()
         h.answer(nonce)

@@ -46,6 +46,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.roles.nat_behaviour import UNKNOWN, NatBehaviour, classify
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int, is_global_ipv4, random_flags
 from teredo_appliance.wire.errors import ParseError
@@ -156,6 +157,7 @@ class Qualifier:
         changed: Callable[[Qualification | None], None],
         *,
         local_address: Callable[[int], int | None] = lambda server: None,
+        local_port: Callable[[], int | None] = lambda: None,
         counters: Counters | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -164,6 +166,8 @@ class Qualifier:
         self._resolve = resolve
         self._changed = changed
         self._local_address = local_address
+        self._local_port = local_port
+        self.behaviour: NatBehaviour = UNKNOWN  # RFC 6081 §5.4, §5.5, from the last NAT detection
         self.counters = Counters() if counters is None else counters
         self._rng = rng or random.SystemRandom()
         secondary = None if config.server_address2 is None else int(config.server_address2)
@@ -277,6 +281,7 @@ class Qualifier:
             "server": server.name,
             "server_ip": None if server.ip is None else int_to_ipv4(server.ip),
             "nat_type": self.nat_type,
+            **self.behaviour.report(),
             "mapped": None if q is None else f"{int_to_ipv4(q.mapped_ip)}:{q.mapped_port}",
             "address": None if q is None else _ipv6(q.address),
             "advertised_mtu": None if q is None else q.mtu,  # reported; the TUN keeps the configured mtu
@@ -427,6 +432,7 @@ class Qualifier:
         else:
             assert round_.first is not None
             first = round_.first
+            self.behaviour = classify(self._local_port(), first.mapped_port, answer.mapped_port)
             if (answer.mapped_ip, answer.mapped_port) != (first.mapped_ip, first.mapped_port):
                 self._symmetric(round_, first, answer, now)
             else:
@@ -471,6 +477,18 @@ class Qualifier:
 
     def _symmetric(self, round_: _Round, first: _Answer, second: _Answer, now: float) -> None:
         server = round_.server
+        mappings = f"{int_to_ipv4(first.mapped_ip)}:{first.mapped_port} and {int_to_ipv4(second.mapped_ip)}:" \
+                   f"{second.mapped_port}"
+        if self.config.extensions.symmetric_nat:
+            # RFC 6081 §5.2: configure the address from the primary's mapping all the same;
+            # peers whose NAT filtering lets our other mappings in are reached with bubbles.
+            if self.qualification is None or self.qualification.nat_type != NAT_SYMMETRIC:
+                self.counters["client.symmetric_nat"] += 1
+                self.log.info("NAT type: symmetric (server {server} saw {mappings}): qualifying with the "
+                              "Symmetric NAT Support Extension (RFC 6081); peers behind port-restricted or "
+                              "symmetric NATs stay out of reach", server=server.name, mappings=mappings)
+            self._finish(round_, first, NAT_SYMMETRIC, now)
+            return
         if round_.purpose == _RETURN:
             self._return = None
             return
