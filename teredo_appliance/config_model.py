@@ -48,9 +48,10 @@ class RelayConfig:
 
 @dataclass(frozen=True)
 class ClientExtensions:
-    """RFC 6081 extensions the client may use; all off by default (plain RFC 4380, like Miredo)."""
+    """RFC 6081 extensions the client may use; each stays compatible with RFC 4380 peers such as Miredo."""
 
     upnp: bool = False  # RFC 6081 §3.2: a port mapping from the LAN's UPnP IGD before qualifying
+    symmetric_nat: bool = True  # RFC 6081 §5.2: an address behind a symmetric NAT all the same
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class ApplianceCollector:
                                       labels=["role", "direction"])
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
+        nat = InfoMetricFamily("teredo_client_nat", "Client NAT type and special behaviour, as Windows shows them")
         configured = self.appliance.config.roles.enabled()
         for name in ROLE_NAMES:
             service: Any = self.appliance.namedServices.get(name)
@@ -68,9 +69,19 @@ class ApplianceCollector:
             peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
+                nat.add_metric([], {key: _label(value) for key, value in service.nat_report().items()})
         build = InfoMetricFamily("teredo_build", "The appliance's version")
         build.add_metric([], {"version": teredo_appliance.__version__})
-        yield from (up, events, drops, traffic, peers, qualified, build)
+        yield from (up, events, drops, traffic, peers, qualified, nat, build)
+
+
+def _label(value: Any) -> str:
+    """A status value as a label: yes / no / unknown for booleans, the text otherwise."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def make_registry(appliance: Appliance) -> CollectorRegistry:

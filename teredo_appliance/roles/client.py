@@ -68,7 +68,7 @@ class ClientService(TunneledRole):
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
-            local_address=self._local, counters=self.counters, rng=rng,
+            local_address=self._local, local_port=lambda: self.bound_port, counters=self.counters, rng=rng,
         )
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
                                 heard_server=self.qualifier.heard_from_server)
@@ -233,9 +233,32 @@ class ClientService(TunneledRole):
                 "refresh_interval": self.config.refresh_interval,
                 "peers": self.data.stats(),
                 "upnp": None if self.upnp is None else self.upnp.status(),
+                "nat_special": self._nat_special(),
             }
         )
         return report
+
+    def nat_report(self) -> dict[str, Any]:
+        """NAT type and special behaviour, the fields `netsh interface teredo show state` shows."""
+        special = self._nat_special()
+        return {"nat_type": self.qualifier.nat_type, "upnp": special["upnp"],
+                "port_preserving": special["port_preserving"], "sequential": special["sequential"],
+                "hairpinning": special["hairpinning"]}
+
+    def _nat_special(self) -> dict[str, Any]:
+        """What Windows calls "NAT Special Behaviour", in one place for status and metrics."""
+        upnp = None if self.upnp is None else self.upnp.status()
+        mapping = f"{upnp['external_address']}:{upnp['external_port']}" if upnp and upnp["mapped"] else None
+        behaviour = self.qualifier.behaviour
+        return {
+            "upnp": mapping is not None,
+            "upnp_mapping": mapping,
+            "port_preserving": behaviour.port_preserving,
+            "sequential": behaviour.sequential,
+            "symmetric_nat_support": self.config.extensions.symmetric_nat,
+            "hairpinning": None,  # filled by the Hairpinning Extension
+            "local_peers": None,  # filled by local client discovery (RFC 4380 §5.2.8)
+        }
 
     @property
     def qualified(self) -> bool:

@@ -25,6 +25,14 @@ answer: connectivity is lost, the server name is re-resolved, and qualification 
 through the fallback servers in order, then backs off and starts over from the first.
 While on a fallback the first server is probed every refresh interval and taken back as
 soon as it qualifies us again.
+
+Failover in seconds: with fallback servers configured, the server is checked at least
+every FAILOVER_CHECK_INTERVAL (randomised like the refresh), and one check RS left
+unanswered for T (RFC 4380 §5.2.1) is enough to qualify through the next server, the
+current address kept until that one answers. A dead server is thus left within
+FAILOVER_CHECK_INTERVAL + T + two round trips (12 s and a little with the defaults).
+RS to one address stay at least T apart, as RFC 4380 §5.2.1 (RFC 4861's
+RtrSolicitationInterval) spaces them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.roles.nat_behaviour import UNKNOWN, NatBehaviour, classify
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int, is_global_ipv4, random_flags
 from teredo_appliance.wire.errors import ParseError
@@ -62,6 +71,7 @@ RETRY_BACKOFF_MIN = 5.0  # after every server failed: first retry, doubling...
 RETRY_BACKOFF_MAX = 120.0  # ...up to this; also the retry period behind a symmetric NAT
 RESOLVE_TIMEOUT = 10.0  # a server name that does not resolve by then counts as a failed server
 CONE_PROBE_QUIET = 300.0  # how long a NAT may keep its filter open for an address we contacted
+FAILOVER_CHECK_INTERVAL = 8.0  # with fallback servers: the longest wait between two checks of the server
 
 _PLAIN, _CONE, _SECONDARY = "plain", "cone", "secondary"  # the three RS kinds
 _QUALIFY, _REFRESH, _RETURN = "qualify", "refresh", "return"  # why a round runs
@@ -147,6 +157,7 @@ class Qualifier:
         changed: Callable[[Qualification | None], None],
         *,
         local_address: Callable[[int], int | None] = lambda server: None,
+        local_port: Callable[[], int | None] = lambda: None,
         counters: Counters | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -155,6 +166,8 @@ class Qualifier:
         self._resolve = resolve
         self._changed = changed
         self._local_address = local_address
+        self._local_port = local_port
+        self.behaviour: NatBehaviour = UNKNOWN  # RFC 6081 §5.4, §5.5, from the last NAT detection
         self.counters = Counters() if counters is None else counters
         self._rng = rng or random.SystemRandom()
         secondary = None if config.server_address2 is None else int(config.server_address2)
@@ -172,10 +185,11 @@ class Qualifier:
         self._retry_at: float | None = None
         self._backoff = RETRY_BACKOFF_MIN
         self._refresh_at: float | None = None
-        self._randomized_refresh = config.refresh_interval
+        self._randomized_refresh = self._check_interval
         self._return_at: float | None = None
         self._flags: tuple[tuple[int, int], int] | None = None  # (mapping, flags): RFC 5991 §4
         self._contacted: dict[int, float] = {}  # secondary address -> last RS sent there
+        self._failing_over = False  # a check went unanswered: the address stays while the chain runs
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -267,6 +281,7 @@ class Qualifier:
             "server": server.name,
             "server_ip": None if server.ip is None else int_to_ipv4(server.ip),
             "nat_type": self.nat_type,
+            **self.behaviour.report(),
             "mapped": None if q is None else f"{int_to_ipv4(q.mapped_ip)}:{q.mapped_port}",
             "address": None if q is None else _ipv6(q.address),
             "advertised_mtu": None if q is None else q.mtu,  # reported; the TUN keeps the configured mtu
@@ -317,6 +332,7 @@ class Qualifier:
         self._main = None
         self._pending.pop("main", None)
         self._retry_at = self._refresh_at = None
+        self._failing_over = False
         self._chain_left = len(self.servers)
         self._begin(_QUALIFY, 0, now)
 
@@ -343,8 +359,9 @@ class Qualifier:
     def _start_round(self, purpose: str, index: int, now: float) -> None:
         server = self.servers[index]
         if purpose == _REFRESH:
-            round_ = _Round(purpose, index, server, QUALIFICATION_TRIES, detect=False)
-            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self.config.refresh_interval
+            tries = 1 if self._can_fail_over else QUALIFICATION_TRIES
+            round_ = _Round(purpose, index, server, tries, detect=False)
+            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self._check_interval
         else:
             tries = 1 if purpose == _RETURN else QUALIFICATION_TRIES  # a probe, repeated every interval
             round_ = _Round(purpose, index, server, tries, detect=True)
@@ -373,6 +390,17 @@ class Qualifier:
         round_.nonces[nonce] = kind
         self.counters["client.rs"] += 1
         self._send(AuthIndicator(nonce).pack() + router_solicitation(cone=kind == _CONE), ip, TEREDO_PORT)
+
+    @property
+    def _can_fail_over(self) -> bool:
+        return len(self.servers) > 1
+
+    @property
+    def _check_interval(self) -> float:
+        """How long the server may stay silent before an RS checks it (RFC 4380 §5.2.5, shortened to fail over)."""
+        if self._can_fail_over:
+            return min(self.config.refresh_interval, FAILOVER_CHECK_INTERVAL)
+        return self.config.refresh_interval
 
     def _filter_open(self, secondary: int, now: float) -> bool:
         contacted = self._contacted.get(secondary)
@@ -404,6 +432,7 @@ class Qualifier:
         else:
             assert round_.first is not None
             first = round_.first
+            self.behaviour = classify(self._local_port(), first.mapped_port, answer.mapped_port)
             if (answer.mapped_ip, answer.mapped_port) != (first.mapped_ip, first.mapped_port):
                 self._symmetric(round_, first, answer, now)
             else:
@@ -430,6 +459,7 @@ class Qualifier:
         self.last_qualified = now
         self._refresh_at = now + self._randomized_refresh
         self._retry_at = None
+        self._failing_over = False
         self._backoff = RETRY_BACKOFF_MIN
         if not round_.index:
             self._return_at = None
@@ -447,6 +477,18 @@ class Qualifier:
 
     def _symmetric(self, round_: _Round, first: _Answer, second: _Answer, now: float) -> None:
         server = round_.server
+        mappings = f"{int_to_ipv4(first.mapped_ip)}:{first.mapped_port} and {int_to_ipv4(second.mapped_ip)}:" \
+                   f"{second.mapped_port}"
+        if self.config.extensions.symmetric_nat:
+            # RFC 6081 §5.2: configure the address from the primary's mapping all the same;
+            # peers whose NAT filtering lets our other mappings in are reached with bubbles.
+            if self.qualification is None or self.qualification.nat_type != NAT_SYMMETRIC:
+                self.counters["client.symmetric_nat"] += 1
+                self.log.info("NAT type: symmetric (server {server} saw {mappings}): qualifying with the "
+                              "Symmetric NAT Support Extension (RFC 6081); peers behind port-restricted or "
+                              "symmetric NATs stay out of reach", server=server.name, mappings=mappings)
+            self._finish(round_, first, NAT_SYMMETRIC, now)
+            return
         if round_.purpose == _RETURN:
             self._return = None
             return
@@ -477,8 +519,14 @@ class Qualifier:
         if round_.purpose == _REFRESH:
             # RFC 4380 §5.2.5: connectivity is gone. Re-resolve this server: a new address
             # gets a try, the same one (or a literal) means going on to the next server.
+            # With somewhere to go, the address stays until the next server answers.
             failed = server.ip
-            self._lose()
+            if self._can_fail_over:
+                self._failing_over = True
+                self.counters["client.failover"] += 1
+            else:
+                self._lose()
+            self._refresh_at = None
             self._chain_left = len(self.servers)
             self._begin(_QUALIFY, round_.index, now, avoid=failed)
         else:
@@ -489,8 +537,9 @@ class Qualifier:
         if purpose == _RETURN:
             self._return_at = now + self.config.refresh_interval
             return
-        self._lose()
         self._chain_left -= 1
+        if not self._failing_over or self._chain_left <= 0:
+            self._lose()
         if self._chain_left > 0:
             self._begin(_QUALIFY, (index + 1) % len(self.servers), now)
             return
@@ -502,6 +551,7 @@ class Qualifier:
 
     def _lose(self) -> None:
         """Drop the current qualification (if any) and tell the service."""
+        self._failing_over = False
         self._refresh_at = self._return_at = None
         self._return = None
         if self.qualification is not None:
