@@ -48,9 +48,10 @@ class RelayConfig:
 
 @dataclass(frozen=True)
 class ClientExtensions:
-    """RFC 6081 extensions the client may use; all off by default (plain RFC 4380, like Miredo)."""
+    """RFC 6081 extensions the client may use; a Miredo peer ignores them all."""
 
     upnp: bool = False  # RFC 6081 §3.2: a port mapping from the LAN's UPnP IGD before qualifying
+    hairpinning: bool = True  # RFC 6081 §4.3: Alternate Address trailers, tried behind one NAT
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ClientConfig:
     mtu: int = TEREDO_MTU
     prefix: IPv6Network = DEFAULT_PREFIX  # the only prefix an RA may give us
     hook: str | None = None  # Miredo-compatible up/down script
+    local_discovery: bool = True  # RFC 4380 §5.2.8: bubbles to 224.0.0.253 on the LAN
     extensions: ClientExtensions = ClientExtensions()
 
 

@@ -20,7 +20,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLanEdge, FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -59,7 +59,9 @@ class ClientServiceTests(SynchronousTestCase):
         self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
-        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
+        # Local discovery off unless asked: its multicast bubble would join every list of sends.
+        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", "local_discovery": False,
+                                 **settings})
 
         def watch(on_change: Any, reactor: Any) -> QuietWatch:
             self.watchers.append(QuietWatch(on_change, reactor))
@@ -69,6 +71,7 @@ class ClientServiceTests(SynchronousTestCase):
             config, self.reactor, tun_system=self.system, link_factory=self.link,
             netwatch=watch, link_watch=QuietWatch, local_address=lambda server: ipv4_to_int(LOCAL),
             rng=random.Random(1),
+            lan_edge=FakeLanEdge,
         )
         service.privilegedStartService()
         service.startService()
