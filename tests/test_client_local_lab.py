@@ -69,6 +69,8 @@ class TwoOfOursBehindNat1WithoutHairpinning(LocalLab):
             local = [peer for peer in status["local_peers"] if peer["trusted_at"]]
             self.assertWithLogs(bool(local) and local[0]["trusted_at"].startswith(other + ":"),
                                 f"{node}: {status['local_peers']}")
+        learned = {peer["learned_by"] for node in ("client1", "client3") for peer in self.status(node)["local_peers"]}
+        self.assertIn("discovery", learned)  # a real multicast bubble crossed NAT 1's bridge
         # Both still reach the native IPv6 host and the client behind NAT 2.
         self.ping("client1", topology.IPV6_HOST)
         self.ping("client3", self.address("client2"))
