@@ -410,6 +410,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "prefix": _prefix,
         "hook": _optional(_nonempty_text),
+        "local_discovery": _bool,
         "extensions": _client_extensions,
     },
     ManholeConfig: {

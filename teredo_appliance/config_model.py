@@ -52,6 +52,7 @@ class ClientExtensions:
 
     upnp: bool = False  # RFC 6081 §3.2: a port mapping from the LAN's UPnP IGD before qualifying
     symmetric_nat: bool = True  # RFC 6081 §5.2: an address behind a symmetric NAT all the same
+    hairpinning: bool = True  # RFC 6081 Hairpinning Extension: Alternate Address trailers, tried behind one NAT
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ClientConfig:
     mtu: int = TEREDO_MTU
     prefix: IPv6Network = DEFAULT_PREFIX  # the only prefix an RA may give us
     hook: str | None = None  # Miredo-compatible up/down script
+    local_discovery: bool = True  # RFC 4380 §5.2.8: bubbles to 224.0.0.253 on the LAN
     extensions: ClientExtensions = ClientExtensions()
 
 
