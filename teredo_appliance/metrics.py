@@ -50,6 +50,10 @@ class ApplianceCollector:
                                       labels=["role", "direction"])
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
+        announced = GaugeMetricFamily("teredo_announced", "1 while a role's anycast route or addresses are in "
+                                      "the kernel for the routing daemon to announce", labels=["role"])
+        drained = GaugeMetricFamily("teredo_drained", "1 once a role drained on request (grace over)",
+                                    labels=["role"])
         configured = self.appliance.config.roles.enabled()
         for name in ROLE_NAMES:
             service: Any = self.appliance.namedServices.get(name)
@@ -68,9 +72,13 @@ class ApplianceCollector:
             peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
+            announcer = getattr(service, "announcer", None)
+            if announcer is not None and (name == "relay" or service.config.anycast):
+                announced.add_metric([name], 1 if announcer.announced else 0)
+                drained.add_metric([name], 1 if announcer.drained else 0)
         build = InfoMetricFamily("teredo_build", "The appliance's version")
         build.add_metric([], {"version": teredo_appliance.__version__})
-        yield from (up, events, drops, traffic, peers, qualified, build)
+        yield from (up, events, drops, traffic, peers, qualified, announced, drained, build)
 
 
 def make_registry(appliance: Appliance) -> CollectorRegistry:

@@ -54,7 +54,8 @@ class ManualPageTests(SynchronousTestCase):
     def test_every_metric_family_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
         for family in ("teredo_up", "teredo_events_total", "teredo_drops_total", "teredo_bytes_total",
-                       "teredo_peers", "teredo_client_qualified", "teredo_build_info"):
+                       "teredo_peers", "teredo_client_qualified", "teredo_announced", "teredo_drained",
+                       "teredo_build_info"):
             self.assertIn(f".B {family}\n", text)
 
     def test_every_teredoctl_command_is_documented(self) -> None:
