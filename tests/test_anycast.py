@@ -172,7 +172,8 @@ class ServerAnycastTests(unittest.SynchronousTestCase):
 
 class ConfigTests(unittest.SynchronousTestCase):
     def test_keys_are_read_and_bad_values_named_with_file_and_line(self) -> None:
-        config = parse_config("roles:\n  relay:\n    bind_port: 3545\n    route_protocol: 201\n    route_metric: 10\n    drain_grace: 0.5\n"
+        config = parse_config("roles:\n  relay:\n    bind_port: 3545\n    route_protocol: 201\n"
+                              "    route_metric: 10\n    drain_grace: 0.5\n"
                               "  server:\n    bind_address: 198.18.0.1\n    anycast: true\n", "t.yaml")
         self.assertEqual((config.roles.relay.route_protocol, config.roles.relay.route_metric,
                           config.roles.relay.drain_grace, config.roles.server.anycast), (201, 10, 0.5, True))
