@@ -77,3 +77,18 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn("Type=notify", unit)
         self.assertIn("ExecReload=/opt/teredo-appliance/bin/teredoctl reload", unit)
         self.assertIn("RestartPreventExitStatus=78", unit)
+
+
+class BirdSampleTests(SynchronousTestCase):
+    def test_sample_bird_configs_parse_and_carry_what_scaling_out_needs(self) -> None:
+        box = (ROOT / "etc" / "bird-box.conf").read_text()
+        upstream = (ROOT / "etc" / "bird-upstream.conf").read_text()
+        for needed in ("krt_source = TEREDO_ROUTE_PROTOCOL", "unreachable", "bfd on", 'interface "lo"'):
+            self.assertIn(needed, box)
+        for needed in ("merge paths on", "bfd on", "fib_multipath_hash_policy=3", "fib_multipath_hash_fields=0x0003"):
+            self.assertIn(needed, upstream)
+        if shutil.which("bird") is None:
+            raise SkipTest("bird (Debian bird2) is not installed: tools/setup.sh installs it")
+        for name in ("bird-box.conf", "bird-upstream.conf"):
+            parsed = subprocess.run(["bird", "-p", "-c", str(ROOT / "etc" / name)], capture_output=True, text=True)
+            self.assertEqual((parsed.returncode, parsed.stderr), (0, ""), name)
