@@ -61,6 +61,12 @@ MAX_RS_RATE = 1_000_000.0
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
+# A relay route's protocol: include/uapi/linux/rtnetlink.h keeps 0 (unspec), 1 (redirect)
+# and 2 (kernel) for the kernel itself; 3 (boot) up to 255 are for route owners.
+RTPROT_BOOT = 3
+RTPROT_MAX = 255
+ROUTE_METRIC_MAX = 2**32 - 1  # RTA_PRIORITY is a u32
+MAX_DRAIN_GRACE = 60.0  # seconds: well inside systemd's default 90 s stop timeout (etc/teredo.service sets none)
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -274,6 +280,13 @@ def _rs_rate(node: Node) -> float:
     return value
 
 
+def _drain_grace(node: Node) -> float:
+    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
+    if not (math.isfinite(value) and 0 <= value <= MAX_DRAIN_GRACE):
+        raise _Invalid(f"{_describe(node)} is out of range 0..{MAX_DRAIN_GRACE:g} seconds")
+    return value
+
+
 def _interface(node: Node) -> str:
     """A name the Linux kernel accepts for a new link (see dev_valid_name())."""
     value = _text(node, "an interface name")
@@ -388,6 +401,8 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "rs_rate": _rs_rate,
         "rs_burst": _int_in(1, 1_000_000),
+        "anycast": _bool,
+        "drain_grace": _drain_grace,
     },
     RelayConfig: {
         "interface": _interface,
@@ -398,6 +413,9 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "max_peers": _int_in(1),
         "bubbles_per_second": _int_in(2),
         "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
+        "route_protocol": _int_in(RTPROT_BOOT, RTPROT_MAX),
+        "route_metric": _int_in(1, ROUTE_METRIC_MAX),
+        "drain_grace": _drain_grace,
     },
     ClientConfig: {
         "server_address": _host,

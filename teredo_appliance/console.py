@@ -49,6 +49,8 @@ Teredo appliance console: a Python prompt inside the running daemon.
                         peers() shows every role's table
   reload()              re-read {path} and apply what changed; prints the summary when done
   check()               what reload() would do now (a dry run: nothing changes)
+  drain(role, grace)    withdraw the 'relay' route or 'server' anycast /32s; drained after grace s
+  undrain(role)         announce again
   help()                this list
   exit()                leave (Ctrl-D too)
   appliance             the root service: appliance.status(), appliance.reload() -> Deferred
@@ -198,6 +200,8 @@ class ConsoleManhole(ColoredManhole):
             "peers": self.peers,
             "reload": self.reload,
             "check": self.check,
+            "drain": self.drain,
+            "undrain": self.undrain,
             "help": self.help,
             "exit": self.exit,
             "quit": self.exit,  # the builtins would raise SystemExit inside the daemon
@@ -364,6 +368,23 @@ class ConsoleManhole(ColoredManhole):
     def check(self) -> None:
         """What reload() would do with the file as it is now; changes nothing."""
         self.say(render_check(self.appliance.check()))
+
+    def drain(self, role: str, grace: float | None = None) -> None:
+        """Withdraw now; the result is printed when the grace is over (the prompt stays usable)."""
+        try:
+            d = self.appliance.drain(role, grace)
+        except LookupError as error:
+            self.say(str(error.args[0]))
+            return
+        self.say(f"{role}: withdrawn, serving existing peers ...")
+        d.addCallback(lambda result: self.say(f"{role}: {result['state']}"))
+        self.hold(d)
+
+    def undrain(self, role: str) -> None:
+        try:
+            self.say(f"{role}: {self.appliance.undrain(role)['state']}")
+        except LookupError as error:
+            self.say(str(error.args[0]))
 
     def _reload_failed(self, failure: Failure) -> None:
         self.log.failure("console reload failed", failure)

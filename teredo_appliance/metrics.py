@@ -51,6 +51,10 @@ class ApplianceCollector:
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
         nat = InfoMetricFamily("teredo_client_nat", "Client NAT type and special behaviour, as Windows shows them")
+        announced = GaugeMetricFamily("teredo_announced", "1 while a role's anycast route or addresses are in "
+                                      "the kernel for the routing daemon to announce", labels=["role"])
+        drained = GaugeMetricFamily("teredo_drained", "1 once a role drained on request (grace over)",
+                                    labels=["role"])
         configured = self.appliance.config.roles.enabled()
         for name in ROLE_NAMES:
             service: Any = self.appliance.namedServices.get(name)
@@ -70,9 +74,13 @@ class ApplianceCollector:
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
                 nat.add_metric([], {key: _label(value) for key, value in service.nat_report().items()})
+            announcer = getattr(service, "announcer", None)
+            if announcer is not None and (name == "relay" or service.config.anycast):
+                announced.add_metric([name], 1 if announcer.announced else 0)
+                drained.add_metric([name], 1 if announcer.drained else 0)
         build = InfoMetricFamily("teredo_build", "The appliance's version")
         build.add_metric([], {"version": teredo_appliance.__version__})
-        yield from (up, events, drops, traffic, peers, qualified, nat, build)
+        yield from (up, events, drops, traffic, peers, qualified, nat, announced, drained, build)
 
 
 def _label(value: Any) -> str:

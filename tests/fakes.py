@@ -83,11 +83,11 @@ class FakeLink:
     def remove_address(self, address: IPv6Interface) -> None:
         self._do("remove_address", address)
 
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("add_route", prefix, metric)
+    def add_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        self._do("add_route", prefix, metric, *(() if protocol is None else (protocol,)))
 
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("remove_route", prefix, metric)
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        self._do("remove_route", prefix, metric, *(() if protocol is None else (protocol,)))
 
 
 class QuietWatch:

@@ -302,8 +302,8 @@ class SessionTests(SynchronousTestCase):
         channel.transport.write(b"help()\r")
         listed = [line.split()[0] for line in plain(bytes(channel.output)).splitlines() if line.startswith("  ")]
         self.assertEqual([name for name in listed if not name.startswith("peers()")],
-                         ["status()", "peers(role)", "reload()", "check()", "help()", "exit()", "appliance",
-                          "config"])
+                         ["status()", "peers(role)", "reload()", "check()", "drain(role,", "undrain(role)",
+                          "help()", "exit()", "appliance", "config"])
 
     def test_check_shows_what_a_reload_would_do_and_does_nothing(self) -> None:
         appliance, channel, _ = self.open_console(make_config(server=SERVER))  # the relay's section is gone

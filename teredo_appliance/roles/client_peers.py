@@ -22,7 +22,11 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
   reply to our echo test when the server is the relay (RFC 4380 §5.4.3);
 - a native source arriving through a relay we do not trust yet is held (bounded, as the
   outgoing queue) while the echo test runs towards it (§5.2.3 case 6), and delivered only
-  if the echo reply comes back through that same relay;
+  if the echo reply comes back through that same relay. The same holds for a native peer
+  we trust at one relay whose packets now arrive through another (an anycast relay died
+  or was drained): the relay is re-checked, as Miredo does, so a relay change costs one
+  round trip; the trusted relay keeps carrying our packets until the reply names the new
+  one.
 - a Teredo client behind our own NAT at a local address `client_local` vouches for
   (RFC 4380 §5.2.3 case 5, RFC 6081 hairpinning). Everything else is dropped and counted.
 """
@@ -171,7 +175,8 @@ class ClientPeers:
                 return False
             packet = data if end == len(data) else data[:end]
             peer = self.table.get(packet[8:24])
-            if peer is not None and peer.trusted and peer.mapping == (host, port) and packet[24:40] == self.address:
+            if (peer is not None and peer.trusted and peer.mapping == (host, port) and peer.candidate is None
+                    and packet[24:40] == self.address):
                 if now - peer.last_rx >= TOUCH_GRANULARITY:
                     self.table.touch_rx(peer, now)
                 if end == HEADER_LENGTH and packet[6] == NEXT_HEADER_NONE:
@@ -236,16 +241,29 @@ class ClientPeers:
             return
         if self._relay_answer(packet, header, host, port, now):
             return
+        peer = self.table.get(source)
+        if peer is not None and peer.trusted and peer.mapping == (host, port):
+            # Its trusted relay, while another is re-checked (the hot path leaves these here).
+            self.table.touch_rx(peer, now)
+            if bubble:
+                self.counters["client.bubble_in"] += 1
+            else:
+                self.rx_packets += 1
+                self._write_tun(packet)
+            return
         if bubble or source[0] in (0xFF, 0xFE) or source == bytes(16):
             self.counters.drop("untrusted-source")
             return
         peer = self.table.get_or_create(source, (host, port), now)
+        # §5.2.3 case 6: a native host through a relay we do not know (or not for this host).
+        # Hold the packet and run the echo test towards that host; deliver only if the reply
+        # comes this way. A trusted peer keeps its relay meanwhile: a forged packet through
+        # another mapping costs a paced echo test, never the trust.
         if peer.trusted:
-            self.counters.drop("wrong-mapping")  # trusted through another relay
-            return
-        # §5.2.3 case 6: a native host through a relay we do not know. Hold the packet and
-        # run the echo test towards that host; deliver only if the reply comes this way.
-        peer.mapping = (host, port)
+            peer.candidate = (host, port)
+            self.counters["client.relay_recheck"] += 1
+        else:
+            peer.mapping = (host, port)
         if not self.table.enqueue(peer, packet):
             self.counters.drop("queue-full")
         if self.table.try_bubble(peer, now):
@@ -340,7 +358,7 @@ class ClientPeers:
         arrived through this very mapping.
         """
         peer = self.table.get(addr)
-        held_from = None if peer is None or peer.trusted else peer.mapping
+        held_from = None if peer is None else peer.candidate if peer.trusted else peer.mapping
         address = self.address
         for packet in self.table.trust(addr, mapping, now):
             if packet[8:24] == address:
