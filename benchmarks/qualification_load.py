@@ -41,6 +41,17 @@ from benchmarks.rs_loadgen import udp_sockets
 PRIMARY, SECONDARY, LOAD_SOURCE = "198.18.0.1", "198.18.0.2", "198.18.0.100"  # RFC 2544 benchmark range
 HERE = Path(__file__).resolve().parent
 READY_TIMEOUT = 10.0
+# The whole appliance as users run it: `twistd -n teredo -c FILE`, the server role only,
+# the RS limit lifted as in `serve` (the load comes from one address).
+APPLIANCE_CONFIG = """\
+roles:
+  server:
+    bind_address: {primary}
+    bind_address2: {secondary}
+    rs_rate: 1000000
+    rs_burst: 1000000
+control: false
+"""
 
 
 @contextlib.contextmanager
@@ -101,12 +112,18 @@ def start_server(impl: str, ns: str, rundir: Path, cpus: set[int] | None, profil
         conf.write_text(f"ServerBindAddress {PRIMARY}\nServerBindAddress2 {SECONDARY}\n")
         conf.chmod(0o644)
         argv = ["miredo-server", "-f", "-c", str(conf), "-p", str(rundir / "miredo-server.pid")]
+    elif impl.startswith("twistd"):
+        workers = int(impl.partition("-w")[2] or 1)
+        conf = rundir / f"{impl}.yaml"
+        conf.write_text(APPLIANCE_CONFIG.format(primary=PRIMARY, secondary=SECONDARY, workers=workers))
+        argv = [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "teredo", "-c", str(conf)]
     else:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve", PRIMARY, SECONDARY]
         if profile:
             argv += ["--profile", profile]
     log = (rundir / f"{impl}.log").open("wb")
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))  # the checkout's code and twistd plugin
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT, env=env,
                             stdin=subprocess.DEVNULL, preexec_fn=_pinned(cpus), start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT
     while (PRIMARY, 3544) not in udp_sockets(proc.pid) or (SECONDARY, 3544) not in udp_sockets(proc.pid):
@@ -139,8 +156,17 @@ def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[
         load = [sys.executable, str(HERE / "rs_loadgen.py"), PRIMARY, "--source", LOAD_SOURCE,
                 "--ports", str(args.ports), "--senders", str(args.senders), "--batch", str(args.batch),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
+        spy = None
+        if args.flamegraphs and not impl.startswith("miredo"):
+            svg = Path(args.flamegraphs) / f"{impl}-{time.strftime('%H%M%S')}.svg"
+            spy = subprocess.Popen(["py-spy", "record", "--subprocesses", "--nonblocking", "-o", str(svg),
+                                    "--pid", str(proc.pid), "--duration", str(int(args.warmup + args.duration))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
         done = subprocess.run(["ip", "netns", "exec", ns, *load], capture_output=True, text=True,
                               preexec_fn=_pinned(load_cpus), check=True)
+        if spy is not None:
+            spy.wait()
         result = json.loads(done.stdout)
         result["server_socket_drops"] = udp_sockets(proc.pid).get((PRIMARY, 3544), 0) - drops_before
         result["peak_rss_kib"] = peak_rss_kib(proc.pid)
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", type=int, default=1, help="CPU for the server (-1: unpinned)")
     parser.add_argument("--load-cpu", type=int, default=0, help="CPU for the load (-1: unpinned)")
     parser.add_argument("--profile", help="profile ours with cProfile into this file (slows it down)")
+    parser.add_argument("--flamegraphs", help="py-spy flame graphs of ours (SVG) into this directory")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     args = parser.parse_args(argv)
     if args.command == "serve":

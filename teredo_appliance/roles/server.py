@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from teredo_appliance.config_model import ServerConfig
+from teredo_appliance.mmsg import Datagram
 from teredo_appliance.rawsock import RawIPv6Sender
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
@@ -34,10 +35,13 @@ class ServerService(RoleService):
         *,
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+        batched: bool = True,
     ) -> None:
-        """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544."""
+        """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544.
+        `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram)."""
         super().__init__(config, reactor)
         self.port = port
+        self.batched = batched
         self.machine = ServerMachine(
             int(config.bind_address),
             int(config.bind_address2),
@@ -52,7 +56,9 @@ class ServerService(RoleService):
         self.raw = RawIPv6Sender(self.counters)
         self.protocols: dict[str, TeredoUDP] = {}
         for which in (PRIMARY, SECONDARY):
-            self.protocols[which] = TeredoUDP(self._receiver(which), self.counters, "server-" + which)
+            self.protocols[which] = TeredoUDP(
+                self._receiver(which), self.counters, "server-" + which, self._batch_receiver(which)
+            )
         self._ports: list[Any] = []
         self._failed_release: Deferred[Any] = succeed(None)  # a failed start's port closing
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
@@ -80,12 +86,55 @@ class ServerService(RoleService):
 
         return receive
 
+    def _batch_receiver(self, which: str) -> Callable[[list[Datagram]], None]:
+        """The batched twin of `_receiver`: the same machine verdict per datagram, the
+        answers gathered per socket and sent with one sendmmsg each at the end."""
+        handle = self.machine.handle
+        protocols = self.protocols
+        raw_send = self.raw.send
+        counters = self.counters
+        seconds = self.reactor.seconds
+        aton = socket.inet_aton
+        from_bytes = int.from_bytes
+
+        def receive(batch: list[Datagram]) -> None:
+            now = seconds()
+            guard = protocols[which].guarded()
+            outgoing: dict[str, tuple[list[Datagram], list[str]]] = {PRIMARY: ([], []), SECONDARY: ([], [])}
+            for data, ip, port in batch:
+                try:
+                    output = handle(data, ip, port, which, now)
+                    if output is None:
+                        continue
+                    key, payload, destination, sent = output
+                    if key == RAW:
+                        if raw_send(payload, destination[0]):  # type: ignore[index]
+                            counters[sent] += 1
+                        continue
+                    if destination is not None:
+                        ip, port = from_bytes(aton(destination[0]), "big"), destination[1]
+                    datagrams, events = outgoing[key]
+                    datagrams.append((payload, ip, port))
+                    events.append(sent)
+                except Exception:
+                    guard.failed()
+            for key, (datagrams, events) in outgoing.items():
+                if datagrams:
+                    refused = protocols[key].send_batch(datagrams)
+                    for i, event in enumerate(events):
+                        if i not in refused:
+                            counters[event] += 1
+
+        return receive
+
     def privilegedStartService(self) -> None:
         """Bind both UDP ports and open the raw socket while still root; all or nothing."""
         try:
             self.raw.open()
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
-                self._ports.append(listen_udp(self.reactor, self.protocols[which], str(address), self.port))
+                self._ports.append(
+                    listen_udp(self.reactor, self.protocols[which], str(address), self.port, batched=self.batched)
+                )
         except Exception:
             self._failed_release = self._release()  # stopService waits for it: a reload may rebind
             raise
