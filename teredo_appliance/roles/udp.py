@@ -75,6 +75,7 @@ class TeredoUDP(DatagramProtocol):
 
     def batchReceived(self, batch: list[mmsg.Datagram]) -> None:
         """Datagrams from one recvmmsg call: to `deliver_batch`, or one by one to `deliver`."""
+        self.counters[UDP_IN] += sum(len(data) for data, _, _ in batch)
         if self.deliver_batch is not None:
             self.deliver_batch(batch)
             return
@@ -139,7 +140,6 @@ class BatchedPort(udp.Port):
                 protocol.counters.drop("recv-" + errno.errorcode.get(error.errno or 0, "error").lower())
                 continue
             if batch:
-                protocol.counters[UDP_IN] += sum(len(data) for data, _, _ in batch)
                 protocol.batchReceived(batch)
             if len(batch) < self.batch.batch:
                 return
