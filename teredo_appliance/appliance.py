@@ -45,7 +45,7 @@ RoleFactory = Callable[..., Service]  # Factory(section_config, reactor=reactor)
 ConfigLoader = Callable[[str], Config]
 
 DEFAULT_ROLE_FACTORIES = {
-    "server": "teredo_appliance.roles.server.ServerService",
+    "server": "teredo_appliance.roles.server_workers.server_role",
     "relay": "teredo_appliance.roles.relay.RelayService",
     "client": "teredo_appliance.roles.client.ClientService",
 }

@@ -53,6 +53,7 @@ LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
 # protects nothing (a server answers ~150k RS/s in all).
 MAX_RS_RATE = 1_000_000.0
+MAX_SERVER_WORKERS = 64
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
@@ -379,6 +380,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "mtu": _mtu,
         "rs_rate": _rs_rate,
         "rs_burst": _int_in(1, 1_000_000),
+        "workers": _int_in(1, MAX_SERVER_WORKERS),
     },
     RelayConfig: {
         "interface": _interface,

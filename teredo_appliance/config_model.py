@@ -32,6 +32,7 @@ class ServerConfig:
     mtu: int = TEREDO_MTU
     rs_rate: float = DEFAULT_RS_RATE
     rs_burst: int = DEFAULT_RS_BURST
+    workers: int = 1  # processes serving the ports; 1: the appliance process itself
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from teredo_appliance.mmsg import Datagram
 from teredo_appliance.rawsock import RawIPv6Sender
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
-from teredo_appliance.roles.udp import TeredoUDP, listen_udp
+from teredo_appliance.roles.udp import TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
 from teredo_appliance.wire.nd import TEREDO_PORT
 
@@ -36,12 +36,16 @@ class ServerService(RoleService):
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         batched: bool = True,
+        inherited: tuple[int, int, int] | None = None,
     ) -> None:
         """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544.
-        `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram)."""
+        `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram).
+        `inherited`: descriptors of the bound primary and secondary UDP sockets and the raw
+        IPv6 socket, opened by the appliance for a worker process (server_workers)."""
         super().__init__(config, reactor)
         self.port = port
         self.batched = batched
+        self.inherited = inherited
         self.machine = ServerMachine(
             int(config.bind_address),
             int(config.bind_address2),
@@ -129,6 +133,12 @@ class ServerService(RoleService):
 
     def privilegedStartService(self) -> None:
         """Bind both UDP ports and open the raw socket while still root; all or nothing."""
+        if self.inherited is not None:
+            self.raw.adopt(self.inherited[2])
+            for which, fd in zip((PRIMARY, SECONDARY), self.inherited[:2], strict=True):
+                self._ports.append(adopt_udp(self.reactor, self.protocols[which], fd, batched=self.batched))
+            super().privilegedStartService()
+            return
         try:
             self.raw.open()
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):

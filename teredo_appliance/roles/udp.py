@@ -145,6 +145,15 @@ class BatchedPort(udp.Port):
                 return
 
 
+def adopt_udp(reactor: Any, protocol: TeredoUDP, fd: int, *, batched: bool = False) -> Any:
+    """Serve `protocol` on the bound UDP socket `fd` (inherited from a privileged parent)."""
+    if batched and mmsg.available():
+        listening = BatchedPort._fromListeningDescriptor(reactor, fd, socket.AF_INET, protocol, 65535)
+        listening.startListening()
+        return listening
+    return reactor.adoptDatagramPort(fd, socket.AF_INET, protocol, maxPacketSize=65535)
+
+
 def listen_udp(reactor: Any, protocol: TeredoUDP, address: str, port: int, *, batched: bool = False) -> Any:
     """Bind `protocol` on address:port (port 0: the kernel picks) and return the IListeningPort;
     `batched` reads and writes with recvmmsg/sendmmsg where the platform has them."""
