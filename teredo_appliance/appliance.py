@@ -47,7 +47,7 @@ ConfigLoader = Callable[[str], Config]
 ANYCAST_ROLES = ("server", "relay")  # roles that own what a routing daemon announces (drain())
 
 DEFAULT_ROLE_FACTORIES = {
-    "server": "teredo_appliance.roles.server.ServerService",
+    "server": "teredo_appliance.roles.server_workers.server_role",
     "relay": "teredo_appliance.roles.relay.RelayService",
     "client": "teredo_appliance.roles.client.ClientService",
 }

@@ -58,6 +58,7 @@ LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
 # protects nothing (a server answers ~150k RS/s in all).
 MAX_RS_RATE = 1_000_000.0
+MAX_SERVER_WORKERS = 64
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
@@ -403,6 +404,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "rs_burst": _int_in(1, 1_000_000),
         "anycast": _bool,
         "drain_grace": _drain_grace,
+        "workers": _int_in(1, MAX_SERVER_WORKERS),
     },
     RelayConfig: {
         "interface": _interface,
@@ -586,6 +588,7 @@ class _Reader:
         usable = {name: section for name, section in sections.items() if section is not None}
         if "server" in usable:
             self.server_addresses(usable["server"])
+            self.server_anycast(usable["server"])
         self.check_sockets(usable)
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
@@ -610,6 +613,14 @@ class _Reader:
             server.bad.add("bind_address")
         else:
             server.values["bind_address2"] = primary + 1
+
+    def server_anycast(self, server: _Section) -> None:
+        """The anycast /32s and their drain live in the in-process server; workers have neither."""
+        if server.values.get("anycast") and server.values.get("workers", 1) > 1:
+            self.error(server.line_of("anycast"), f"{server.path}.anycast",
+                       "not available with workers > 1 (the workers' supervisor does not own the /32s); "
+                       "use workers: 1 or leave anycast off")
+            server.bad.add("anycast")
 
     def check_sockets(self, sections: dict[str, _Section]) -> None:
         """No two UDP sockets of the enabled roles may claim the same address:port.

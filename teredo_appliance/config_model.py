@@ -40,6 +40,7 @@ class ServerConfig:
     rs_burst: int = DEFAULT_RS_BURST
     anycast: bool = False  # the appliance adds both addresses to lo as /32 (and withdraws them on drain)
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds served after withdrawing, on stop
+    workers: int = 1  # processes serving the ports; 1: the appliance process itself
 
 
 @dataclass(frozen=True)

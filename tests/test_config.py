@@ -582,6 +582,17 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(caught.exception.errors, [f"{latin1}: not UTF-8 text (byte offset 7)"])
 
 
+class ServerWorkersTests(SynchronousTestCase):
+    def test_workers_are_a_small_count_and_exclude_anycast(self) -> None:
+        head = "roles:\n  server:\n    bind_address: 198.18.0.1\n"
+        self.assertEqual(parse_config(head + "    workers: 4\n", "teredo.yaml").roles.server.workers, 4)
+        self.assertEqual(errors(head + "    workers: 0\n"),
+                         ["teredo.yaml:4: roles.server.workers: 0 is out of range 1..64"])
+        self.assertEqual(errors(head + "    anycast: true\n    workers: 2\n"),
+                         ["teredo.yaml:4: roles.server.anycast: not available with workers > 1 (the workers' supervisor"
+                          " does not own the /32s); use workers: 1 or leave anycast off"])
+
+
 class CollisionTests(SynchronousTestCase):
     """Two roles may not bind one UDP address:port; 0.0.0.0 overlaps every address."""
 

@@ -14,12 +14,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from teredo_appliance.config_model import ServerConfig
+from teredo_appliance.mmsg import Datagram
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.rawsock import RawIPv6Sender
 from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
-from teredo_appliance.roles.udp import TeredoUDP, listen_udp
+from teredo_appliance.roles.udp import TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
 from teredo_appliance.wire.nd import TEREDO_PORT
 
@@ -75,9 +76,14 @@ class ServerService(RoleService):
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         link_factory: Callable[[str], Link] = Link,
+        batched: bool = True,
+        inherited: tuple[int, int, int] | None = None,
     ) -> None:
         """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544.
-        `link_factory` configures lo (tests pass a fake)."""
+        `link_factory` configures lo (tests pass a fake).
+        `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram).
+        `inherited`: descriptors of the bound primary and secondary UDP sockets and the raw
+        IPv6 socket, opened by the appliance for a worker process (server_workers)."""
         super().__init__(config, reactor)
         self.anycast = AnycastAddresses(config, link_factory)
         self.announcer = Announcer(
@@ -86,6 +92,8 @@ class ServerService(RoleService):
             installed=lambda: self.anycast.installed, clock=self.reactor,
         )
         self.port = port
+        self.batched = batched
+        self.inherited = inherited
         self.machine = ServerMachine(
             int(config.bind_address),
             int(config.bind_address2),
@@ -100,7 +108,9 @@ class ServerService(RoleService):
         self.raw = RawIPv6Sender(self.counters)
         self.protocols: dict[str, TeredoUDP] = {}
         for which in (PRIMARY, SECONDARY):
-            self.protocols[which] = TeredoUDP(self._receiver(which), self.counters, "server-" + which)
+            self.protocols[which] = TeredoUDP(
+                self._receiver(which), self.counters, "server-" + which, self._batch_receiver(which)
+            )
         self._ports: list[Any] = []
         self._failed_release: Deferred[Any] = succeed(None)  # a failed start's port closing
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
@@ -128,14 +138,63 @@ class ServerService(RoleService):
 
         return receive
 
+    def _batch_receiver(self, which: str) -> Callable[[list[Datagram]], None]:
+        """The batched twin of `_receiver`: the same machine verdict per datagram, the
+        answers gathered per socket and sent with one sendmmsg each at the end."""
+        handle = self.machine.handle
+        protocols = self.protocols
+        raw_send = self.raw.send
+        counters = self.counters
+        seconds = self.reactor.seconds
+        aton = socket.inet_aton
+        from_bytes = int.from_bytes
+
+        def receive(batch: list[Datagram]) -> None:
+            now = seconds()
+            guard = protocols[which].guarded()
+            outgoing: dict[str, tuple[list[Datagram], list[str]]] = {PRIMARY: ([], []), SECONDARY: ([], [])}
+            for data, ip, port in batch:
+                try:
+                    output = handle(data, ip, port, which, now)
+                    if output is None:
+                        continue
+                    key, payload, destination, sent = output
+                    if key == RAW:
+                        if raw_send(payload, destination[0]):  # type: ignore[index]
+                            counters[sent] += 1
+                        continue
+                    if destination is not None:
+                        ip, port = from_bytes(aton(destination[0]), "big"), destination[1]
+                    datagrams, events = outgoing[key]
+                    datagrams.append((payload, ip, port))
+                    events.append(sent)
+                except Exception:
+                    guard.failed()
+            for key, (datagrams, events) in outgoing.items():
+                if datagrams:
+                    refused = protocols[key].send_batch(datagrams)
+                    for i, event in enumerate(events):
+                        if i not in refused:
+                            counters[event] += 1
+
+        return receive
+
     def privilegedStartService(self) -> None:
         """Bind both UDP ports and open the raw socket while still root; all or nothing."""
+        if self.inherited is not None:
+            self.raw.adopt(self.inherited[2])
+            for which, fd in zip((PRIMARY, SECONDARY), self.inherited[:2], strict=True):
+                self._ports.append(adopt_udp(self.reactor, self.protocols[which], fd, batched=self.batched))
+            super().privilegedStartService()
+            return
         try:
             if self.config.anycast and self.announcer.state.wanted:
                 self.anycast.add()
             self.raw.open()
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
-                self._ports.append(listen_udp(self.reactor, self.protocols[which], str(address), self.port))
+                self._ports.append(
+                    listen_udp(self.reactor, self.protocols[which], str(address), self.port, batched=self.batched)
+                )
         except Exception:
             self._failed_release = self._release()  # stopService waits for it: a reload may rebind
             raise
