@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 
@@ -174,13 +174,49 @@ class Appliance(MultiService):
             raise SystemExit("\n".join(failures))
 
     def stopService(self) -> Deferred[Any]:
+        """Drain first (SIGTERM, `systemctl stop`): each anycast role withdraws what the routing
+        daemon announces and serves on for its `drain_grace`, so flows move to another box
+        before this one goes; then every child stops."""
         self._notifier.stopping()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
         # Under the reload lock: a reload in progress finishes before the children stop.
-        d = self._lock.run(super().stopService)
-        return d
+        return self._lock.run(self._drain_then_stop)
+
+    def _drain_then_stop(self) -> Deferred[Any]:
+        draining = [role.drain(role.config.drain_grace) for role in self._drainable().values()]
+        if draining:
+            self.log.info("stopping: withdrawn, serving existing peers for the drain grace first")
+        return DeferredList(draining, consumeErrors=True).addCallback(lambda _: MultiService.stopService(self))
+
+    # -- drain -------------------------------------------------------------------------
+
+    def _drainable(self) -> dict[str, Any]:
+        """The running roles that own what a routing daemon announces (a service with drain():
+        ours are the server and the relay), in start order."""
+        return {name: service for name, service in self.roles().items() if hasattr(service, "drain")}
+
+    def _anycast_role(self, role: str) -> Any:
+        drainable = self._drainable()
+        if role not in drainable:
+            running = ", ".join(drainable) or "none"
+            raise LookupError(f"no {role!r} role to drain is running (roles that drain: {running})")
+        return drainable[role]
+
+    def drain(self, role: str, grace: float | None = None) -> Deferred[dict[str, Any]]:
+        """Withdraw `role`'s route or addresses; fires with its anycast status once `grace`
+        seconds (None: the role's drain_grace) are over. Raises LookupError for a role
+        that is not running or has nothing to withdraw."""
+        service = self._anycast_role(role)
+        grace = service.config.drain_grace if grace is None else grace
+        self.log.info("drain {role}: withdrawing, serving existing peers for {grace:g} s", role=role, grace=grace)
+        return service.drain(grace)
+
+    def undrain(self, role: str) -> dict[str, Any]:
+        """Put `role`'s route or addresses back; returns its anycast status."""
+        self.log.info("undrain {role}: announcing again", role=role)
+        return self._anycast_role(role).undrain()
 
     # -- SIGHUP ------------------------------------------------------------------------
 

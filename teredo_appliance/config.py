@@ -45,14 +45,26 @@ UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NU
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
+# The console's admission limits: a few waiting logins, each for a bounded time, so that
+# with LimitNOFILE in etc/teredo.service the console can never use up the descriptors.
+MAX_UNAUTHENTICATED = 1000
+MIN_LOGIN_GRACE_TIME = 1.0
+MAX_LOGIN_GRACE_TIME = 600.0
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
 # protects nothing (a server answers ~150k RS/s in all).
 MAX_RS_RATE = 1_000_000.0
+MAX_SERVER_WORKERS = 64
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
+# A relay route's protocol: include/uapi/linux/rtnetlink.h keeps 0 (unspec), 1 (redirect)
+# and 2 (kernel) for the kernel itself; 3 (boot) up to 255 are for route owners.
+RTPROT_BOOT = 3
+RTPROT_MAX = 255
+ROUTE_METRIC_MAX = 2**32 - 1  # RTA_PRIORITY is a u32
+MAX_DRAIN_GRACE = 60.0  # seconds: well inside systemd's default 90 s stop timeout (etc/teredo.service sets none)
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -246,13 +258,17 @@ def _int_in(low: int, high: int | None = None) -> Callable[[Node], int]:
     return check
 
 
-def _refresh_interval(node: Node) -> float:
-    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
-    if not (math.isfinite(value) and MIN_REFRESH_INTERVAL <= value <= MAX_REFRESH_INTERVAL):
-        raise _Invalid(
-            f"{_describe(node)} is out of range {MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
-        )
-    return value
+def _seconds_in(low: float, high: float) -> Callable[[Node], float]:
+    def check(node: Node) -> float:
+        value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _Invalid(f"{_describe(node)} is out of range {low:g}..{high:g} seconds")
+        return value
+
+    return check
+
+
+_refresh_interval = _seconds_in(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
 
 def _rs_rate(node: Node) -> float:
@@ -260,6 +276,9 @@ def _rs_rate(node: Node) -> float:
     if not (math.isfinite(value) and 0 < value <= MAX_RS_RATE):
         raise _Invalid(f"{_describe(node)} is out of range: more than 0, at most {MAX_RS_RATE:.0f} per second")
     return value
+
+
+_drain_grace = _seconds_in(0.0, MAX_DRAIN_GRACE)
 
 
 def _interface(node: Node) -> str:
@@ -376,6 +395,9 @@ SERVER_SCHEMA = RoleSchema(ServerConfig, {
     "mtu": _mtu,
     "rs_rate": _rs_rate,
     "rs_burst": _int_in(1, 1_000_000),
+    "anycast": _bool,
+    "drain_grace": _drain_grace,
+    "workers": _int_in(1, MAX_SERVER_WORKERS),
 }, required=("bind_address",))
 RELAY_SCHEMA = RoleSchema(RelayConfig, {
     "interface": _interface,
@@ -386,6 +408,9 @@ RELAY_SCHEMA = RoleSchema(RelayConfig, {
     "max_peers": _int_in(1),
     "bubbles_per_second": _int_in(2),
     "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
+    "route_protocol": _int_in(RTPROT_BOOT, RTPROT_MAX),
+    "route_metric": _int_in(1, ROUTE_METRIC_MAX),
+    "drain_grace": _drain_grace,
 }, live=frozenset({"max_peers"}))
 CLIENT_SCHEMA = RoleSchema(ClientConfig, {
     "server_address": _host,
@@ -398,10 +423,16 @@ CLIENT_SCHEMA = RoleSchema(ClientConfig, {
     "mtu": _mtu,
     "prefix": _prefix,
     "hook": _optional(_nonempty_text),
+    "local_discovery": _bool,
     "extensions": _client_extensions,
 }, required=("server_address",), live=frozenset({"refresh_interval", "fallback_servers", "hook"}))
 _MANHOLE = RoleSchema(ManholeConfig, {
-    "listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text})
+    "listen": _server_endpoint,
+    "authorized_keys": _nonempty_text,
+    "host_key": _nonempty_text,
+    "max_unauthenticated": _int_in(1, MAX_UNAUTHENTICATED),
+    "login_grace_time": _seconds_in(MIN_LOGIN_GRACE_TIME, MAX_LOGIN_GRACE_TIME),
+})
 _LOG = RoleSchema(LogConfig, {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels})
 _CONTROL = RoleSchema(ControlConfig, {"socket": _socket_path})
 _METRICS = RoleSchema(MetricsConfig, {"listen": _server_endpoint})
@@ -552,6 +583,7 @@ class _Reader:
         usable = {name: section for name, section in sections.items() if section is not None}
         if "server" in usable:
             self.server_addresses(usable["server"])
+            self.server_anycast(usable["server"])
         self.check_sockets(usable)
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
@@ -578,6 +610,14 @@ class _Reader:
             server.bad.add("bind_address")
         else:
             server.values["bind_address2"] = primary + 1
+
+    def server_anycast(self, server: _Section) -> None:
+        """The anycast /32s and their drain live in the in-process server; workers have neither."""
+        if server.values.get("anycast") and server.values.get("workers", 1) > 1:
+            self.error(server.line_of("anycast"), f"{server.path}.anycast",
+                       "not available with workers > 1 (the workers' supervisor does not own the /32s); "
+                       "use workers: 1 or leave anycast off")
+            server.bad.add("anycast")
 
     def check_sockets(self, sections: dict[str, _Section]) -> None:
         """No two UDP sockets of the enabled roles may claim the same address:port.

@@ -7,6 +7,9 @@ One JSON request per line in, one JSON answer per line out, then the connection 
                                                  -> {"ok": true, "result": {"role", "total", "peers"}}
     {"command": "reload", "dry_run": false}      -> {"ok": true|false, "result": summary, "errors": [...]}
     {"command": "version"}                       -> {"ok": true, "result": {"version": ...}}
+    {"command": "drain", "role": "relay", "grace": 5}
+                                                 -> {"ok": true, "result": anycast status}, once drained
+    {"command": "undrain", "role": "relay"}      -> {"ok": true, "result": anycast status}
 
 Failures are {"ok": false, "error": sentence, "errors": [FILE:LINE messages]}. The socket is
 a local AF_UNIX file of mode 0600 owned by the daemon's user (created as root, before
@@ -49,7 +52,8 @@ REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent before it is clos
 BACKLOG = 16
 SOCKET_MODE = 0o600
 DIRECTORY_MODE = 0o755
-COMMANDS = ("status", "peers", "reload", "version")
+COMMANDS = ("status", "peers", "reload", "version", "drain", "undrain")
+MAX_GRACE = 3600.0  # seconds a drain asked over the socket may serve on (an hour of maintenance)
 
 Answer = dict[str, Any]
 
@@ -98,6 +102,28 @@ class ControlCommands:
             return refusal(f"limit must be a whole number >= 0 (0: all), not {limit!r}")
         try:
             return {"ok": True, "result": self.appliance.peers(role, limit or None)}
+        except LookupError as error:
+            return refusal(str(error.args[0]))
+
+    def do_drain(self, request: dict[str, Any]) -> Answer | Deferred[Answer]:
+        role, grace = request.get("role"), request.get("grace")
+        if not isinstance(role, str):
+            return refusal("drain needs a role: relay or server")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
+                                  or not 0 <= grace <= MAX_GRACE):
+            return refusal(f"grace must be a number of seconds 0..{MAX_GRACE:g}, not {grace!r}")
+        try:
+            d = self.appliance.drain(role, grace)
+        except LookupError as error:
+            return refusal(str(error.args[0]))
+        return d.addCallback(lambda result: {"ok": True, "result": result})
+
+    def do_undrain(self, request: dict[str, Any]) -> Answer:
+        role = request.get("role")
+        if not isinstance(role, str):
+            return refusal("undrain needs a role: relay or server")
+        try:
+            return {"ok": True, "result": self.appliance.undrain(role)}
         except LookupError as error:
             return refusal(str(error.args[0]))
 

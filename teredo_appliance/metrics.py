@@ -17,13 +17,13 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import teredo_appliance
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import MetricsConfig
+from teredo_appliance.endpoints import listen_at_once
 from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
@@ -51,6 +51,11 @@ class ApplianceCollector:
                                       labels=["role", "direction"])
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
+        nat = InfoMetricFamily("teredo_client_nat", "Client NAT type and special behaviour, as Windows shows them")
+        announced = GaugeMetricFamily("teredo_announced", "1 while a role's anycast route or addresses are in "
+                                      "the kernel for the routing daemon to announce", labels=["role"])
+        drained = GaugeMetricFamily("teredo_drained", "1 once a role drained on request (grace over)",
+                                    labels=["role"])
         configured = self.appliance.config.roles.enabled()
         running = self.appliance.roles()
         for name in role_names():
@@ -72,9 +77,23 @@ class ApplianceCollector:
                 peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
+                nat.add_metric([], {key: _label(value) for key, value in service.nat_report().items()})
+            announcer = getattr(service, "announcer", None)
+            if announcer is not None and (name == "relay" or service.config.anycast):
+                announced.add_metric([name], 1 if announcer.announced else 0)
+                drained.add_metric([name], 1 if announcer.drained else 0)
         build = InfoMetricFamily("teredo_build", "The appliance's version")
         build.add_metric([], {"version": teredo_appliance.__version__})
-        yield from (up, events, drops, traffic, peers, qualified, build)
+        yield from (up, events, drops, traffic, peers, qualified, nat, announced, drained, build)
+
+
+def _label(value: Any) -> str:
+    """A status value as a label: yes / no / unknown for booleans, the text otherwise."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def make_registry(appliance: ApplianceView) -> CollectorRegistry:
@@ -116,16 +135,7 @@ class MetricsService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # As root, so a port below 1024 works; tcp: and unix: endpoints listen at once, so a
-        # failure raises here and a reload can report it and keep the rest.
-        outcome: list[Any] = []
-        self._endpoint.listen(self.site).addBoth(outcome.append)
-        if not outcome:
-            raise ConfigError([f"metrics: listen {self.config.listen!r} does not listen at once; "
-                               "use a tcp: or unix: endpoint"])
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self._port = outcome[0]
+        self._port = listen_at_once(self._endpoint, self.site, "metrics", self.config.listen)
         log.info("metrics: Prometheus scrape endpoint on {address}", address=self.address())
 
     def stopService(self) -> Any:

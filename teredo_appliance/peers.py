@@ -100,6 +100,7 @@ class Peer(Pacing):
     __slots__ = (
         "addr",
         "attempts",
+        "candidate",
         "last_rx",
         "mapping",
         "nonce",
@@ -121,6 +122,7 @@ class Peer(Pacing):
         self.attempts = 0  # rounds (bubbles) so far in the current discovery; 0 = none running
         self.rounds = 0  # rounds the packets waiting for this peer have asked for
         self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
+        self.candidate: Mapping | None = None  # client: a new relay a trusted native peer's packets came through
 
 
 class PeerTable:
@@ -207,7 +209,7 @@ class PeerTable:
         peer.mapping = mapping
         peer.last_rx = now
         peer.bubbles = peer.attempts = peer.rounds = 0
-        peer.nonce = None
+        peer.nonce = peer.candidate = None
         self._retry.pop(addr, None)
         return self._take_queue(peer)
 

@@ -56,7 +56,7 @@ class Role:
     name: str
     order: int
     schema: RoleSchema
-    service: str  # dotted name of the service class: Service(config, reactor=reactor)
+    service: str  # dotted name of the service class or factory: Service(config, reactor=reactor)
 
     @property
     def live_keys(self) -> frozenset[str]:

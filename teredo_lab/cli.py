@@ -22,6 +22,8 @@ def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument(
         "--upnp", action="store_true", help="NAT 2 symmetric with a real UPnP IGD (miniupnpd); implies --nat2 symmetric"
     )
+    parser.add_argument("--client3", choices=IMPLS, help="add a third client on NAT 1's LAN (198.19.0.3)")
+    parser.add_argument("--hairpin", action="store_true", help="NAT 1 hairpins (a veth loop inside its namespace)")
     parser.add_argument("--box", action="store_true", help="server and relay in one namespace (one twistd if ours)")
     parser.add_argument("--hostile", action="store_true",
                         help="add a hostile host on the Internet (198.18.0.66, 198.18.0.67, 169.254.0.66)")
@@ -74,11 +76,13 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         box=args.box,
         hostile=args.hostile,
         upnp=args.upnp,
+        client3=args.client3,
+        hairpin=args.hairpin,
     )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    daemons = any(getattr(args, r) for r in ("server", "relay", "client", "client2", "server2"))
+    daemons = any(getattr(args, r) for r in ("server", "relay", "client", "client2", "server2", "client3"))
     scenario = _scenario(args)
     lab = Lab(scenario.options, prefix=args.prefix, rundir=args.rundir)
     lab.up()
@@ -126,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         box=scenario.box,
         hostile=scenario.hostile,
         upnp=scenario.upnp,
+        client3=scenario.client3,
+        hairpin=scenario.hairpin,
         prefix=args.prefix,
         rundir=args.rundir,
         echo=lambda line: print(line, flush=True),

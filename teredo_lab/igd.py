@@ -71,7 +71,9 @@ def start(lab: Lab) -> None:
     lab.start_service(STUN, NODE, [sys.executable, stun.__file__, topology.NAT2_WAN, str(topology.STUN_PORT)])
     conf = lab.rundir / "miniupnpd.conf"
     conf.write_text(miniupnpd_conf(lab.prefix, lab.rundir / "miniupnpd.leases", str(uuid.uuid4())))
-    log = lab.start_service(DAEMON, NODE, ["miniupnpd", "-d", "-f", str(conf)])
+    # A pid file of its own: the default /var/run/miniupnpd.pid would make a second lab's
+    # miniupnpd (or the host's) refuse to start with "already running".
+    log = lab.start_service(DAEMON, NODE, ["miniupnpd", "-d", "-f", str(conf), "-P", str(lab.rundir / "miniupnpd.pid")])
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         text = log.read_text(errors="replace")

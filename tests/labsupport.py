@@ -41,7 +41,8 @@ def skip_unless_lab(reason: str | None) -> None:
 
 
 def scenario_skip_reason(scenario: Scenario) -> str | None:
-    uses_miredo = MIREDO in {scenario.server, scenario.relay, scenario.client, scenario.client2, scenario.server2}
+    uses_miredo = MIREDO in {scenario.server, scenario.relay, scenario.client, scenario.client2, scenario.server2,
+                             scenario.client3}
     return lab_skip_reason(uses_miredo) or ours_missing(scenario.ours_roles())
 
 

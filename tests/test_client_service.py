@@ -21,7 +21,7 @@ from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLanEdge, FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -60,7 +60,9 @@ class ClientServiceTests(SynchronousTestCase):
         self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
-        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
+        # Local discovery off unless asked: its multicast bubble would join every list of sends.
+        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", "local_discovery": False,
+                                 **settings})
 
         def watch(on_change: Any, reactor: Any) -> QuietWatch:
             self.watchers.append(QuietWatch(on_change, reactor))
@@ -70,6 +72,7 @@ class ClientServiceTests(SynchronousTestCase):
             config, self.reactor, tun_system=self.system, link_factory=self.link,
             netwatch=watch, link_watch=QuietWatch, local_address=lambda server: ipv4_to_int(LOCAL),
             rng=random.Random(1),
+            lan_edge=FakeLanEdge,
         )
         service.privilegedStartService()
         service.startService()
@@ -301,3 +304,25 @@ class ClientServiceTests(SynchronousTestCase):
         for data in (payload, b"\x00\x01" + payload, b"\x00\x00" + payload):
             service._on_datagram(data, source)
         self.assertEqual(service.counters["drop.internal-error"], 0)
+
+    def test_local_discovery_joins_the_lan_announces_and_reports_local_peers(self) -> None:
+        service = self.service(local_discovery=True)
+        lan = service.lan
+        assert isinstance(lan, FakeLanEdge)
+        self.qualify(service)
+        self.assertEqual(lan.joined, LOCAL)
+        mine = IPv6Address(service.status()["address"]).packed
+        self.assertIn(("224.0.0.253", 3544), [to for _, to in self.sent(service)])
+        peer = bytearray(mine)
+        peer[10:12] = b"\x01\x02"  # another (obfuscated) port behind the same NAT
+        bubble = build_packet(bytes(peer), IPv6Address("ff02::1").packed, 59, b"", hop_limit=1)
+        lan.deliver(bubble, ("198.20.0.3", 40002))  # not on the LAN's subnet
+        self.assertEqual(service.counters.drops(), {"local-discovery-off-link": 1})
+        lan.deliver(bubble, ("198.19.0.3", 40002))
+        self.assertEqual([to for _, to in self.sent(service)], [("198.19.0.3", 40002)])
+        status = service.status()
+        self.assertEqual([p["local"] for p in status["local_peers"]], [["198.19.0.3:40002"]])
+        self.assertEqual((status["local_discovery"], status["hairpinning"], status["hairpinning_used"]),
+                         (True, True, False))
+        service.stopService()
+        self.assertTrue(lan.stopped)

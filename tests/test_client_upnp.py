@@ -18,7 +18,7 @@ from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import ipv4_to_int
 from tests.fake_igd import FakeIGD
-from tests.fakes import FakeLink, QuietWatch, memory_tun_system
+from tests.fakes import FakeLanEdge, FakeLink, QuietWatch, memory_tun_system
 from tests.test_client_service import LOCAL, SERVER, Reactor
 
 
@@ -50,6 +50,7 @@ class ClientUPnPTests(unittest.TestCase):
             local_address=lambda server: ipv4_to_int(LOCAL),
             rng=random.Random(1),
             port_mapper=mapper,
+            lan_edge=FakeLanEdge,
         )
         service.privilegedStartService()
         service.startService()

@@ -68,6 +68,28 @@ class PlanTests(unittest.SynchronousTestCase):
         self.assertIn("net.ipv6.conf.all.forwarding=1", plan.sysctls["tl1234-relay"])
         self.assertIn("route add default via 198.19.1.1", plan.links["tl1234-client2"])
 
+    def test_nat1_lan_is_a_bridge_shared_by_client1_and_client3(self) -> None:
+        plan = topology.build_plan("tl1234", topology.Options(client3=True))
+        nat1 = plan.links["tl1234-nat1"]
+        self.assertIn("link add tl1234-lan type bridge mcast_snooping 0", nat1)
+        for tag, client in (("h1", "client1"), ("h3", "client3")):
+            self.assertIn(f"link add tl1234-{tag} type veth peer name tl1234-eth netns tl1234-{client}", nat1)
+            self.assertIn(f"link set tl1234-{tag} master tl1234-lan up", nat1)
+        self.assertIn("addr add 198.19.0.3/24 dev tl1234-eth", plan.links["tl1234-client3"])
+        self.assertNotIn("hpo", " ".join(nat1))  # no hairpinning unless asked
+        self.assertNotIn("tl1234-client3", topology.build_plan("tl1234", topology.Options()).namespaces)
+
+    def test_hairpinning_nat1_loops_lan_traffic_to_its_public_address(self) -> None:
+        plan = topology.build_plan("tl1234", topology.Options(hairpin=True))
+        nat1 = plan.links["tl1234-nat1"]
+        self.assertIn("rule add pref 100 iif tl1234-lan to 198.18.0.100/32 lookup 100", nat1)
+        self.assertIn("route add 198.18.0.100/32 dev tl1234-hpo table 100", nat1)
+        self.assertLess(nat1.index("rule add pref 1000 lookup local"), nat1.index("rule del pref 0 lookup local"))
+        self.assertIn("net.ipv4.conf.tl1234-hpi.accept_local=1", plan.sysctls["tl1234-nat1"])
+        rules = plan.iptables["tl1234-nat1"]
+        self.assertIn("-A POSTROUTING -o tl1234-hpo -j SNAT --to-source 198.18.0.100", rules)
+        self.assertIn("-A INPUT -i tl1234-hpi -m conntrack --ctstate NEW -j DROP", rules)
+
     def test_box_puts_server_and_relay_in_one_namespace(self) -> None:
         options = topology.Options(box=True)
         plan = topology.build_plan("tl1234", options)

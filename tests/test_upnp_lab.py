@@ -123,8 +123,8 @@ class UPnPOnSymmetricNAT(unittest.TestCase):
 class OursBehindSymmetricNATWithUPnP(ScenarioChecks, unittest.TestCase):
     """Every role ours, client 2 behind the symmetric NAT 2 with extensions.upnp: the six checks.
 
-    Without the IGD, client 2 reports a symmetric NAT and stays offline
-    (tests.test_client_lab); with it, it qualifies through its mapping.
+    Without the IGD, client 2 reports a symmetric NAT and reaches only what that NAT lets
+    in (tests.test_client_lab); with it, it qualifies through its mapping.
     """
 
     scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)

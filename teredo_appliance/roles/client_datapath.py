@@ -22,8 +22,13 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
   reply to our echo test when the server is the relay (RFC 4380 §5.4.3);
 - a native source arriving through a relay we do not trust yet is held (bounded, as the
   outgoing queue) while the echo test runs towards it (§5.2.3 case 6), and delivered only
-  if the echo reply comes back through that same relay. Everything else is dropped and
-  counted.
+  if the echo reply comes back through that same relay. The same holds for a native peer
+  we trust at one relay whose packets now arrive through another (an anycast relay died
+  or was drained): the relay is re-checked, as Miredo does, so a relay change costs one
+  round trip; the trusted relay keeps carrying our packets until the reply names the new
+  one.
+- a Teredo client behind our own NAT at a local address `client_local` vouches for
+  (RFC 4380 §5.2.3 case 5, RFC 6081 hairpinning). Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from teredo_appliance.peers import Mapping, Peer, PeerTable
 from teredo_appliance.ratelimit import IcmpErrorBudget
+from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
@@ -69,8 +75,10 @@ class ClientPeers:
         max_peers: int = MAX_PEERS,
         rng: random.Random | None = None,
         heard_server: Callable[[float], None] = lambda now: None,
+        local: LocalPeers | None = None,
     ) -> None:
         self._send = send
+        self.local = local  # peers behind our own NAT (local discovery, hairpinning); None: off
         self._heard_server = heard_server  # a well-formed packet from our server arrived at `now`
         self._write_tun = write_tun
         self.counters = counters
@@ -124,22 +132,27 @@ class ClientPeers:
         if not self.table.enqueue(peer, packet):
             self.counters.drop("queue-full")
         if self.table.try_bubble(peer, now):
-            self._discover(peer)
+            self._discover(peer, now)
         elif peer.attempts == 0:
             self._unreachable(self.table.give_up(peer), now)  # budget spent: refuse at once
         return True
 
-    def _discover(self, peer: Peer) -> None:
-        """One round of discovery: bubbles for a Teredo peer, the echo test for a native one."""
+    def _discover(self, peer: Peer, now: float) -> None:
+        """One round of discovery: bubbles for a Teredo peer (at its local addresses too, if
+        it is behind our NAT), the echo test for a native one."""
         address = self.address
         assert address is not None
         destination = peer.addr
         if destination[:4] == self._prefix:
             bubble = build_bubble(address, destination)
+            if self.local is not None:
+                bubble += self.local.trailer  # RFC 6081 §4.3: in direct and indirect bubbles only
             assert peer.mapping is not None
             self.counters["client.bubble"] += 2
             self._send(bubble, peer.mapping)
             self._send(bubble, (int_to_ipv4(teredo_server(destination)), TEREDO_PORT))
+            if self.local is not None:
+                self.local.probe(destination, bubble, (), now)
             return
         if peer.nonce is None:
             peer.nonce = self._rng.getrandbits(8 * ECHO_NONCE_LENGTH).to_bytes(ECHO_NONCE_LENGTH, "big")
@@ -159,7 +172,8 @@ class ClientPeers:
                 return False
             packet = data if end == len(data) else data[:end]
             peer = self.table.get(packet[8:24])
-            if peer is not None and peer.trusted and peer.mapping == (host, port) and packet[24:40] == self.address:
+            if (peer is not None and peer.trusted and peer.mapping == (host, port) and peer.candidate is None
+                    and packet[24:40] == self.address):
                 if now - peer.last_rx >= TOUCH_GRANULARITY:
                     self.table.touch_rx(peer, now)
                 if end == HEADER_LENGTH and packet[6] == NEXT_HEADER_NONE:
@@ -168,18 +182,18 @@ class ClientPeers:
                     self.rx_packets += 1
                     self._write_tun(packet)
                 return False
-            origin = None
+            origin, trailer = None, data[end:]
         else:
             try:
                 datagram = parse_datagram(data)
             except ParseError as error:
                 self.counters.drop(error.reason)
                 return False
-            packet, origin = datagram.packet, datagram.origin
-        self._slow_in(packet, origin, host, port, now)
+            packet, origin, trailer = datagram.packet, datagram.origin, datagram.trailer
+        self._slow_in(packet, origin, host, port, now, trailer)
         return True
 
-    def _slow_in(self, packet: bytes, origin: Any, host: str, port: int, now: float) -> None:
+    def _slow_in(self, packet: bytes, origin: Any, host: str, port: int, now: float, trailer: bytes = b"") -> None:
         address = self.address
         if address is None:
             self.counters.drop("offline")
@@ -198,7 +212,7 @@ class ClientPeers:
             # Our server relays bubbles to us; it may also be a relay (RFC 4380 §5.4.3) and so
             # answer our echo test itself. Only such a packet shows the mapping is alive.
             if bubble and origin is not None:
-                if self._answer_indirect_bubble(source, origin.ip, origin.port, now):
+                if self._answer_indirect_bubble(source, origin.ip, origin.port, now, trailer):
                     self._heard_server(now)
             elif not bubble and self._relay_answer(packet, header, host, port, now):
                 self._heard_server(now)
@@ -209,7 +223,8 @@ class ClientPeers:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
             ip = ipv4_to_int(host)
             if teredo_mapping(source) != (ip, port):
-                self.counters.drop("teredo-mapping-mismatch")
+                if not self._from_local_peer(packet, source, bubble, host, port, now, trailer):
+                    self.counters.drop("teredo-mapping-mismatch")
                 return
             if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(source))):
                 self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
@@ -223,22 +238,63 @@ class ClientPeers:
             return
         if self._relay_answer(packet, header, host, port, now):
             return
+        peer = self.table.get(source)
+        if peer is not None and peer.trusted and peer.mapping == (host, port):
+            # Its trusted relay, while another is re-checked (the hot path leaves these here).
+            self.table.touch_rx(peer, now)
+            if bubble:
+                self.counters["client.bubble_in"] += 1
+            else:
+                self.rx_packets += 1
+                self._write_tun(packet)
+            return
         if bubble or source[0] in (0xFF, 0xFE) or source == bytes(16):
             self.counters.drop("untrusted-source")
             return
         peer = self.table.get_or_create(source, (host, port), now)
+        # §5.2.3 case 6: a native host through a relay we do not know (or not for this host).
+        # Hold the packet and run the echo test towards that host; deliver only if the reply
+        # comes this way. A trusted peer keeps its relay meanwhile: a forged packet through
+        # another mapping costs a paced echo test, never the trust.
         if peer.trusted:
-            self.counters.drop("wrong-mapping")  # trusted through another relay
-            return
-        # §5.2.3 case 6: a native host through a relay we do not know. Hold the packet and
-        # run the echo test towards that host; deliver only if the reply comes this way.
-        peer.mapping = (host, port)
+            peer.candidate = (host, port)
+            self.counters["client.relay_recheck"] += 1
+        else:
+            peer.mapping = (host, port)
         if not self.table.enqueue(peer, packet):
             self.counters.drop("queue-full")
         if self.table.try_bubble(peer, now):
-            self._discover(peer)
+            self._discover(peer, now)
 
-    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> bool:
+    def _from_local_peer(
+        self, packet: bytes, source: bytes, bubble: bool, host: str, port: int, now: float, trailer: bytes
+    ) -> bool:
+        """RFC 4380 §5.2.3 case 5 and RFC 6081 hairpinning: a Teredo client behind our NAT,
+        at a local address it is known (or, while we look for it, offers itself) to use.
+        False: not such a peer (the caller counts the drop)."""
+        local = self.local
+        if local is None:
+            return False
+        offered = local.alternates(trailer, source)
+        if offered is None:
+            return True  # malformed trailer: counted
+        peer = self.table.get(source)
+        mapping = (host, port)
+        if not local.vouches(source, mapping, offered, peer is not None and not peer.trusted, now):
+            return False
+        known = peer is not None and peer.trusted and peer.mapping == mapping
+        self._trust(source, mapping, now)
+        if not bubble:
+            self.rx_packets += 1
+            self._write_tun(packet)
+        elif not known and self.table.try_reply_bubble(mapping, now):
+            # Newly trusted by its bubble: answer, so that it trusts us at our local address too.
+            self.counters["client.local_bubble"] += 1
+            assert self.address is not None
+            self._send(build_bubble(self.address, source) + local.trailer, mapping)
+        return True
+
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float, trailer: bytes = b"") -> bool:
         """A peer (relay or client) bubbled us through our server: open our NAT towards it.
 
         Anyone can make our server relay a bubble with an origin of their choosing, so
@@ -249,12 +305,20 @@ class ClientPeers:
         if not is_global_ipv4(ip):
             self.counters.drop("origin-non-global")
             return False
+        offered = () if self.local is None else self.local.alternates(trailer, source)
+        if offered is None:
+            return False  # malformed trailer: counted
         if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
             self.counters.drop("bubble-reply-paced")
             return True
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
-        self._send(build_bubble(self.address, source), (int_to_ipv4(ip), port))
+        bubble = build_bubble(self.address, source)
+        if self.local is not None:
+            bubble += self.local.trailer
+        self._send(bubble, (int_to_ipv4(ip), port))
+        if self.local is not None:
+            self.local.probe(source, bubble, offered, now)  # a peer behind our NAT: over the LAN too
         return True
 
     def _relay_answer(self, packet: bytes, header: Any, host: str, port: int, now: float) -> bool:
@@ -291,7 +355,7 @@ class ClientPeers:
         arrived through this very mapping.
         """
         peer = self.table.get(addr)
-        held_from = None if peer is None or peer.trusted else peer.mapping
+        held_from = None if peer is None else peer.candidate if peer.trusted else peer.mapping
         address = self.address
         for packet in self.table.trust(addr, mapping, now):
             if packet[8:24] == address:
@@ -306,14 +370,17 @@ class ClientPeers:
     # -- timers ----------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self.table.next_deadline()
+        deadlines = (self.table.next_deadline(), None if self.local is None else self.local.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
         """Expire idle peers; repeat discovery for the unanswered, or give up on them."""
+        if self.local is not None:
+            self.local.on_timer(now)
         self.table.expire(now)
         for peer in self.table.due_for_retry(now):
             if self.table.retry_wanted(peer) and self.address is not None and self.table.try_bubble(peer, now):
-                self._discover(peer)
+                self._discover(peer, now)
             else:
                 self.counters["client.peer_unreachable"] += 1
                 peer.nonce = None

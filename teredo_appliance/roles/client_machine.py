@@ -17,9 +17,13 @@ NAT type, the way Windows reports it (none / cone / restricted / symmetric):
   through. Sending both at once (the RFC tries the cone RS N times first) spares clients
   behind the usual restricted NAT 12 s per qualification.
 - Once the primary answered, a plain RS goes to the secondary address: a different mapping
-  there means a symmetric NAT. As RFC 4380 §5.2.1 says, Teredo cannot work behind one
-  (see §5.2.10: reserve a port on the NAT and set bind_port), so the client stays offline
-  with NAT type "symmetric", says so in its log and status, and retries slowly.
+  there means a symmetric NAT. With the Symmetric NAT Support extension (RFC 6081 §5.2,
+  `extensions.symmetric_nat`, on by default) the client qualifies from the primary's
+  mapping all the same. Without it, as RFC 4380 §5.2.1 says, Teredo cannot work behind
+  one (see §5.2.10: reserve a port on the NAT and set bind_port), so the client stays
+  offline with NAT type "symmetric", says so in its log and status, and retries slowly.
+  The two mappings also tell whether the NAT preserves ports or allocates them in
+  sequence (RFC 6081 §5.4, §5.5: `nat_behaviour.classify`).
 - Contacting the secondary address opens the NAT's filter for it, after which a cone RA
   would pass any NAT. A cone answer is therefore believed only if the secondary address
   was not contacted in the last CONE_PROBE_QUIET seconds, and no cone RS is sent then.
@@ -31,6 +35,14 @@ answer: connectivity is lost, the server name is re-resolved, and qualification 
 through the fallback servers in order, then backs off and starts over from the first.
 While on a fallback the first server is probed every refresh interval and taken back as
 soon as it qualifies us again.
+
+Failover in seconds: with fallback servers configured, the server is checked at least
+every FAILOVER_CHECK_INTERVAL (randomised like the refresh), and one check RS left
+unanswered for T (RFC 4380 §5.2.1) is enough to qualify through the next server, the
+current address kept until that one answers. A dead server is thus left within
+FAILOVER_CHECK_INTERVAL + T + two round trips (12 s and a little with the defaults).
+RS to one address stay at least T apart, as RFC 4380 §5.2.1 (RFC 4861's
+RtrSolicitationInterval) spaces them.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from typing import Any, Protocol
 
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.roles.client_failover import RETRY_BACKOFF_MAX, Server, ServerChain
+from teredo_appliance.roles.nat_behaviour import UNKNOWN, NatBehaviour, classify
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int, is_global_ipv4, random_flags
 from teredo_appliance.wire.constants import TEREDO_PORT
@@ -78,6 +91,7 @@ QUALIFICATION_TRIES = 3  # RFC 4380 §5.2.1: N
 REFRESH_RANDOM_LOW = 0.75  # RFC 4380 §5.2: randomised refresh interval is 75-100% of it
 RESOLVE_TIMEOUT = 10.0  # a server name that does not resolve by then counts as a failed server
 CONE_PROBE_QUIET = 300.0  # how long a NAT may keep its filter open for an address we contacted
+FAILOVER_CHECK_INTERVAL = 8.0  # with fallback servers: the longest wait between two checks of the server
 
 
 class RSKind(Enum):
@@ -210,6 +224,7 @@ class Qualifier:
         *,
         log: Log = _no_log,
         local_address: Callable[[int], int | None] = lambda server: None,
+        local_port: Callable[[], int | None] = lambda: None,
         counters: Counters | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -219,6 +234,8 @@ class Qualifier:
         self._changed = changed
         self._log = log
         self._local_address = local_address
+        self._local_port = local_port
+        self.behaviour: NatBehaviour = UNKNOWN  # RFC 6081 §5.4, §5.5, from the last NAT detection
         self.counters = Counters() if counters is None else counters
         self._rng = rng or random.SystemRandom()
         secondary = None if config.server_address2 is None else int(config.server_address2)
@@ -229,9 +246,10 @@ class Qualifier:
         self._running = False
         self._main = _Track()  # qualify, refresh, retry
         self._return = _Track()  # probing the first server while on a fallback
-        self._randomized_refresh = config.refresh_interval
+        self._randomized_refresh = self._check_interval
         self._flags: tuple[tuple[int, int], int] | None = None  # (mapping, flags): RFC 5991 §4
         self._contacted: dict[int, float] = {}  # secondary address -> last RS sent there
+        self._failing_over = False  # a check went unanswered: the address stays while the chain runs
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -326,6 +344,7 @@ class Qualifier:
             "server": server.name,
             "server_ip": None if server.ip is None else int_to_ipv4(server.ip),
             "nat_type": str(self.nat_type),
+            **self.behaviour.report(),
             "mapped": None if q is None else f"{int_to_ipv4(q.mapped_ip)}:{q.mapped_port}",
             "address": None if q is None else _ipv6(q.address),
             "advertised_mtu": None if q is None else q.mtu,  # reported; the TUN keeps the configured mtu
@@ -345,15 +364,15 @@ class Qualifier:
     def reconfigure(self, config: ClientConfig, now: float) -> None:
         """Take a new refresh_interval and fallback chain without losing the qualification;
         a shorter interval is heeded at once. The caller checked can_reconfigure()."""
-        old, self.config = self.config, config
+        old, old_check, self.config = self.config, self._check_interval, config
         if config.fallback_servers != old.fallback_servers:
             self.chain.replace_fallbacks(config.fallback_servers)
-        if config.refresh_interval != old.refresh_interval:
-            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * config.refresh_interval
+        if self._check_interval != old_check:  # a new interval, or fallbacks added or removed
+            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self._check_interval
             if self._main.step is Step.WAITING and self.qualification is not None:
                 self._main.wait(min(self._main.until, now + self._randomized_refresh))
-            if self._return.step is Step.WAITING:
-                self._return.wait(min(self._return.until, now + config.refresh_interval))
+        if config.refresh_interval != old.refresh_interval and self._return.step is Step.WAITING:
+            self._return.wait(min(self._return.until, now + config.refresh_interval))
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -395,6 +414,7 @@ class Qualifier:
     def _new_pass(self, now: float) -> None:
         """Try every server once, in order, starting with the first."""
         self._main.idle()
+        self._failing_over = False
         self.chain.new_pass()
         self._begin(Purpose.QUALIFY, 0, now)
 
@@ -420,8 +440,9 @@ class Qualifier:
     def _start_round(self, purpose: Purpose, index: int, now: float) -> None:
         server = self.chain[index]
         if purpose is Purpose.REFRESH:
-            round_ = _Round(purpose, index, server, QUALIFICATION_TRIES, detect=False)
-            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self.config.refresh_interval
+            tries = 1 if self._can_fail_over else QUALIFICATION_TRIES  # one unanswered check: fail over
+            round_ = _Round(purpose, index, server, tries, detect=False)
+            self._randomized_refresh = self._rng.uniform(REFRESH_RANDOM_LOW, 1.0) * self._check_interval
         else:
             tries = 1 if purpose is Purpose.RETURN else QUALIFICATION_TRIES  # a probe, repeated every interval
             round_ = _Round(purpose, index, server, tries, detect=True)
@@ -447,6 +468,17 @@ class Qualifier:
         round_.nonces[nonce] = kind
         self.counters["client.rs"] += 1
         self._send(AuthIndicator(nonce).pack() + router_solicitation(cone=kind is RSKind.CONE), ip, TEREDO_PORT)
+
+    @property
+    def _can_fail_over(self) -> bool:
+        return len(self.chain) > 1
+
+    @property
+    def _check_interval(self) -> float:
+        """How long the server may stay silent before an RS checks it (RFC 4380 §5.2.5, shortened to fail over)."""
+        if self._can_fail_over:
+            return min(self.config.refresh_interval, FAILOVER_CHECK_INTERVAL)
+        return self.config.refresh_interval
 
     def _filter_open(self, secondary: int, now: float) -> bool:
         contacted = self._contacted.get(secondary)
@@ -478,7 +510,8 @@ class Qualifier:
         else:
             assert round_.first is not None
             first = round_.first
-            if answer.mapped_ip != first.mapped_ip or answer.mapped_port != first.mapped_port:
+            self.behaviour = classify(self._local_port(), first.mapped_port, answer.mapped_port)
+            if (answer.mapped_ip, answer.mapped_port) != (first.mapped_ip, first.mapped_port):
                 self._symmetric(round_, first, answer, now)
             else:
                 self._finish(round_, first, NatType.RESTRICTED, now)
@@ -498,6 +531,7 @@ class Qualifier:
         self.nat_type = nat_type
         self.qualification = new
         self.last_qualified = now
+        self._failing_over = False
         self._main.wait(now + self._randomized_refresh)
         if not round_.index:
             if self._return.step is Step.WAITING:
@@ -518,6 +552,18 @@ class Qualifier:
     def _symmetric(self, round_: _Round, first: QualificationAnswer, second: QualificationAnswer,
                    now: float) -> None:
         server = round_.server
+        m1 = f"{int_to_ipv4(first.mapped_ip)}:{first.mapped_port}"
+        m2 = f"{int_to_ipv4(second.mapped_ip)}:{second.mapped_port}"
+        if self.config.extensions.symmetric_nat:
+            # RFC 6081 §5.2: configure the address from the primary's mapping all the same;
+            # peers whose NAT filtering lets our other mappings in are reached with bubbles.
+            if self.qualification is None or self.qualification.nat_type != NatType.SYMMETRIC:
+                self.counters["client.symmetric_nat"] += 1
+                self._log("info", "NAT type: symmetric (server {server} saw {m1} and {m2}): qualifying with the "
+                          "Symmetric NAT Support Extension (RFC 6081); peers behind port-restricted or "
+                          "symmetric NATs stay out of reach", server=server.name, m1=m1, m2=m2)
+            self._finish(round_, first, NatType.SYMMETRIC, now)
+            return
         if round_.purpose is Purpose.RETURN:
             self._return.idle()
             return
@@ -528,8 +574,7 @@ class Qualifier:
             "NAT type: symmetric (server {server} saw {m1} on its primary address and {m2} on its secondary): "
             "Teredo cannot work behind this NAT (RFC 4380 §5.2.10: forward a UDP port to this host and set "
             "bind_port); staying offline, next try in {retry:.0f} s",
-            server=server.name, m1=f"{int_to_ipv4(first.mapped_ip)}:{first.mapped_port}",
-            m2=f"{int_to_ipv4(second.mapped_ip)}:{second.mapped_port}", retry=RETRY_BACKOFF_MAX,
+            server=server.name, m1=m1, m2=m2, retry=RETRY_BACKOFF_MAX,
         )
         self._lose()
         self._main.wait(now + RETRY_BACKOFF_MAX)
@@ -548,8 +593,13 @@ class Qualifier:
         if round_.purpose is Purpose.REFRESH:
             # RFC 4380 §5.2.5: connectivity is gone. Re-resolve this server: a new address
             # gets a try, the same one (or a literal) means going on to the next server.
+            # With somewhere to go, the address stays until the next server answers.
             failed = server.ip
-            self._lose()
+            if self._can_fail_over:
+                self._failing_over = True
+                self.counters["client.failover"] += 1
+            else:
+                self._lose()
             self.chain.new_pass()
             self._begin(Purpose.QUALIFY, round_.index, now, avoid=failed)
         else:
@@ -560,8 +610,9 @@ class Qualifier:
         if purpose is Purpose.RETURN:
             self._return.wait(now + self.config.refresh_interval)
             return
-        self._lose()
         following = self.chain.next_after(index)
+        if not self._failing_over or following is None:
+            self._lose()
         if following is not None:
             self._begin(Purpose.QUALIFY, following, now)
             return
@@ -572,6 +623,7 @@ class Qualifier:
 
     def _lose(self) -> None:
         """Drop the current qualification (if any) and the return probe, and tell the service."""
+        self._failing_over = False
         self._return.idle()
         if self.qualification is not None:
             self.qualification = None

@@ -35,6 +35,7 @@ from teredo_appliance.wire.ipv6 import (
     parse_header,
 )
 from teredo_appliance.wire.prefixes import PrefixFilter
+from teredo_appliance.wire.scope import NOT_GLOBAL_UNICAST
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 
 # RFC 4380 §5.4: the relay's link-local on the TUN. Also the source of our bubbles: the
@@ -47,19 +48,10 @@ RELAY_LINK_LOCAL = LINK_LOCAL
 BUBBLES_PER_SECOND = 1000
 # RFC 4380 §5.4.2: a relay forwards Teredo packets to the native IPv6 it serves. Whatever
 # the served prefixes say, these are never native IPv6 destinations reached through us.
-NEVER_SERVED = tuple(
-    IPv6Network(prefix)
-    for prefix in (
-        "::/128",  # unspecified (RFC 4291 §2.5.2)
-        "::1/128",  # loopback (RFC 4291 §2.5.3)
-        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
-        "fc00::/7",  # unique local (RFC 4193)
-        "fe80::/10",  # link-local (RFC 4291 §2.5.6)
-        "fec0::/10",  # site-local, deprecated (RFC 3879)
-        "ff00::/8",  # multicast (RFC 4291 §2.7)
-        "2001::/32",  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
-        "2002::/16",  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
-    )
+NEVER_SERVED = (
+    *NOT_GLOBAL_UNICAST,
+    IPv6Network("2001::/32"),  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
+    IPv6Network("2002::/16"),  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
 )
 
 Send = Callable[[bytes, Mapping], object]

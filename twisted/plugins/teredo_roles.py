@@ -12,7 +12,7 @@ server = Role(
     name="server",
     order=10,
     schema=SERVER_SCHEMA,
-    service="teredo_appliance.roles.server.ServerService",
+    service="teredo_appliance.roles.server_workers.server_role",  # one process, or supervised workers
 )
 relay = Role(
     name="relay",
