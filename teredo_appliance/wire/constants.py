@@ -22,5 +22,8 @@ LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")  # fe80::ffff:fff
 # RFC 4380 §5.2.1: the source of the "cone" Router Solicitation (the C bit set).
 LINK_LOCAL_CONE = bytes.fromhex("fe80000000000000800054455245444f")  # fe80::8000:5445:5245:444f
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")  # RFC 4291 §2.7.1: ff02::2
+ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")  # RFC 4291 §2.7.1: ff02::1, where
+# RFC 4380 §5.2.8 sends local discovery bubbles
+DISCOVERY_ADDRESS = "224.0.0.253"  # RFC 4380 §2.16: the Teredo IPv4 Discovery Address
 
 IFNAMSIZ = 16  # Linux include/uapi/linux/if.h: a name buffer, so at most 15 bytes and a NUL
