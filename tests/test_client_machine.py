@@ -791,6 +791,22 @@ class ReconfigureTests(SynchronousTestCase):
         h.advance(30 + 3 * QUALIFICATION_TIMEOUT)  # the first server went silent
         self.assertEqual(h.rs()[1], FALLBACK)
 
+    def test_fallbacks_added_live_bring_the_failover_check_at_once(self) -> None:
+        """With somewhere to go, the server is checked every few seconds from the reload on,
+        and one unanswered check moves on, keeping the address meanwhile."""
+        h = Harness(self)  # the default refresh interval (30 s) and no fallback
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.q.reconfigure(dataclasses.replace(h.config, fallback_servers=("198.18.0.5",)), h.now)
+        h.advance(FAILOVER_CHECK_INTERVAL)
+        self.assertEqual([ip for _, ip, _ in h.take()], [SERVER])  # a check, not the 22.5-30 s refresh
+        h.advance(QUALIFICATION_TIMEOUT)
+        self.assertEqual(h.rs()[1], FALLBACK)  # one check left unanswered: the next server
+        self.assertEqual((h.q.state, h.q.qualification), (QUALIFIED, qualification))
+        self.assertEqual(h.changes, [qualification])
+
     def test_the_chain_cannot_change_under_a_fallback_in_use(self) -> None:
         h = Harness(self, fallback_servers=("198.18.0.5",))
         h.start()
