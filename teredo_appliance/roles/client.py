@@ -222,7 +222,7 @@ class ClientService(TunneledRole):
             mtu=self.config.mtu, server=", ".join([self.config.server_address, *self.config.fallback_servers]),
         )
         if self.config.extensions.upnp and self.bound_port is not None:
-            # RFC 6081 §3.2: map the port first, so that the server already sees the mapped
+            # RFC 6081 §5.3: map the port first, so that the server already sees the mapped
             # port; qualification waits for the IGD's answer (or its timeout), not longer.
             self.upnp = self._port_mapper(self.bound_port, self.counters)
             self.upnp.startService()

@@ -28,7 +28,7 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
   round trip; the trusted relay keeps carrying our packets until the reply names the new
   one.
 - a Teredo client behind our own NAT at a local address `client_local` vouches for
-  (RFC 4380 §5.2.3 case 5, RFC 6081 hairpinning). Everything else is dropped and counted.
+  (RFC 4380 §5.2.3 case 5, RFC 6081 §5.6 hairpinning). Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class ClientPeers:
     def _from_local_peer(
         self, packet: bytes, source: bytes, bubble: bool, host: str, port: int, now: float, trailer: bytes
     ) -> bool:
-        """RFC 4380 §5.2.3 case 5 and RFC 6081 hairpinning: a Teredo client behind our NAT,
+        """RFC 4380 §5.2.3 case 5 and RFC 6081 §5.6 hairpinning: a Teredo client behind our NAT,
         at a local address it is known (or, while we look for it, offers itself) to use.
         False: not such a peer (the caller counts the drop)."""
         local = self.local
