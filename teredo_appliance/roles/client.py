@@ -23,7 +23,7 @@ from teredo_appliance.netwatch import NetWatch
 from teredo_appliance.roles.client_lan import LanEdge
 from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
-from teredo_appliance.roles.client_qualify import Qualification, Qualifier
+from teredo_appliance.roles.client_qualify import NAT_SYMMETRIC, Qualification, Qualifier
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
@@ -77,7 +77,8 @@ class ClientService(TunneledRole):
         self.local = LocalPeers(self.udp.send, self.counters, discovery=config.local_discovery,
                                 hairpinning=config.extensions.hairpinning, on_link=self._on_link, rng=rng)
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
-                                heard_server=self.qualifier.heard_from_server, local=self.local)
+                                heard_server=self.qualifier.heard_from_server, local=self.local,
+                                symmetric_nat=config.extensions.symmetric_nat)
         self.lan = lan_edge(self.reactor, self._on_discovery, self.counters) if config.local_discovery else None
         self._lan_networks: list[tuple[int, int]] = []  # (network, mask) on-link for discovery
         self.netwatch = netwatch(self._on_network_change, self.reactor)
@@ -131,7 +132,8 @@ class ClientService(TunneledRole):
             self._run_hook("down", None)
             return
         self._server = (int_to_ipv4(qualification.server), 3544)
-        self.data.attach(qualification.address, qualification.server)
+        self.data.attach(qualification.address, qualification.server,
+                         behind_symmetric=qualification.nat_type == NAT_SYMMETRIC)
         local = self._local(qualification.server)
         self._attach_lan(qualification.address, None if local is None else int_to_ipv4(local))
         address = IPv6Interface((qualification.address, 32))
