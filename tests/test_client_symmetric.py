@@ -268,3 +268,13 @@ class BoundTests(SynchronousTestCase):
         self.assertFalse(symmetric.vouches(source, b"\x01\x03abc", 1.0))  # wrong length
         self.assertFalse(symmetric.vouches(source, b"", 1.0))
         self.assertTrue(symmetric.vouches(source, b"\x77\x00" + NonceTrailer(b"abcd").pack(), 1.0))  # unknown skipped
+
+
+class DescribeTests(SynchronousTestCase):
+    def test_the_netsh_style_line_names_the_upnp_mapping_and_unknowns(self) -> None:
+        from teredo_appliance.roles.nat_behaviour import describe
+
+        line = describe({"upnp": True, "upnp_mapping": "198.18.2.1:40000", "port_preserving": False,
+                         "sequential": None, "hairpinning": True, "local_peers": 2})
+        self.assertEqual(line, "UPnP: yes (198.18.2.1:40000), PortPreserving: no, Sequential: unknown, "
+                               "Hairpinning used: yes, Local peers: 2")

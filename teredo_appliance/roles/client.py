@@ -24,6 +24,7 @@ from teredo_appliance.roles.client_lan import LanEdge
 from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
 from teredo_appliance.roles.client_qualify import NAT_SYMMETRIC, Qualification, Qualifier
+from teredo_appliance.roles.nat_behaviour import describe as describe_nat_special
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
@@ -275,6 +276,7 @@ class ClientService(TunneledRole):
                 "peers": self.data.stats(),
                 "upnp": None if self.upnp is None else self.upnp.status(),
                 "nat_special": self._nat_special(),
+                "nat_special_behaviour": describe_nat_special(self._nat_special()),
             }
         )
         report.update(self.local.status(self._seconds()))
@@ -298,8 +300,8 @@ class ClientService(TunneledRole):
             "port_preserving": behaviour.port_preserving,
             "sequential": behaviour.sequential,
             "symmetric_nat_support": self.config.extensions.symmetric_nat,
-            "hairpinning": None,  # filled by the Hairpinning Extension
-            "local_peers": None,  # filled by local client discovery (RFC 4380 §5.2.8)
+            "hairpinning": self.local.hairpinning_used,  # RFC 6081 §5.6
+            "local_peers": len(self.local.peers),  # RFC 4380 §5.2.8 discovery and hairpinning
         }
 
     @property
