@@ -206,3 +206,69 @@ def relay_counters(lab: Lab, box: str) -> dict[str, int]:
     except Unreachable as e:
         raise LabError(f"{box}: {e}") from e
     return dict(answer["result"]["relay"]["counters"])
+
+
+# -- measuring loss under failover -------------------------------------------------------
+
+PROBE_INTERVAL = 0.1  # seconds between probes, both ways
+# A one-way UDP stream: the sender numbers its datagrams, the receiver prints what arrived.
+UDP_SEND = (
+    "import socket,sys,time\n"
+    "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+    "for i in range(int(sys.argv[3])):\n"
+    "    s.sendto(str(i).encode(),(sys.argv[1],int(sys.argv[2]))); time.sleep(float(sys.argv[4]))\n"
+)
+UDP_RECEIVE = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); s.bind((sys.argv[1],int(sys.argv[2])))\n"
+    "s.settimeout(float(sys.argv[3])); print('ready',flush=True); got=[]\n"
+    "try:\n"
+    "    while True: got.append(s.recv(64).decode())\n"
+    "except OSError: pass\n"
+    "print(' '.join(got),flush=True)\n"
+)
+
+
+def longest_gap(received: set[int], count: int) -> tuple[int, float]:
+    """(probes lost, the longest run of lost probes in seconds) out of `count` sent."""
+    longest = run = 0
+    for seq in range(count):
+        run = 0 if seq in received else run + 1
+        longest = max(longest, run)
+    return count - len(received), longest * PROBE_INTERVAL
+
+
+def ping_seqs(output: str) -> set[int]:
+    """The icmp_seq numbers (from 0) that got an answer, from `ping -n` output."""
+    return {int(word.split("=")[1]) - 1 for line in output.splitlines() if "bytes from" in line
+            for word in line.split() if word.startswith("icmp_seq=")}
+
+
+def measure(lab: Lab, client: str, client_address: str, native: str, seconds: float,
+            event: Any, at: float = 2.0) -> dict[str, tuple[int, float]]:
+    """Probe every 0.1 s for `seconds` while `event()` runs `at` seconds in: a ping each way
+    and a UDP stream that only the client sends on. Returns {flow: (lost, longest gap s)}."""
+    import sys
+
+    count = int(seconds / PROBE_INTERVAL)
+    ping = ["ping", "-6", "-n", "-i", str(PROBE_INTERVAL), "-W", "1", "-c", str(count)]
+    receive = [sys.executable, "-c", UDP_RECEIVE, native, "9000", "3"]
+    send = [sys.executable, "-c", UDP_SEND, native, "9000", str(count), str(PROBE_INTERVAL)]
+    with lab.background("v6host", receive) as sink:
+        assert sink.stdout is not None
+        if sink.stdout.readline().strip() != "ready":
+            raise LabError("UDP receiver did not start")
+        with lab.background("v6host", [*ping, "-I", native, client_address]) as inbound, \
+                lab.background(client, [*ping, native]) as outbound, lab.background(client, send):
+            time.sleep(at)
+            event()
+            out_in, _ = inbound.communicate(timeout=seconds + 10)
+            out_out, _ = outbound.communicate(timeout=seconds + 10)
+        got, _ = sink.communicate(timeout=seconds + 10)
+    lines = got.strip().splitlines()
+    udp = {int(n) for n in lines[-1].split()} if lines else set()
+    return {
+        "native -> client (ping)": longest_gap(ping_seqs(out_in), count),
+        "client -> native (ping)": longest_gap(ping_seqs(out_out), count),
+        "client -> native (UDP, client sends only)": longest_gap(udp, count),
+    }
