@@ -418,6 +418,7 @@ _CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
         "route_protocol": _int_in(RTPROT_BOOT, RTPROT_MAX),
         "route_metric": _int_in(1, ROUTE_METRIC_MAX),
         "drain_grace": _drain_grace,
+        "anycast": _bool,
     },
     ClientConfig: {
         "server_address": _host,
@@ -589,11 +590,20 @@ class _Reader:
         if "server" in usable:
             self.server_addresses(usable["server"])
             self.server_anycast(usable["server"])
+        if "relay" in usable:
+            self.relay_anycast(usable["relay"])
         self.check_sockets(usable)
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
             return None
         return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
+
+    def relay_anycast(self, relay: _Section) -> None:
+        """An anycast relay shares its address with the other boxes: it must name one."""
+        if relay.values.get("anycast") and relay.values.get("bind_address", ANY_IPV4) == ANY_IPV4:
+            self.error(relay.line_of("anycast"), f"{relay.path}.anycast",
+                       "an anycast relay needs a specific bind_address (the address the boxes share)")
+            relay.bad.add("anycast")
 
     def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""

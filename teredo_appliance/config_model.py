@@ -56,6 +56,7 @@ class RelayConfig:
     route_protocol: int = RTPROT_STATIC  # kernel protocol number of the route to `prefix`
     route_metric: int = KERNEL_ROUTE_METRIC  # and its metric: a routing daemon matches on both
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds served after withdrawing the route, on stop
+    anycast: bool = False  # bind_address as a /32 on the TUN, announced and withdrawn with the route
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class Options:
     upnp: bool = False  # NAT 2 runs a UPnP IGD (miniupnpd); only on a symmetric NAT 2
     client3: bool = False  # a third client on NAT 1's LAN (198.19.0.3), beside client 1
     hairpin: bool = False  # NAT 1 hairpins: LAN -> its public address comes back in as from outside
+    anycast: bool = False  # two boxes behind an upstream router running BIRD (see lab/anycast.py)
 
     def __post_init__(self) -> None:
         if self.nat2 not in NAT_TYPES:
@@ -112,6 +113,10 @@ def namespace_of(prefix: str, node: str, options: Options) -> str:
 
 def nodes(options: Options) -> list[str]:
     """Node names of a lab, the Internet first (everything else plugs into it)."""
+    if options.anycast:
+        from teredo_appliance.lab import anycast
+
+        return list(anycast.NODES)
     core = ["box"] if options.box else ["server", "relay"]
     extra = ["server2"] if options.second_server else []
     extra += ["hostile"] if options.hostile else []
@@ -176,6 +181,10 @@ def _plan_hostile(plan: Plan, ns: Callable[[str], str], plug: Callable[..., None
 
 def build_plan(prefix: str, options: Options) -> Plan:
     """Everything `up` does, as data, so it can be checked without root."""
+    if options.anycast:
+        from teredo_appliance.lab import anycast
+
+        return anycast.build_plan(prefix, options)
     plan = Plan()
 
     def ns(node: str) -> str:
