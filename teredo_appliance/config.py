@@ -411,6 +411,7 @@ RELAY_SCHEMA = RoleSchema(RelayConfig, {
     "route_protocol": _int_in(RTPROT_BOOT, RTPROT_MAX),
     "route_metric": _int_in(1, ROUTE_METRIC_MAX),
     "drain_grace": _drain_grace,
+    "anycast": _bool,
 }, live=frozenset({"max_peers"}))
 CLIENT_SCHEMA = RoleSchema(ClientConfig, {
     "server_address": _host,
@@ -584,6 +585,8 @@ class _Reader:
         if "server" in usable:
             self.server_addresses(usable["server"])
             self.server_anycast(usable["server"])
+        if "relay" in usable:
+            self.relay_anycast(usable["relay"])
         self.check_sockets(usable)
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
@@ -591,6 +594,13 @@ class _Reader:
         # In the plugins' start order, whatever the file's order.
         return RolesConfig(**{name: plugins[name].schema.config_class(**sections[name].values)
                               for name in plugins if name in sections})
+
+    def relay_anycast(self, relay: _Section) -> None:
+        """An anycast relay shares its address with the other boxes: it must name one."""
+        if relay.values.get("anycast") and relay.values.get("bind_address", ANY_IPV4) == ANY_IPV4:
+            self.error(relay.line_of("anycast"), f"{relay.path}.anycast",
+                       "an anycast relay needs a specific bind_address (the address the boxes share)")
+            relay.bad.add("anycast")
 
     def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""

@@ -55,13 +55,14 @@ class RelayConfig:
     route_protocol: int = RTPROT_STATIC  # kernel protocol number of the route to `prefix`
     route_metric: int = KERNEL_ROUTE_METRIC  # and its metric: a routing daemon matches on both
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds served after withdrawing the route, on stop
+    anycast: bool = False  # bind_address as a /32 on the TUN, announced and withdrawn with the route
 
 
 @dataclass(frozen=True)
 class ClientExtensions:
     """RFC 6081 extensions the client may use; each stays compatible with RFC 4380 peers such as Miredo."""
 
-    upnp: bool = False  # RFC 6081 §3.2: a port mapping from the LAN's UPnP IGD before qualifying
+    upnp: bool = False  # RFC 6081 §5.3: a port mapping from the LAN's UPnP IGD before qualifying
     symmetric_nat: bool = True  # RFC 6081 §5.2: an address behind a symmetric NAT all the same
     hairpinning: bool = True  # RFC 6081 Hairpinning Extension: Alternate Address trailers, tried behind one NAT
 

@@ -24,7 +24,7 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable
-from ipaddress import IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -129,7 +129,7 @@ class Tunnel:
         self.index: int | None = None  # the kernel's ifindex of our device, once open
         self._closed: Deferred[None] = succeed(None)  # the last close, perhaps still under way
         self._link: Link | None = None
-        self._addresses: list[IPv6Interface] = []
+        self._addresses: list[IPv4Interface | IPv6Interface] = []
         self._routes: list[tuple[IPv6Network, int | None, int | None]] = []  # prefix, metric, protocol
 
     def open(self) -> None:
@@ -169,7 +169,7 @@ class Tunnel:
         self.index = None if state is None else state.index
         self.log.info("TUN device {name} open, MTU {mtu}", name=self.name, mtu=self.mtu)
 
-    def set_addresses(self, addresses: Iterable[IPv6Interface]) -> None:
+    def set_addresses(self, addresses: Iterable[IPv4Interface | IPv6Interface]) -> None:
         """Privileged: make `addresses` the device's addresses.
 
         Addresses set earlier and no longer wanted are removed first, then new ones added, so a

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
-from teredo_lab import state, topology
+from teredo_lab import anycast, state, topology
 from teredo_lab.demo import run_demo
 from teredo_lab.lab import IMPLS, MIREDO, Lab, LabError
 from teredo_lab.preflight import unavailable_reason
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the topology; with role options, start the daemons too")
     _scenario_arguments(up, default=None)
+    up.add_argument("--anycast", action="store_true",
+                    help="two boxes (ours: server + relay) with BIRD behind an ECMP upstream, two clients of ours "
+                         "and a Miredo client; the daemons start at once")
     down = sub.add_parser(
         "down", help="remove the labs named, or every recorded lab whose owner is gone (crashed or exited)"
     )
@@ -84,16 +88,19 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 def cmd_up(args: argparse.Namespace) -> int:
     daemons = any(getattr(args, r) for r in ("server", "relay", "client", "client2", "server2", "client3"))
     scenario = _scenario(args)
-    lab = Lab(scenario.options, prefix=args.prefix, rundir=args.rundir)
+    options = replace(scenario.options, anycast=True) if getattr(args, "anycast", False) else scenario.options
+    lab = Lab(options, prefix=args.prefix, rundir=args.rundir)
     lab.up()
     try:
-        if daemons:
+        if options.anycast:
+            anycast.start(lab)  # BIRD everywhere, ours on both boxes, two clients of ours and Miredo
+        elif daemons:
             start(lab, scenario)
     except LabError:
         lab.down()
         raise
     print(f"lab {lab.prefix} is up; run directory {lab.rundir}")
-    for node in topology.nodes(scenario.options):
+    for node in anycast.NODES if options.anycast else topology.nodes(options):
         print(f"  {node:8} ip netns exec {lab.ns(node)} ...")
     for name, daemon in lab.daemons.items():
         print(f"  daemon {name} ({daemon.impl}) in {lab.ns(daemon.node)}: config {daemon.config}, log {daemon.log}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import teredo_appliance
-from teredo_lab import configs, igd, state, topology
+from teredo_lab import anycast, configs, igd, state, topology
 from teredo_lab.errors import LabError
 
 MIREDO, OURS = "miredo", "ours"
@@ -97,7 +97,7 @@ class Lab:
         self.prefix = state.reserve_prefix(self._wanted_prefix)
         self.rundir = Path(self._wanted_rundir or state.STATE_ROOT / self.prefix).absolute()
         self.rundir.mkdir(parents=True, exist_ok=True)
-        plan = topology.build_plan(self.prefix, self.options)
+        plan = (anycast.build_plan if self.options.anycast else topology.build_plan)(self.prefix, self.options)
         self.record = state.LabRecord(self.prefix, str(self.rundir), namespaces=plan.namespaces)
         self.record.save()
         try:

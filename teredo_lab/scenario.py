@@ -83,7 +83,7 @@ class Scenario:
     def clients(self) -> list[DaemonSpec]:
         section = client_section(fallback=self.server2 is not None)
         client2 = self.client2 or self.client
-        # Behind NAT 2's IGD, our client 2 uses it (RFC 6081 §3.2); Miredo cannot.
+        # Behind NAT 2's IGD, our client 2 uses it (RFC 6081 §5.3); Miredo cannot.
         section2 = {**section, "extensions": {"upnp": True}} if self.upnp and client2 == OURS else section
         specs = [
             DaemonSpec("client1", self.client, "client1", {"client": section}),

@@ -81,6 +81,7 @@ class Options:
     upnp: bool = False  # NAT 2 runs a UPnP IGD (miniupnpd); only on a symmetric NAT 2
     client3: bool = False  # a third client on NAT 1's LAN (198.19.0.3), beside client 1
     hairpin: bool = False  # NAT 1 hairpins: LAN -> its public address comes back in as from outside
+    anycast: bool = False  # two boxes behind an upstream router running BIRD (see lab/anycast.py)
 
     def __post_init__(self) -> None:
         if self.nat2 not in NAT_TYPES:

@@ -132,6 +132,26 @@ class RelayAnycastTests(unittest.SynchronousTestCase):
         self.assertEqual((self.service.status()["health"], self.anycast()["state"]), ("ok", ANNOUNCED))
 
 
+    def test_an_anycast_relay_puts_its_shared_address_on_the_tun_with_the_route(self) -> None:
+        self.make(RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.5.10"), anycast=True,
+                              route_protocol=201, route_metric=100))
+        self.start()
+        shared = IPv4Interface("198.18.5.10/32")
+        link = self.links[-1]
+        self.assertIn(shared, link.addresses)
+        self.assertIn(PREFIX, link.routes)
+        self.assertIn("anycast 198.18.5.10/32 on trelay", self.anycast()["what"])
+        self.service.drain(0.0)
+        self.assertNotIn(shared, link.addresses)  # clients' packets go to the other boxes
+        self.assertNotIn(PREFIX, link.routes)
+        self.service.undrain()
+        self.assertEqual(([shared in link.addresses], self.anycast()["state"]), ([True], ANNOUNCED))
+
+    def test_a_unicast_relay_leaves_its_address_alone(self) -> None:
+        self.start()
+        self.assertFalse(any(isinstance(a, IPv4Interface) for a in self.links[-1].addresses))
+
+
 class ServerAnycastTests(unittest.SynchronousTestCase):
     CONFIG = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), anycast=True)
     SLASH_32S = [IPv4Interface("198.18.0.1/32"), IPv4Interface("198.18.0.2/32")]
@@ -186,6 +206,16 @@ class ConfigTests(unittest.SynchronousTestCase):
         self.assertIn("t.yaml:4: roles.relay.route_protocol: 2 is out of range 3..255", errors)
         self.assertIn("t.yaml:5: roles.relay.drain_grace: 61 is out of range 0..60 seconds", errors)
         self.assertTrue(any(e.startswith("t.yaml:8: roles.server.anycast:") for e in errors), errors)
+
+    def test_an_anycast_relay_needs_a_specific_address(self) -> None:
+        from teredo_appliance.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("roles:\n  relay:\n    anycast: true\n", "t.yaml")
+        self.assertEqual(caught.exception.errors, ["t.yaml:3: roles.relay.anycast: an anycast relay needs a "
+                                                   "specific bind_address (the address the boxes share)"])
+        config = parse_config("roles:\n  relay:\n    bind_address: 198.18.5.10\n    anycast: true\n", "t.yaml")
+        self.assertTrue(config.roles.relay.anycast)
 
 
 class ApplianceDrainTests(unittest.SynchronousTestCase):

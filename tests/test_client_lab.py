@@ -25,7 +25,9 @@ FAILOVER_LIMIT = 15.0
 # Measured in the lab (see README), in this order: the relay answers the mapping client2's
 # packets came from, so the IPv6 host works both ways once client2 spoke first; client1
 # behind the port-restricted NAT 1 only ever answers the mapping in client2's address,
-# which NAT 2 keeps for the server alone, so client1 stays out of reach either way.
+# which NAT 2 keeps for the server alone, so client1 stays out of reach either way: with
+# the nonces of RFC 6081 §5.2 too, as §3.1 says (a port-restricted peer never lets in the
+# port NAT 2 chose for it; tests/test_client_symmetric.py shows the address-restricted case).
 EXPECTED_SYMMETRIC = {"client2 -> IPv6 host": True, "IPv6 host -> client2": True,
                       "client2 -> client1": False, "client1 -> client2": False}
 RETURN_LIMIT = 30.0 + 4.0 + 6.0  # the first server is probed every refresh interval (30 s)

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.console import render_status
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
 from teredo_appliance.roles.client_machine import QUALIFICATION_TIMEOUT
 from teredo_appliance.wire.address import ipv4_to_int
@@ -324,5 +325,9 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual([p["local"] for p in status["local_peers"]], [["198.19.0.3:40002"]])
         self.assertEqual((status["local_discovery"], status["hairpinning"], status["hairpinning_used"]),
                          (True, True, False))
+        # netsh-style, in `teredoctl status`: the special behaviour on one line, the peer counted.
+        self.assertEqual(status["nat_special"]["local_peers"], 1)
+        self.assertIn("NAT Special Behaviour    : UPnP: no, PortPreserving: ", render_status({"client": status}))
+        self.assertTrue(status["nat_special_behaviour"].endswith("Hairpinning used: no, Local peers: 1"))
         service.stopService()
         self.assertTrue(lan.stopped)

@@ -95,7 +95,8 @@ class ImportCycleTests(SynchronousTestCase):
         pure = [*(REPO / "teredo_appliance" / "wire").glob("*.py"),
                 *(REPO / "teredo_appliance" / "roles").glob("*_machine.py"),
                 *(REPO / "teredo_appliance" / "roles").glob("client_[df]*.py"),
-                *(REPO / "teredo_appliance" / "roles" / name for name in ("client_local.py", "nat_behaviour.py")),
+                *(REPO / "teredo_appliance" / "roles" / name
+                  for name in ("client_local.py", "client_symmetric.py", "nat_behaviour.py")),
                 REPO / "teredo_appliance" / "peers.py", REPO / "teredo_appliance" / "ratelimit.py",
                 REPO / "teredo_appliance" / "announcement.py"]
         self.assertGreaterEqual(len(pure), 17)

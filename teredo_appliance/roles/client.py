@@ -24,7 +24,8 @@ from teredo_appliance.netwatch import NetWatch
 from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.roles.client_lan import LanEdge
 from teredo_appliance.roles.client_local import LocalPeers
-from teredo_appliance.roles.client_machine import Qualification, Qualifier
+from teredo_appliance.roles.client_machine import NAT_SYMMETRIC, Qualification, Qualifier
+from teredo_appliance.roles.nat_behaviour import describe as describe_nat_special
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
@@ -80,7 +81,8 @@ class ClientService(TunneledRole):
         self.local = LocalPeers(self.udp.send, self.counters, discovery=config.local_discovery,
                                 hairpinning=config.extensions.hairpinning, on_link=self._on_link, rng=rng)
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
-                                heard_server=self.qualifier.heard_from_server, local=self.local)
+                                heard_server=self.qualifier.heard_from_server, local=self.local,
+                                symmetric_nat=config.extensions.symmetric_nat)
         self.lan = lan_edge(self.reactor, self._on_discovery, self.counters) if config.local_discovery else None
         self._lan_networks: list[tuple[int, int]] = []  # (network, mask) on-link for discovery
         self.netwatch = netwatch(self._on_network_change, self.reactor)
@@ -157,7 +159,8 @@ class ClientService(TunneledRole):
             self._run_hook("down", None)
             return
         self._server = (int_to_ipv4(qualification.server), TEREDO_PORT)
-        self.data.attach(qualification.address, qualification.server)
+        self.data.attach(qualification.address, qualification.server,
+                         behind_symmetric=qualification.nat_type == NAT_SYMMETRIC)
         local = self._local(qualification.server)
         self._attach_lan(qualification.address, None if local is None else int_to_ipv4(local))
         address = IPv6Interface((qualification.address, 32))
@@ -248,7 +251,7 @@ class ClientService(TunneledRole):
             mtu=self.config.mtu, server=", ".join([self.config.server_address, *self.config.fallback_servers]),
         )
         if self.config.extensions.upnp and self.bound_port is not None:
-            # RFC 6081 §3.2: map the port first, so that the server already sees the mapped
+            # RFC 6081 §5.3: map the port first, so that the server already sees the mapped
             # port; qualification waits for the IGD's answer (or its timeout), not longer.
             self.upnp = self._port_mapper(self.bound_port, self.counters)
             self.upnp.startService()
@@ -299,6 +302,7 @@ class ClientService(TunneledRole):
                 "peers": self.data.stats(),
                 "upnp": None if self.upnp is None else self.upnp.status(),
                 "nat_special": self._nat_special(),
+                "nat_special_behaviour": describe_nat_special(self._nat_special()),
             }
         )
         report.update(self.local.status(self._seconds()))
@@ -322,8 +326,8 @@ class ClientService(TunneledRole):
             "port_preserving": behaviour.port_preserving,
             "sequential": behaviour.sequential,
             "symmetric_nat_support": self.config.extensions.symmetric_nat,
-            "hairpinning": None,  # filled by the Hairpinning Extension
-            "local_peers": None,  # filled by local client discovery (RFC 4380 §5.2.8)
+            "hairpinning": self.local.hairpinning_used,  # RFC 6081 §5.6
+            "local_peers": len(self.local.peers),  # RFC 4380 §5.2.8 discovery and hairpinning
         }
 
     @property

@@ -28,7 +28,10 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
   round trip; the trusted relay keeps carrying our packets until the reply names the new
   one.
 - a Teredo client behind our own NAT at a local address `client_local` vouches for
-  (RFC 4380 §5.2.3 case 5, RFC 6081 hairpinning). Everything else is dropped and counted.
+  (RFC 4380 §5.2.3 case 5, RFC 6081 §5.6 hairpinning);
+- a Teredo client behind a symmetric NAT, at the mapping its NAT chose for us, when its
+  direct bubble carries the nonce its indirect one did (RFC 6081 §5.2, `client_symmetric`).
+Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 from teredo_appliance.peers import Mapping, Peer, PeerTable
 from teredo_appliance.ratelimit import IcmpErrorBudget
 from teredo_appliance.roles.client_local import LocalPeers
+from teredo_appliance.roles.client_symmetric import SymmetricNat
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
 from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
@@ -76,6 +80,7 @@ class ClientPeers:
         rng: random.Random | None = None,
         heard_server: Callable[[float], None] = lambda now: None,
         local: LocalPeers | None = None,
+        symmetric_nat: bool = True,
     ) -> None:
         self._send = send
         self.local = local  # peers behind our own NAT (local discovery, hairpinning); None: off
@@ -84,6 +89,7 @@ class ClientPeers:
         self.counters = counters
         self._max_peers = max_peers
         self._rng = rng or random.SystemRandom()
+        self.symmetric = SymmetricNat(self._rng) if symmetric_nat else None  # RFC 6081 §5.2; None: off
         self.table = PeerTable(max_peers)
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
@@ -92,10 +98,15 @@ class ClientPeers:
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
-    def attach(self, address: bytes | None, server_ip: int = 0) -> None:
-        """Use a new Teredo address (None: offline). Trust was bound to the old one: start afresh."""
+    def attach(self, address: bytes | None, server_ip: int = 0, *, behind_symmetric: bool = False) -> None:
+        """Use a new Teredo address (None: offline). Trust was bound to the old one: start afresh.
+        `behind_symmetric`: our NAT is symmetric, so our bubbles carry nonces (RFC 6081 §5.2)."""
+        if self.symmetric is not None and self.symmetric.sending != behind_symmetric:
+            self.symmetric.reset(behind_symmetric)
         if address == self.address and (address is None or self._server[0] == int_to_ipv4(server_ip)):
             return
+        if self.symmetric is not None:
+            self.symmetric.reset(behind_symmetric)
         self.address = address
         self._prefix = b"" if address is None else address[:4]
         self._server = ("", 0) if address is None else (int_to_ipv4(server_ip), TEREDO_PORT)
@@ -144,7 +155,7 @@ class ClientPeers:
         assert address is not None
         destination = peer.addr
         if destination[:4] == self._prefix:
-            bubble = build_bubble(address, destination)
+            bubble = build_bubble(address, destination) + self._nonce_trailer(destination, now)
             if self.local is not None:
                 bubble += self.local.trailer  # RFC 6081 §4.3: in direct and indirect bubbles only
             assert peer.mapping is not None
@@ -223,6 +234,8 @@ class ClientPeers:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
             ip = ipv4_to_int(host)
             if teredo_mapping(source) != (ip, port):
+                if bubble and self._follow_symmetric_peer(source, host, port, now, trailer):
+                    return
                 if not self._from_local_peer(packet, source, bubble, host, port, now, trailer):
                     self.counters.drop("teredo-mapping-mismatch")
                 return
@@ -266,10 +279,34 @@ class ClientPeers:
         if self.table.try_bubble(peer, now):
             self._discover(peer, now)
 
+    def _follow_symmetric_peer(self, source: bytes, host: str, port: int, now: float, trailer: bytes) -> bool:
+        """RFC 6081 §5.2: a direct bubble from a peer behind a symmetric NAT, at the mapping
+        its NAT chose towards us, with the nonce its bubble through our server carried:
+        reach it there, and answer so that its NAT lets our packets in. False: not vouched."""
+        symmetric = self.symmetric
+        if symmetric is None or not symmetric.vouches(source, trailer, now):
+            return False
+        if not (is_global_ipv4(ipv4_to_int(host)) and is_global_ipv4(teredo_server(source))):
+            self.counters.drop("non-global-peer")
+            return True
+        peer = self.table.get(source)
+        known = peer is not None and peer.trusted and peer.mapping == (host, port)
+        self._trust(source, (host, port), now)
+        self.counters["client.bubble_in"] += 1
+        if not known:
+            self.counters["client.symmetric_peer_followed"] += 1
+            if self.table.try_reply_bubble((host, port), now):
+                assert self.address is not None
+                self._send(build_bubble(self.address, source) + self._nonce_trailer(source, now), (host, port))
+        return True
+
+    def _nonce_trailer(self, peer: bytes, now: float) -> bytes:
+        return b"" if self.symmetric is None else self.symmetric.trailer_for(peer, now)
+
     def _from_local_peer(
         self, packet: bytes, source: bytes, bubble: bool, host: str, port: int, now: float, trailer: bytes
     ) -> bool:
-        """RFC 4380 §5.2.3 case 5 and RFC 6081 hairpinning: a Teredo client behind our NAT,
+        """RFC 4380 §5.2.3 case 5 and RFC 6081 §5.6 hairpinning: a Teredo client behind our NAT,
         at a local address it is known (or, while we look for it, offers itself) to use.
         False: not such a peer (the caller counts the drop)."""
         local = self.local
@@ -308,15 +345,22 @@ class ClientPeers:
         offered = () if self.local is None else self.local.alternates(trailer, source)
         if offered is None:
             return False  # malformed trailer: counted
+        if self.symmetric is not None:
+            self.symmetric.heard_relayed(source, trailer, now)
         if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
             self.counters.drop("bubble-reply-paced")
             return True
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
-        bubble = build_bubble(self.address, source)
+        bubble = build_bubble(self.address, source) + self._nonce_trailer(source, now)
         if self.local is not None:
             bubble += self.local.trailer
         self._send(bubble, (int_to_ipv4(ip), port))
+        if self.symmetric is not None and self.symmetric.sending and source[:4] == self._prefix:
+            # RFC 6081 §5.2 (§6.1, packets 4 and 6): our direct bubble leaves from a port the
+            # peer has not heard of; the same nonce through its server lets it follow us there.
+            self.counters["client.bubble"] += 1
+            self._send(bubble, (int_to_ipv4(teredo_server(source)), TEREDO_PORT))
         if self.local is not None:
             self.local.probe(source, bubble, offered, now)  # a peer behind our NAT: over the LAN too
         return True
@@ -407,4 +451,5 @@ class ClientPeers:
             self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:
-        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats()}
+        symmetric = {} if self.symmetric is None else self.symmetric.stats()
+        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats(), **symmetric}

@@ -1,5 +1,5 @@
 """Teredo peers on our own side of the NAT: local discovery (RFC 4380 §5.2.8) and the
-Hairpinning Extension (RFC 6081 §4.3 trailer).
+Hairpinning Extension (RFC 6081 §5.6, with the §4.3 trailer).
 
 Two clients behind one NAT cannot reach each other through their mapped addresses unless
 the NAT hairpins. They can over the LAN, if each learns the other's local address:

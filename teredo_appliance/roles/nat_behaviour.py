@@ -34,3 +34,16 @@ def classify(local_port: int | None, primary_port: int, secondary_port: int) -> 
     step = (secondary_port - primary_port) & 0xFFFF
     sequential = 0 < step <= SEQUENTIAL_MAX_STEP
     return NatBehaviour(preserving, sequential, step if sequential else None)
+
+
+def describe(special: dict[str, object]) -> str:
+    """One line in the spirit of netsh's "NAT Special Behaviour": UPnP with its external
+    mapping, port-preserving, sequential, hairpinning used, local peers (None: not known)."""
+
+    def word(value: object) -> str:
+        return "unknown" if value is None else "yes" if value is True else "no" if value is False else str(value)
+
+    upnp = f"yes ({special['upnp_mapping']})" if special.get("upnp_mapping") else word(special.get("upnp"))
+    return (f"UPnP: {upnp}, PortPreserving: {word(special.get('port_preserving'))}, "
+            f"Sequential: {word(special.get('sequential'))}, Hairpinning used: {word(special.get('hairpinning'))}, "
+            f"Local peers: {word(special.get('local_peers'))}")
