@@ -39,7 +39,7 @@ from teredo_appliance.privileges import privileges_dropped
 from teredo_appliance.sshserver import MAX_SESSIONS, ConsoleSSHFactory, fingerprint
 
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -190,7 +190,7 @@ class ConsoleSession(TerminalSession):
 class ConsoleRealm(TerminalRealm):
     sessionFactory = ConsoleSession
 
-    def __init__(self, appliance: Appliance, counters: Counter[str] | None = None) -> None:
+    def __init__(self, appliance: ApplianceView, counters: Counter[str] | None = None) -> None:
         super().__init__()
         self.chainedProtocolFactory = partial(ConsoleTerminal, ConsoleManhole, appliance,
                                               Counter() if counters is None else counters)
@@ -199,7 +199,7 @@ class ConsoleRealm(TerminalRealm):
 class ManholeService(Service):
     """Listens for console logins; already open sessions outlive a stop (see stopService)."""
 
-    def __init__(self, config: ManholeConfig, appliance: Appliance, reactor: Any = None,
+    def __init__(self, config: ManholeConfig, appliance: ApplianceView, reactor: Any = None,
                  host_key: keys.Key | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor

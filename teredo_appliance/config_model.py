@@ -7,13 +7,14 @@ reload can diff them section by section.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from ipaddress import IPv4Address, IPv6Network
+from typing import Any
 
-TEREDO_PORT = 3544  # RFC 4380 §4: the IANA-assigned Teredo UDP port
-DEFAULT_PREFIX = IPv6Network("2001::/32")  # RFC 4380 §2.6
+from teredo_appliance.wire.constants import DEFAULT_PREFIX, MIN_MTU, TEREDO_PORT
+
 GLOBAL_UNICAST = IPv6Network("2000::/3")  # RFC 4291 §2.4, RFC 3587: what a relay serves by default
-TEREDO_MTU = 1280  # RFC 4380 §5.1.2
+TEREDO_MTU = MIN_MTU  # RFC 4380 §5.1.2
 ANY_IPV4 = IPv4Address("0.0.0.0")
 # Router Solicitations answered per source IPv4 address: a client sends one every 30 s
 # (RFC 4380 §5.2.7), so 20/s serves 600 clients behind one NAT address, while a forged
@@ -26,8 +27,6 @@ DEFAULT_RS_BURST = 40
 DEFAULT_DRAIN_GRACE = 3.0
 RTPROT_STATIC = 4  # include/uapi/linux/rtnetlink.h: what `ip route add` (and pyroute2) marks
 KERNEL_ROUTE_METRIC = 1024  # the kernel's default metric of an IPv6 route
-
-ROLE_NAMES = ("server", "relay", "client")
 
 
 @dataclass(frozen=True)
@@ -84,15 +83,36 @@ class ClientConfig:
     extensions: ClientExtensions = ClientExtensions()
 
 
-@dataclass(frozen=True)
 class RolesConfig:
-    server: ServerConfig | None = None
-    relay: RelayConfig | None = None
-    client: ClientConfig | None = None
+    """The enabled roles' frozen configs by role name, in start order (the loader adds them in
+    the order of the role plugins). `roles.client` is the client's config, None if disabled;
+    any role plugin's name works the same way."""
 
-    def enabled(self) -> dict[str, ServerConfig | RelayConfig | ClientConfig]:
-        """The configured roles by name, in a stable order."""
-        return {name: getattr(self, name) for name in ROLE_NAMES if getattr(self, name) is not None}
+    __slots__ = ("_sections",)
+
+    def __init__(self, **sections: Any) -> None:
+        object.__setattr__(self, "_sections", {name: s for name, s in sections.items() if s is not None})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._sections.get(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RolesConfig) and self._sections == other._sections
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._sections.items()))
+
+    def __repr__(self) -> str:
+        return f"RolesConfig({', '.join(f'{name}={section!r}' for name, section in self._sections.items())})"
+
+    def enabled(self) -> dict[str, Any]:
+        """The configured roles by name, in start order."""
+        return dict(self._sections)
 
 
 @dataclass(frozen=True)

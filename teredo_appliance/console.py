@@ -27,10 +27,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from teredo_appliance.config_model import ROLE_NAMES
-
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 ACRONYMS = {"nat": "NAT", "mtu": "MTU", "ip": "IP", "ipv4": "IPv4", "ipv6": "IPv6", "tun": "TUN",
             "udp": "UDP", "ra": "RA", "rs": "RS", "ssh": "SSH", "id": "ID"}
@@ -136,8 +134,8 @@ def render_peers(table: Mapping[str, Any], show_all: str = "peers({role!r}, limi
 def render_summary(result: Mapping[str, list[str]]) -> str:
     """The reload summary, one outcome per line; several errors line up under each other."""
     lines = []
-    for key in ("started", "stopped", "restarted", "unchanged", "restored", "errors"):
-        if key == "restored" and not result.get(key):
+    for key in ("started", "stopped", "restarted", "reconfigured", "unchanged", "restored", "errors"):
+        if key in ("reconfigured", "restored") and not result.get(key):
             continue
         values = result.get(key) or ["-"]
         separator = "\n" + " " * 12 if key == "errors" else ", "
@@ -147,8 +145,9 @@ def render_summary(result: Mapping[str, list[str]]) -> str:
 
 def render_check(result: Mapping[str, list[str]]) -> str:
     """The dry run's answer: the actions first, then one line per change, warning and error."""
-    lines = [f"{'would ' + key if key in ('start', 'stop', 'restart') else key:<13}: {', '.join(result[key]) or '-'}"
-             for key in ("start", "stop", "restart", "unchanged")]
+    actions = ("start", "stop", "restart", "reconfigure")
+    lines = [f"{'would ' + key if key in actions else key:<13}: {', '.join(result.get(key, [])) or '-'}"
+             for key in (*actions, "unchanged") if key != "reconfigure" or result.get(key)]
     for key in ("changes", "warnings", "errors"):
         lines += [f"{key:<13}: {result[key][0] if result[key] else '-'}"]
         lines += [" " * 15 + line for line in result[key][1:]]
@@ -182,7 +181,7 @@ class ConsoleManhole(ColoredManhole):
 
     log = Logger()
 
-    def __init__(self, appliance: Appliance, counters: Counter[str] | None = None) -> None:
+    def __init__(self, appliance: ApplianceView, counters: Counter[str] | None = None) -> None:
         super().__init__()
         self.appliance = appliance
         self.counters: Counter[str] = Counter() if counters is None else counters
@@ -351,7 +350,7 @@ class ConsoleManhole(ColoredManhole):
 
     def peers(self, role: str | None = None, limit: int = PEER_ROWS) -> None:
         """The peer table of one role, or of every running role."""
-        roles = [role] if role is not None else [r for r in ROLE_NAMES if r in self.appliance.namedServices]
+        roles = [role] if role is not None else list(self.appliance.roles())
         for name in roles:
             try:
                 self.say(render_peers(self.appliance.peers(name, limit if limit > 0 else None)))

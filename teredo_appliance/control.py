@@ -42,7 +42,7 @@ from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ControlConfig
 
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -72,7 +72,7 @@ def refusal(error: str, errors: list[str] | None = None) -> Answer:
 class ControlCommands:
     """The commands, over the appliance's narrow interface (status, peers, reload, config)."""
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         self.appliance = appliance
 
     def handle(self, line: bytes) -> Answer | Deferred[Answer]:
@@ -136,7 +136,7 @@ class ControlCommands:
     def _reloaded(summary: dict[str, list[str]]) -> Answer:
         errors = list(summary.get("errors", []))
         answer: Answer = {"ok": not errors, "result": summary, "errors": errors}
-        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted")):
+        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted", "reconfigured")):
             answer["error"] = "reload refused; the running configuration is unchanged"
         elif errors:
             answer["error"] = "reload partly failed; the summary says what runs now"
@@ -257,7 +257,7 @@ def remove_stale_socket(path: str) -> None:
 class ControlService(Service):
     """Listens on the control socket; `owner` is (uid, gid) twistd will drop to, or Nones."""
 
-    def __init__(self, config: ControlConfig, appliance: Appliance, reactor: Any = None,
+    def __init__(self, config: ControlConfig, appliance: ApplianceView, reactor: Any = None,
                  owner: tuple[int | None, int | None] = (None, None)) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor

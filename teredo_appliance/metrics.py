@@ -22,13 +22,14 @@ from twisted.web.server import Site
 
 import teredo_appliance
 from teredo_appliance.config import ConfigError
-from teredo_appliance.config_model import ROLE_NAMES, MetricsConfig
+from teredo_appliance.config_model import MetricsConfig
 from teredo_appliance.endpoints import listen_at_once
+from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -36,7 +37,7 @@ log = Logger()
 class ApplianceCollector:
     """Reads the running appliance at scrape time; registered in a registry of its own."""
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         self.appliance = appliance
 
     def collect(self) -> Iterator[Metric]:
@@ -56,21 +57,24 @@ class ApplianceCollector:
         drained = GaugeMetricFamily("teredo_drained", "1 once a role drained on request (grace over)",
                                     labels=["role"])
         configured = self.appliance.config.roles.enabled()
-        for name in ROLE_NAMES:
-            service: Any = self.appliance.namedServices.get(name)
+        running = self.appliance.roles()
+        for name in role_names():
+            service: Any = running.get(name)
             if service is None:
                 if name in configured:
                     up.add_metric([name], 0)
                 continue
             up.add_metric([name], 1 if service.running else 0)
-            counters = service.counters
-            for event, count in counters.events().items():
-                events.add_metric([name, event], count)
-            for reason, count in counters.drops().items():
-                drops.add_metric([name, reason], count)
-            for direction, count in counters.traffic().items():
-                traffic.add_metric([name, direction], count)
-            peers.add_metric([name], service.peer_count())
+            counters = getattr(service, "counters", None)  # a third party's role may count nothing
+            if counters is not None:
+                for event, count in counters.events().items():
+                    events.add_metric([name, event], count)
+                for reason, count in counters.drops().items():
+                    drops.add_metric([name, reason], count)
+                for direction, count in counters.traffic().items():
+                    traffic.add_metric([name, direction], count)
+            if hasattr(service, "peer_count"):
+                peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
                 nat.add_metric([], {key: _label(value) for key, value in service.nat_report().items()})
@@ -92,7 +96,7 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def make_registry(appliance: Appliance) -> CollectorRegistry:
+def make_registry(appliance: ApplianceView) -> CollectorRegistry:
     """The appliance's metrics plus this process's CPU, memory and descriptors."""
     registry = CollectorRegistry()
     registry.register(ApplianceCollector(appliance))
@@ -112,7 +116,7 @@ class QuietSite(Site):
 class MetricsService(Service):
     """Serves /metrics on the `listen` endpoint."""
 
-    def __init__(self, config: MetricsConfig, appliance: Appliance, reactor: Any = None) -> None:
+    def __init__(self, config: MetricsConfig, appliance: ApplianceView, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 

@@ -408,13 +408,24 @@ class PeerTable:
             for peer in islice(recent, limit)
         ]
 
+    def resize(self, max_peers: int) -> None:
+        """A new bound (a reloaded max_peers); a smaller one evicts as a full table would."""
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, not {max_peers}")
+        self.max_peers = max_peers
+        while len(self) > max_peers:
+            self._evict()
+
     def _new(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
         if len(self) >= self.max_peers:
-            # Spent first, then least recently heard from untrusted, then trusted (module docstring).
-            victims = self._spent or self._untrusted or self._trusted
-            self._remove(next(iter(victims.values())))
-            self.evicted += 1
+            self._evict()
         return Peer(addr, mapping, now)
+
+    def _evict(self) -> None:
+        """Spent first, then least recently heard from untrusted, then trusted (module docstring)."""
+        victims = self._spent or self._untrusted or self._trusted
+        self._remove(next(iter(victims.values())))
+        self.evicted += 1
 
     def _remove(self, peer: Peer) -> None:
         if peer.trusted:

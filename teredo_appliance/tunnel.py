@@ -38,11 +38,10 @@ from zope.interface import implementer
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
+from teredo_appliance.wire.constants import IFNAMSIZ, IPV6_HEADER_LENGTH
 
 __all__ = ["LinkError", "Tunnel"]
 
-IPV6_HEADER_LEN = 40  # RFC 8200 §3
-IFNAMSIZ = 16  # include/uapi/linux/if.h, including the terminating NUL
 # Read buffer: the largest MTU a TUN accepts, so a packet is never truncated even if an operator
 # raises the MTU behind our back; reading into a 64 KiB buffer costs no more than into 1280 bytes.
 READ_SIZE = 65535
@@ -65,7 +64,7 @@ class _IPv6Packets(AbstractDatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
         self.counters[TUN_IN] += len(datagram)
-        if len(datagram) < IPV6_HEADER_LEN:
+        if len(datagram) < IPV6_HEADER_LENGTH:
             self.counters.drop("tun.short")
         elif datagram[0] >> 4 != 6:
             self.counters.drop("tun.not_ipv6")

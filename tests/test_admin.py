@@ -319,8 +319,8 @@ class SessionTests(SynchronousTestCase):
         _, channel, _ = self.open_console(make_config(server=SERVER, relay=RELAY_BIGGER))
         channel.transport.write(b"reload()\r")
         del channel.output[:]
-        channel.transport.write(b"config.roles.relay.max_peers\r")
-        self.assertIn("\n10\n", plain(bytes(channel.output)))
+        channel.transport.write(b"config.roles.relay.mtu\r")
+        self.assertIn("\n1400\n", plain(bytes(channel.output)))
 
     def test_exit_ends_the_session_instead_of_the_daemon(self) -> None:
         _, channel, _ = self.open_console()

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import anycast, checks, topology
-from teredo_appliance.lab.lab import Lab
 from teredo_appliance.teredoctl import ask
+from teredo_lab import anycast, checks, topology
+from teredo_lab.lab import Lab
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 
 NETWORK = topology.teredo_network(anycast.SERVER_ANYCAST[0])

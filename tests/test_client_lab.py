@@ -12,9 +12,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab
-from teredo_appliance.lab.scenario import Scenario, client_section, scenario_lab, server_section
+from teredo_lab import checks, topology
+from teredo_lab.lab import MIREDO, OURS, Lab
+from teredo_lab.scenario import Scenario, client_section, scenario_lab, server_section
 from tests.labsupport import ScenarioChecks, scenario_skip_reason, skip_unless_lab
 
 FIRST_NETWORK = topology.teredo_network(topology.SERVER_ADDRESS)
@@ -172,3 +172,40 @@ class Failover(unittest.TestCase):
         print(f"back on the first server {time.monotonic() - restarted:.1f} s after it restarted")
         ok, detail = checks.ping(lab, "client1", topology.IPV6_HOST)
         self.assertTrue(ok, with_logs(lab, f"back on the first server: {detail}"))
+
+
+class LiveReconfiguration(unittest.TestCase):
+    def test_a_new_refresh_interval_keeps_the_address_the_tun_and_the_path(self) -> None:
+        """Our client qualified through Miredo; refresh_interval edited, SIGHUP: reconfigured in
+        place, with the same Teredo address on the same TUN device, still reaching the IPv6 host."""
+        scenario = Scenario(server=MIREDO, relay=MIREDO, client=OURS)
+        skip_unless_lab(scenario_skip_reason(scenario))
+        lab = Lab(scenario.options)
+        lab.up()
+        self.addCleanup(lab.down)
+        for spec in scenario.infrastructure():
+            lab.start_daemon(spec.name, spec.impl, spec.node, spec.roles)
+            lab.wait_ready(spec.name)
+        lab.start_daemon("ours", OURS, "client1", {"client": dict(client_section(), refresh_interval=30)})
+        before = checks.wait_teredo_address(lab, "client1", FIRST_NETWORK)
+        self.assertIsNotNone(before, with_logs(lab, "client1 did not qualify"))
+        ifindex = self.ifindex(lab)
+
+        lab.write_config("ours", {"client": dict(client_section(), refresh_interval=10)})
+        lab.signal_daemon("ours")
+        wait_for("the reload is reported", lambda: "reload of " in lab.read_log("ours"), 10)
+        log = lab.read_log("ours")
+        self.assertIn("reconfigured ['client']", log, with_logs(lab, "not reconfigured in place"))
+        self.assertIn("restarted []", log)
+        self.assertEqual(checks.wait_teredo_address(lab, "client1", FIRST_NETWORK, timeout=0), before)
+        self.assertEqual(self.ifindex(lab), ifindex, "the TUN device was recreated")
+        ok, detail = checks.ping(lab, "client1", topology.IPV6_HOST)
+        self.assertTrue(ok, with_logs(lab, detail))
+        time.sleep(11)  # one new refresh interval: the binding is refreshed, the address kept
+        self.assertEqual(checks.wait_teredo_address(lab, "client1", FIRST_NETWORK, timeout=0), before)
+        self.assertEqual(self.ifindex(lab), ifindex)
+
+    @staticmethod
+    def ifindex(lab: Lab) -> int:
+        path = f"/sys/class/net/{topology.CLIENT_INTERFACE}/ifindex"
+        return int(lab.run("client1", ["cat", path]).stdout)

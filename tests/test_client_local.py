@@ -10,17 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.roles.client_local import (
-    ALL_NODES,
     DISCOVERY_ACCEPT_PER_SECOND,
-    DISCOVERY_ADDRESS,
     DISCOVERY_INTERVAL,
+    DISCOVERY_PORT,
     LOCAL_PEER_LIFETIME,
     LocalPeers,
 )
-from teredo_appliance.roles.client_peers import ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.constants import ALL_NODES, DISCOVERY_ADDRESS
 from teredo_appliance.wire.ipv6 import NEXT_HEADER_NONE, build_packet, parse_header
 from teredo_appliance.wire.teredo import build_bubble, origin_indication, parse_datagram
 from teredo_appliance.wire.trailers import AlternateAddressTrailer, parse_trailers
@@ -34,7 +34,7 @@ ADDRESS = {
     for name, (ip, port) in MAPPED.items()
 }
 ELSEWHERE = TeredoAddress(ipv4_to_int(SERVER[0]), 0x0400, 50003, ipv4_to_int("198.18.0.200")).pack()  # other NAT
-MULTICAST = (DISCOVERY_ADDRESS, 3544)
+MULTICAST = (DISCOVERY_ADDRESS, DISCOVERY_PORT)
 
 
 def on_lan(ip: int) -> bool:

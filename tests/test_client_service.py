@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
@@ -16,7 +17,7 @@ from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.console import render_status
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
-from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
+from teredo_appliance.roles.client_machine import QUALIFICATION_TIMEOUT
 from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
@@ -260,6 +261,39 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertNotIn("ADDRESS", down)
         self.assertEqual(down["OLD_ADDRESS"], address)
         self.assertEqual({path for path, _ in self.reactor.spawned}, {"/etc/teredo/client-hook"})
+
+    def test_reconfigure_in_place_keeps_the_tunnel_and_the_qualification(self) -> None:
+        """refresh_interval, fallback_servers and hook change live: same TUN, same address, and
+        the next change of state runs the new hook."""
+        service = self.service(hook="/etc/teredo/old-hook")
+        self.qualify(service)
+        self.reactor.advance(0)
+        tunnel, address, calls = service.tunnel, service.status()["address"], list(self.calls)
+        new = dataclasses.replace(service.config, refresh_interval=10.0, fallback_servers=(SERVER2,),
+                                  hook="/etc/teredo/new-hook")
+        self.assertTrue(service.reconfigurable(new))
+        service.reconfigure(new)
+        self.assertIs(service.tunnel, tunnel)
+        self.assertEqual((service.status()["address"], service.status()["refresh_interval"]), (address, 10.0))
+        self.assertEqual(self.calls, calls)  # the TUN was not touched
+        self.sent(service)
+        self.reactor.advance(10)  # the new interval, not the old 30 s
+        self.assertEqual({to for _, to in self.sent(service)}, {(SERVER, 3544)})
+        d = service.stopService()
+        self.reactor.pump([0] * 3)
+        self.successResultOf(d)
+        self.assertEqual([(path, env["STATE"]) for path, env in self.reactor.spawned],
+                         [("/etc/teredo/old-hook", "up"), ("/etc/teredo/new-hook", "down"),
+                          ("/etc/teredo/new-hook", "destroy")])
+
+    def test_a_hook_removed_live_runs_no_more(self) -> None:
+        service = self.service(hook="/etc/teredo/old-hook")
+        self.qualify(service)
+        service.reconfigure(dataclasses.replace(service.config, hook=None))
+        d = service.stopService()
+        self.reactor.pump([0] * 3)
+        self.successResultOf(d)
+        self.assertEqual([env["STATE"] for _, env in self.reactor.spawned], ["up"])
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=160), st.sampled_from([(SERVER, 3544), (SERVER2, 3544), ("198.18.0.10", 3544)]))

@@ -1,4 +1,4 @@
-"""roles/client_symmetric.py and its hooks in client_peers: RFC 6081 §5.2 Symmetric NAT Support.
+"""roles/client_symmetric.py and its hooks in client_datapath: RFC 6081 §5.2 Symmetric NAT Support.
 
 Two of our clients, a Teredo server that relays indirect bubbles, and NATs modelled on what
 the RFC's §3.1 distinguishes: a port-symmetric NAT (a new port per destination, replies
@@ -12,7 +12,7 @@ from collections import deque
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.roles.client_peers import ClientPeers
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.roles.client_symmetric import NONCE_LIFETIME, SymmetricNat
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int, teredo_mapping

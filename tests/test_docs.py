@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from teredo_appliance import config, config_model, sshserver
+from teredo_appliance.plugin import role_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = (ROOT / "man" / "twistd-teredo.8", ROOT / "man" / "teredo.yaml.5", ROOT / "man" / "teredoctl.8")
@@ -43,8 +44,8 @@ class ManualPageTests(SynchronousTestCase):
 
     def test_every_key_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
-        sections = (config_model.ServerConfig, config_model.RelayConfig, config_model.ClientConfig,
-                    config_model.ClientExtensions, config_model.ManholeConfig, config_model.LogConfig,
+        roles = tuple(role.schema.config_class for role in role_plugins().values())
+        sections = (*roles, config_model.ClientExtensions, config_model.ManholeConfig, config_model.LogConfig,
                     config_model.ControlConfig, config_model.MetricsConfig)
         for section in sections:
             for field in dataclasses.fields(section):
@@ -83,6 +84,7 @@ class SystemdUnitTests(SynchronousTestCase):
         limit = int(next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")))
         # The console's worst case (every waiting login at its cap, every session) is a small share.
         self.assertGreaterEqual(limit, 16 * (config.MAX_UNAUTHENTICATED + sshserver.MAX_SESSIONS))
+
 
 class BirdSampleTests(SynchronousTestCase):
     def test_sample_bird_configs_parse_and_carry_what_scaling_out_needs(self) -> None:

@@ -1,6 +1,6 @@
 """Faults injected into a running lab: a reload that cannot apply, a TUN removed from outside.
 
-Each test builds its own namespaces (teredo_appliance.lab), starts our server, relay and
+Each test builds its own namespaces (teredo_lab), starts our server, relay and
 two clients, breaks something the way an operator or another program would, and checks
 that traffic from the native IPv6 host to a Teredo client comes back.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import OURS, Lab
-from teredo_appliance.lab.scenario import Scenario, ours_missing, relay_section, start
+from teredo_lab import checks, topology
+from teredo_lab.lab import OURS, Lab
+from teredo_lab.scenario import Scenario, ours_missing, relay_section, start
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 from tests.test_tap import TWISTD
 

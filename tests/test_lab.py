@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import os
@@ -18,9 +19,10 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import cli, configs, preflight, scenario, state, tcpxfer, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, client_section, relay_section, server_section
+from teredo_appliance.plugin import role_plugins
+from teredo_lab import cli, configs, preflight, scenario, state, tcpxfer, topology
+from teredo_lab.lab import MIREDO, OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, client_section, relay_section, server_section
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
@@ -43,7 +45,7 @@ class PlanTests(unittest.SynchronousTestCase):
                         name = words[words.index(keyword) + 1]
                         if not name[0].isdigit():
                             self.assertTrue(name.startswith("tl1234-"), line)
-                            self.assertLessEqual(len(name), topology.IFNAMSIZ, line)
+                            self.assertLess(len(name), topology.IFNAMSIZ, line)
 
     def test_too_long_prefix_is_refused(self) -> None:
         self.assertRaises(ValueError, topology.build_plan, "tl123456789", topology.Options())
@@ -173,8 +175,10 @@ class RootOnlyTests(unittest.SynchronousTestCase):
 
 class OursMissingTests(unittest.SynchronousTestCase):
     def test_a_role_without_its_service_class_is_named(self) -> None:
-        self.patch(scenario, "ROLE_CLASSES", {"server": "NoSuchService"})
-        self.assertEqual(scenario.ours_missing({"server"}), "teredo_appliance.roles.server has no NoSuchService yet")
+        broken = dataclasses.replace(role_plugins()["server"], service="teredo_appliance.roles.server.NoSuchService")
+        self.patch(scenario, "role_plugins", lambda: {"server": broken})
+        self.assertIn("the server role's service cannot be loaded", scenario.ours_missing({"server"}))
+        self.assertEqual(scenario.ours_missing({"relay"}), "no role plugin provides 'relay'")
         self.assertIsNone(scenario.ours_missing(set()))
 
 
@@ -320,7 +324,7 @@ class CrashTeardownTests(unittest.TestCase):
 
     def cli(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        return subprocess.Popen([sys.executable, "-m", "teredo_appliance.lab.cli", *args], env=env, **popen)
+        return subprocess.Popen([sys.executable, "-m", "teredo_lab.cli", *args], env=env, **popen)
 
     def test_down_after_sigkill(self) -> None:
         prefix = f"{state.PREFIX_TAG}{secrets.token_hex(2)}"

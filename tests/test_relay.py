@@ -26,8 +26,9 @@ from twisted.trial import unittest
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import LinkError
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, IDLE_TIMEOUT, QUEUE_BYTES
+from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
 from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
-from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
+from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import REPAIR_RETRY
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int

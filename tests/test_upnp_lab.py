@@ -19,9 +19,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import igd, state, stun, topology
-from teredo_appliance.lab.lab import OURS, Lab
-from teredo_appliance.lab.scenario import Scenario
+from teredo_lab import igd, state, stun, topology
+from teredo_lab.lab import OURS, Lab
+from teredo_lab.scenario import Scenario
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 DRIVER = str(Path(__file__).with_name("upnp_driver.py"))

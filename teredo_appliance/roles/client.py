@@ -1,7 +1,7 @@
 """The client role as a Twisted service: UDP port, TUN, resolver, netlink watch, hook, one timer.
 
-Decisions live in `client_qualify` (qualification, NAT type, refresh, failover) and
-`client_peers` (the data path); this module wires them to the reactor. What it puts on
+Decisions live in `client_machine` (qualification, NAT type, refresh, failover) and
+`client_datapath` (the data path); this module wires them to the reactor. What it puts on
 the TUN once qualified is what Miredo's client does: the Teredo address /32, the
 link-local fe80::ffff:ffff:ffff/64 and a default route of metric 1029, so that any
 native IPv6 default route wins. All of it goes when connectivity is lost or on stop.
@@ -15,20 +15,22 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel
 
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.netwatch import NetWatch
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.roles.client_lan import LanEdge
 from teredo_appliance.roles.client_local import LocalPeers
-from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
-from teredo_appliance.roles.client_qualify import NAT_SYMMETRIC, Qualification, Qualifier
+from teredo_appliance.roles.client_machine import NAT_SYMMETRIC, Qualification, Qualifier
 from teredo_appliance.roles.nat_behaviour import describe as describe_nat_special
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
 
@@ -73,7 +75,8 @@ class ClientService(TunneledRole):
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
-            local_address=self._local, local_port=lambda: self.bound_port, counters=self.counters, rng=rng,
+            log=self._machine_log, local_address=self._local, local_port=lambda: self.bound_port,
+            counters=self.counters, rng=rng,
         )
         self.local = LocalPeers(self.udp.send, self.counters, discovery=config.local_discovery,
                                 hairpinning=config.extensions.hairpinning, on_link=self._on_link, rng=rng)
@@ -85,12 +88,35 @@ class ClientService(TunneledRole):
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
-        self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
+        self._retired_hook: Hook | None = None  # a hook removed by a reload, maybe still running
+        self._server: tuple[str, int] | None = None  # our server's (ip, TEREDO_PORT) once qualified
         self._route = False
         self._port_mapper = port_mapper or self._igd_mapping
         self.upnp: PortMapper | None = None
 
     # -- packets ---------------------------------------------------------------------------
+
+    def _machine_log(self, level: str, format: str, **fields: Any) -> None:
+        """The machine's log events, into this service's logger (its namespace, its level)."""
+        self.log.emit(LogLevel.levelWithName(level), format, **fields)
+
+    def reconfigurable(self, config: ClientConfig) -> bool:
+        return self.qualifier.can_reconfigure(config)
+
+    def reconfigure(self, config: ClientConfig) -> None:
+        """refresh_interval and fallback_servers go to the qualifier; a new hook script runs
+        from the next change of state on, after the runs already queued (still one at a time)."""
+        if config.hook != self.config.hook:
+            if config.hook is None:
+                self._retired_hook, self.hook = self.hook, None  # stop still waits for its runs
+            elif self.hook is None:
+                self.hook = Hook(config.hook, self.reactor)
+            else:
+                self.hook.path = config.hook
+        self.qualifier.reconfigure(config, self._seconds())
+        super().reconfigure(config)
+        if self.running:
+            self._reschedule()
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         now = self._seconds()
@@ -132,7 +158,7 @@ class ClientService(TunneledRole):
             self._configure([], route=False)
             self._run_hook("down", None)
             return
-        self._server = (int_to_ipv4(qualification.server), 3544)
+        self._server = (int_to_ipv4(qualification.server), TEREDO_PORT)
         self.data.attach(qualification.address, qualification.server,
                          behind_symmetric=qualification.nat_type == NAT_SYMMETRIC)
         local = self._local(qualification.server)
@@ -251,7 +277,7 @@ class ClientService(TunneledRole):
         return super().stopService()
 
     def _closing(self) -> list[Deferred[Any]]:
-        waits = [] if self.hook is None else [self.hook.wait()]
+        waits = [hook.wait() for hook in (self.hook, self._retired_hook) if hook is not None]
         if self.lan is not None and (closed := self.lan.stop()) is not None:
             waits.append(closed)
         if self.upnp is not None:

@@ -18,9 +18,10 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from teredo_appliance.roles.client_local import DISCOVERY_ADDRESS, DISCOVERY_PORT, DISCOVERY_TTL
+from teredo_appliance.roles.client_local import DISCOVERY_PORT, DISCOVERY_TTL
 from teredo_appliance.roles.udp import TeredoUDP
 from teredo_appliance.stats import Counters
+from teredo_appliance.wire.constants import DISCOVERY_ADDRESS
 
 IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux <linux/in.h>
 

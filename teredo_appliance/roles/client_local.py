@@ -30,16 +30,15 @@ from teredo_appliance.peers import Mapping, Pacing
 from teredo_appliance.ratelimit import PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, teredo_mapping
+from teredo_appliance.wire.constants import ALL_NODES, DISCOVERY_ADDRESS, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import NEXT_HEADER_NONE, build_packet
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 from teredo_appliance.wire.trailers import ALTERNATE_ADDRESS_MAX_ENTRIES, AlternateAddressTrailer, parse_trailers
 
-DISCOVERY_ADDRESS = "224.0.0.253"  # RFC 4380 §2.16: the Teredo IPv4 Discovery Address
-DISCOVERY_PORT = 3544  # RFC 4380 §5.2.8: "the Teredo UDP port"
+DISCOVERY_PORT = TEREDO_PORT  # RFC 4380 §5.2.8: "the Teredo UDP port"
 DISCOVERY_TTL = 1  # RFC 4380 §5.2.8: link only
 DISCOVERY_HOP_LIMIT = 1  # RFC 4380 §5.2.8: IPv6 hop limit of a local discovery bubble
-ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")  # RFC 4380 §5.2.8: destination
 DISCOVERY_INTERVAL = (200.0, 300.0)  # RFC 4380 §5.2.8: uniformly distributed
 LOCAL_PEER_LIFETIME = 600.0  # RFC 4380 §5.2.4 case 3: discovered "in the last 600 seconds"
 # Our own limits (the RFC sets none): one multicast bubble a second at most, however many

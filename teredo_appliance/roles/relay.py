@@ -90,6 +90,11 @@ class RelayService(TunneledRole):
             installed=lambda: self.tunnel.has_route(config.prefix), clock=self.reactor,
         )
 
+    def reconfigure(self, config: RelayConfig) -> None:
+        """max_peers applies in place: the table keeps its peers, or its most useful ones."""
+        self.machine.peers.resize(config.max_peers)
+        super().reconfigure(config)
+
     def _link_addresses(self, announced: bool) -> list[IPv4Interface | IPv6Interface]:
         """The TUN's addresses: its link-local, and the shared anycast address while announced.
 

@@ -22,7 +22,7 @@ from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
 from teredo_appliance.roles.udp import TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
-from teredo_appliance.wire.nd import TEREDO_PORT
+from teredo_appliance.wire.constants import TEREDO_PORT
 
 LOOPBACK = "lo"  # where anycast service addresses live: local on every interface, announced by `direct`
 

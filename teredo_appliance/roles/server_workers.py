@@ -34,7 +34,8 @@ from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server import ServerService
 from teredo_appliance.roles.server_machine import ANSWERED_RS
 from teredo_appliance.stats import Counters
-from teredo_appliance.wire.nd import TEREDO_PORT, teredo_prefix64
+from teredo_appliance.wire.constants import TEREDO_PORT
+from teredo_appliance.wire.nd import teredo_prefix64
 
 REPORT_INTERVAL = 0.5  # seconds between a worker's counter reports
 RESTART_DELAY, RESTART_DELAY_MAX = 1.0, 30.0  # backoff of a worker that keeps dying

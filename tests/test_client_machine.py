@@ -1,18 +1,19 @@
-"""roles/client_qualify.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
+"""roles/client_machine.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.config_model import ClientConfig, ClientExtensions
-from teredo_appliance.roles.client_qualify import (
+from teredo_appliance.roles.client_failover import RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN
+from teredo_appliance.roles.client_machine import (
     CONE_PROBE_QUIET,
     FAILOVER_CHECK_INTERVAL,
     NAT_CONE,
@@ -24,10 +25,9 @@ from teredo_appliance.roles.client_qualify import (
     QUALIFICATION_TIMEOUT,
     QUALIFIED,
     RESOLVE_TIMEOUT,
-    RETRY_BACKOFF_MAX,
-    RETRY_BACKOFF_MIN,
     Qualification,
     Qualifier,
+    RSKind,
 )
 from teredo_appliance.wire.address import FLAG_RANDOM_MASK, TEREDO_PREFIX, TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
@@ -80,9 +80,11 @@ class Harness:
         self.changes: list[Qualification | None] = []
         self.local: int | None = ipv4_to_int("198.19.0.2")
         self.now = 0.0
+        self.logged: list[tuple[str, str, dict[str, object]]] = []
         self.q = Qualifier(
             self.config, lambda p, ip, port: self.sent.append((p, ip, port)), self.resolving.append,
             self.changes.append, local_address=lambda server: self.local, rng=random.Random(4380),
+            log=lambda level, format, **fields: self.logged.append((level, format, fields)),
         )
 
     def start(self) -> None:
@@ -177,7 +179,7 @@ class AcceptanceTests(SynchronousTestCase):
         vector = MIREDO["ra-with-auth-origin"]
         d = parse_datagram(vector.payload)
         assert d.auth is not None
-        self.h.q._main.nonces[d.auth.nonce] = "plain"  # type: ignore[union-attr]
+        self.h.q._main.round.nonces[d.auth.nonce] = RSKind.PLAIN  # type: ignore[union-attr]
         self.assertTrue(self.h.q.receive(d, *vector.source, self.h.now))
         self.assertEqual(self.h.q.counters.drops(), {})
         self.assertEqual(self.h.sent[-1][1:], (SERVER2, PORT))
@@ -336,14 +338,13 @@ class QualificationTests(SynchronousTestCase):
         nonce, _ = h.rs()
         h.answer(nonce)
         nonce, _ = h.rs()
-        with capturedLogs() as events:
-            h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
+        h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
         self.assertEqual(h.q.state, OFFLINE)
         self.assertEqual(h.q.nat_type, NAT_SYMMETRIC)
         self.assertIsNone(h.q.qualification)
         self.assertEqual(h.changes, [])
         self.assertEqual(h.q.status()["nat_type"], "symmetric")
-        self.assertTrue(any("NAT type: symmetric" in e["log_format"] for e in events))
+        self.assertTrue(any(level == "warn" and "NAT type: symmetric" in format for level, format, _ in h.logged))
         h.take()
         h.advance(RETRY_BACKOFF_MAX - 1)
         self.assertEqual(h.sent, [])
@@ -760,3 +761,56 @@ class RobustnessTests(SynchronousTestCase):
             except ParseError:
                 continue
             self.assertTrue(h.q.receive(datagram, SERVER, PORT, h.now))
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """refresh_interval and fallback_servers change in place: the qualification stays."""
+
+    def test_a_shorter_refresh_interval_is_heeded_at_once(self) -> None:
+        h = Harness(self, refresh_interval=100.0)
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.advance(10)
+        h.q.reconfigure(dataclasses.replace(h.config, refresh_interval=20.0), h.now)
+        h.advance(20)
+        self.assertEqual(h.rs()[1], SERVER)  # refreshed within the new interval, not at 100 s
+        self.assertEqual(h.q.qualification, qualification)
+        self.assertEqual(h.changes, [qualification])
+
+    def test_a_new_fallback_chain_is_used_on_the_next_failover(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.qualify()
+        h.take()
+        new = dataclasses.replace(h.config, fallback_servers=("198.18.0.5",))
+        self.assertTrue(h.q.can_reconfigure(new))
+        h.q.reconfigure(new, h.now)
+        self.assertEqual(h.q.state, QUALIFIED)
+        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)  # the first server went silent
+        self.assertEqual(h.rs()[1], FALLBACK)
+
+    def test_fallbacks_added_live_bring_the_failover_check_at_once(self) -> None:
+        """With somewhere to go, the server is checked every few seconds from the reload on,
+        and one unanswered check moves on, keeping the address meanwhile."""
+        h = Harness(self)  # the default refresh interval (30 s) and no fallback
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.q.reconfigure(dataclasses.replace(h.config, fallback_servers=("198.18.0.5",)), h.now)
+        h.advance(FAILOVER_CHECK_INTERVAL)
+        self.assertEqual([ip for _, ip, _ in h.take()], [SERVER])  # a check, not the 22.5-30 s refresh
+        h.advance(QUALIFICATION_TIMEOUT)
+        self.assertEqual(h.rs()[1], FALLBACK)  # one check left unanswered: the next server
+        self.assertEqual((h.q.state, h.q.qualification), (QUALIFIED, qualification))
+        self.assertEqual(h.changes, [qualification])
+
+    def test_the_chain_cannot_change_under_a_fallback_in_use(self) -> None:
+        h = Harness(self, fallback_servers=("198.18.0.5",))
+        h.start()
+        h.advance(3 * QUALIFICATION_TIMEOUT)
+        h.qualify(server=FALLBACK, secondary=FALLBACK2)
+        self.assertFalse(h.q.can_reconfigure(dataclasses.replace(h.config, fallback_servers=())))
+        self.assertTrue(h.q.can_reconfigure(dataclasses.replace(h.config, refresh_interval=10.0)))

@@ -7,11 +7,11 @@ import os
 import sys
 from dataclasses import replace
 
-from teredo_appliance.lab import anycast, state, topology
-from teredo_appliance.lab.demo import run_demo
-from teredo_appliance.lab.lab import IMPLS, MIREDO, Lab, LabError
-from teredo_appliance.lab.preflight import unavailable_reason
-from teredo_appliance.lab.scenario import Scenario, run_scenario, start
+from teredo_lab import anycast, state, topology
+from teredo_lab.demo import run_demo
+from teredo_lab.lab import IMPLS, MIREDO, Lab, LabError
+from teredo_lab.preflight import unavailable_reason
+from teredo_lab.scenario import Scenario, run_scenario, start
 
 
 def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -100,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         lab.down()
         raise
     print(f"lab {lab.prefix} is up; run directory {lab.rundir}")
-    for node in topology.nodes(options):
+    for node in anycast.NODES if options.anycast else topology.nodes(options):
         print(f"  {node:8} ip netns exec {lab.ns(node)} ...")
     for name, daemon in lab.daemons.items():
         print(f"  daemon {name} ({daemon.impl}) in {lab.ns(daemon.node)}: config {daemon.config}, log {daemon.log}")

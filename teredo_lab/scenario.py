@@ -7,7 +7,6 @@ server for failover, editing a daemon's yaml for reload).
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
-
-ROLE_CLASSES = {"server": "ServerService", "relay": "RelayService", "client": "ClientService"}
+from teredo_appliance.plugin import role_plugins
+from teredo_lab import checks, topology
+from teredo_lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
 
 
 @dataclass(frozen=True)
@@ -126,14 +124,14 @@ def client_section(fallback: bool = False) -> dict[str, Any]:
 
 def ours_missing(roles: set[str]) -> str | None:
     """Why our implementation of these roles cannot run yet, or None if it can."""
+    plugins = role_plugins()
     for role in sorted(roles):
-        module = f"teredo_appliance.roles.{role}"
+        if role not in plugins:
+            return f"no role plugin provides {role!r}"
         try:
-            found = getattr(importlib.import_module(module), ROLE_CLASSES[role], None)
-        except ImportError as e:
-            return f"{module} cannot be imported ({e})"
-        if found is None:
-            return f"{module} has no {ROLE_CLASSES[role]} yet"
+            plugins[role].load()
+        except (ImportError, AttributeError) as e:
+            return f"the {role} role's service cannot be loaded ({e})"
     return None
 
 

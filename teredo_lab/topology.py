@@ -14,12 +14,11 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
+from teredo_appliance.wire.constants import IFNAMSIZ, TEREDO_PORT
 
 INTERNET = ipaddress.IPv4Network("198.18.0.0/24")
 IPV6_NET = ipaddress.IPv6Network("2001:db8:1::/64")
 TEREDO_PREFIX = ipaddress.IPv6Network("2001::/32")
-TEREDO_PORT = 3544  # RFC 4380 §2.7: where Teredo servers wait for packets
 
 SERVER_ADDRESS = "198.18.0.1"
 SERVER_ADDRESS2 = "198.18.0.2"
@@ -113,10 +112,6 @@ def namespace_of(prefix: str, node: str, options: Options) -> str:
 
 def nodes(options: Options) -> list[str]:
     """Node names of a lab, the Internet first (everything else plugs into it)."""
-    if options.anycast:
-        from teredo_appliance.lab import anycast
-
-        return list(anycast.NODES)
     core = ["box"] if options.box else ["server", "relay"]
     extra = ["server2"] if options.second_server else []
     extra += ["hostile"] if options.hostile else []
@@ -181,10 +176,6 @@ def _plan_hostile(plan: Plan, ns: Callable[[str], str], plug: Callable[..., None
 
 def build_plan(prefix: str, options: Options) -> Plan:
     """Everything `up` does, as data, so it can be checked without root."""
-    if options.anycast:
-        from teredo_appliance.lab import anycast
-
-        return anycast.build_plan(prefix, options)
     plan = Plan()
 
     def ns(node: str) -> str:
@@ -192,8 +183,8 @@ def build_plan(prefix: str, options: Options) -> Plan:
 
     def ifname(tag: str) -> str:
         name = f"{prefix}-{tag}"
-        if len(name) > IFNAMSIZ:
-            raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ} bytes")
+        if len(name) >= IFNAMSIZ:
+            raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
         return name
 
     for node in nodes(options):

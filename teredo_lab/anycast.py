@@ -15,12 +15,33 @@ boxes by an address-only hash. Addresses: 198.18.0.0/15 and 2001:db8::/32 only.
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 import time
-from typing import Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
-from teredo_appliance.lab import bird, topology
-from teredo_appliance.lab.lab import Lab, LabError
 from teredo_appliance.teredoctl import Unreachable, ask
+from teredo_lab import bird, topology
+from teredo_lab.errors import LabError
+
+
+class Lab(Protocol):
+    """What the anycast scenario needs of teredo_lab.lab.Lab (which imports this module)."""
+
+    rundir: Path | None
+    daemons: dict[str, Any]
+
+    def run(self, node: str, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+    def background(self, node: str, argv: list[str]) -> AbstractContextManager[subprocess.Popen[str]]: ...
+
+    def start_service(self, name: str, node: str, argv: list[str]) -> Path: ...
+
+    def start_daemon(self, name: str, impl: str, node: str, roles: dict[str, dict[str, Any]]) -> Any: ...
+
+    def wait_ready(self, name: str) -> None: ...
+
 
 UPSTREAM_INET = "198.18.0.254"  # the upstream on the lab's Internet: the NATs' default router
 SERVER_ANYCAST = ("198.18.5.1", "198.18.5.2")
@@ -58,8 +79,8 @@ def build_plan(prefix: str, options: topology.Options) -> topology.Plan:
 
     def ifname(tag: str) -> str:
         name = f"{prefix}-{tag}"
-        if len(name) > topology.IFNAMSIZ:
-            raise ValueError(f"interface name {name!r} is longer than {topology.IFNAMSIZ} bytes")
+        if len(name.encode()) >= topology.IFNAMSIZ:
+            raise ValueError(f"interface name {name!r} is longer than {topology.IFNAMSIZ - 1} bytes")
         return name
 
     for node in NODES:
@@ -143,10 +164,16 @@ def client_roles() -> dict[str, dict[str, Any]]:
                        "interface": topology.CLIENT_INTERFACE}}
 
 
+def _rundir(lab: Lab) -> Path:
+    if lab.rundir is None:
+        raise LabError("the lab is not up")
+    return lab.rundir
+
+
 def start_bird(lab: Lab, node: str) -> None:
     """BIRD in the node's namespace, in the foreground with its own config, socket and pid
     file, recorded by the lab (stopped by PID at `down`)."""
-    rundir = lab._rundir()
+    rundir = _rundir(lab)
     conf = rundir / f"bird-{node}.conf"
     if node == "upstream":
         boxes = [(box, _host(n4, 2), _host(n6, 2)) for box, (n4, n6) in BOX_LINKS.items()]
@@ -160,7 +187,7 @@ def start_bird(lab: Lab, node: str) -> None:
 
 
 def bird_socket(lab: Lab, node: str) -> str:
-    return str(lab._rundir() / f"bird-{node}.ctl")
+    return str(_rundir(lab) / f"bird-{node}.ctl")
 
 
 def start(lab: Lab) -> None:

@@ -1,4 +1,4 @@
-"""roles/client_peers.py: bubbles, relay trust by echo, held and queued packets, bounds."""
+"""roles/client_datapath.py: bubbles, relay trust by echo, held and queued packets, bounds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
-from teredo_appliance.roles.client_peers import ICMP_ERRORS_PER_SECOND, ClientPeers
+from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -401,6 +402,7 @@ class IcmpRateTests(SynchronousTestCase):
             h.peers.from_tun(data(destination), h.now)
         h.advance(8)
         self.assertEqual(len(h.tun), ICMP_ERRORS_PER_SECOND)
+        self.assertEqual((h.counters["icmp.sent"], h.counters["icmp.rate-limited"]), (ICMP_ERRORS_PER_SECOND, 10))
 
 
 class RobustnessTests(SynchronousTestCase):

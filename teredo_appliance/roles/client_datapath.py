@@ -41,11 +41,12 @@ from collections.abc import Callable
 from typing import Any
 
 from teredo_appliance.peers import Mapping, Peer, PeerTable
-from teredo_appliance.ratelimit import PerSecond
+from teredo_appliance.ratelimit import IcmpErrorBudget
 from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.roles.client_symmetric import SymmetricNat
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -55,18 +56,14 @@ from teredo_appliance.wire.ipv6 import (
     UNREACHABLE_ADDRESS,
     build_echo,
     build_unreachable,
-    error_allowed,
     parse_echo,
     parse_header,
     quoted_packet,
 )
-from teredo_appliance.wire.nd import RS_SOURCE, TEREDO_PORT
 from teredo_appliance.wire.teredo import build_bubble, parse_datagram
 
-LINK_LOCAL = RS_SOURCE  # fe80::ffff:ffff:ffff, as Miredo's client (its LLADDRESS)
 MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
 ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
-ICMP_ERRORS_PER_SECOND = 10  # to the local stack, as Miredo
 TOUCH_GRANULARITY = 1.0  # refresh a busy peer's reception time at most once a second
 
 
@@ -97,7 +94,7 @@ class ClientPeers:
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
         self._server: Mapping = ("", 0)
-        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._icmp = IcmpErrorBudget(self.counters)
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
@@ -450,7 +447,7 @@ class ClientPeers:
             header = parse_header(newest)
         except ParseError:
             return
-        if error_allowed(newest, header) and self._icmp_rate.allow(now):
+        if self._icmp.allow(newest, header, now):
             self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:
