@@ -28,8 +28,13 @@ MEASURE = 8.0  # seconds of probing per scenario
 # not the box that receives the client's answering bubble (chosen by its IPv4 hash), so
 # that relay never trusts the client and answers "address unreachable". These scenarios
 # pass only when both hashes pick the same box for client 1.
-SPLIT_HASH = ("anycast relays: the client's bubble reaches the box its IPv4 hash picks, not the box "
-              "that bubbled it (IPv6 hash)")
+# A known flaw of the shared relay address, not a test to pass: the client's bubble reaches
+# the box its IPv4 hash picks, not the box that bubbled it (IPv6 hash), so new flows break
+# when the two differ. Which way it goes depends on the kernel's per-namespace random
+# multipath hash seed, so CI can assert it neither way; these scenarios stay written, and
+# skipped with this reason, until the relay side is redesigned.
+SPLIT_HASH = ("known flaw of roles.relay.anycast: the client's bubble reaches the box its IPv4 hash picks, "
+              "not the box that bubbled it (IPv6 hash); the outcome depends on a random hash seed")
 
 
 class AnycastLab(unittest.TestCase):
@@ -152,10 +157,10 @@ class AnycastLab(unittest.TestCase):
         took = anycast.wait_paths(self.lab, 2)
         print(f"restart of {box}: ECMP over both boxes again after {took:.1f} s")
 
-    test_1_six_checks_with_both_boxes.todo = SPLIT_HASH  # type: ignore[attr-defined]
-    test_2_flows_spread_over_both_boxes.todo = SPLIT_HASH  # type: ignore[attr-defined]
-    test_3_kill_9_of_a_box_recovers_within_3_s.todo = SPLIT_HASH  # type: ignore[attr-defined]
-    test_4_drain_then_stop_loses_nothing_and_a_restart_brings_ecmp_back.todo = SPLIT_HASH  # type: ignore[attr-defined]
+    test_1_six_checks_with_both_boxes.skip = SPLIT_HASH  # type: ignore[attr-defined]
+    test_2_flows_spread_over_both_boxes.skip = SPLIT_HASH  # type: ignore[attr-defined]
+    test_3_kill_9_of_a_box_recovers_within_3_s.skip = SPLIT_HASH  # type: ignore[attr-defined]
+    test_4_drain_then_stop_loses_nothing_and_a_restart_brings_ecmp_back.skip = SPLIT_HASH  # type: ignore[attr-defined]
 
     def test_5_a_dead_server_box_clients_requalify_through_the_survivor(self) -> None:
         assert self.lab is not None
