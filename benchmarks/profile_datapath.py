@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import OURS, LabError
-from teredo_appliance.lab.scenario import Scenario, scenario_lab
+from teredo_lab import checks, topology
+from teredo_lab.lab import OURS, LabError
+from teredo_lab.scenario import Scenario, scenario_lab
 
 TOP = 15
 

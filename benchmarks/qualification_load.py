@@ -41,6 +41,17 @@ from benchmarks.rs_loadgen import udp_sockets
 PRIMARY, SECONDARY, LOAD_SOURCE = "198.18.0.1", "198.18.0.2", "198.18.0.100"  # RFC 2544 benchmark range
 HERE = Path(__file__).resolve().parent
 READY_TIMEOUT = 10.0
+# The whole appliance as users run it: `twistd -n teredo -c FILE`, the server role only,
+# the RS limit lifted as in `serve` (the load comes from one address).
+APPLIANCE_CONFIG = """\
+roles:
+  server:
+    bind_address: {primary}
+    bind_address2: {secondary}
+    rs_rate: 1000000
+    rs_burst: 1000000
+control: false
+"""
 
 
 @contextlib.contextmanager
@@ -101,12 +112,18 @@ def start_server(impl: str, ns: str, rundir: Path, cpus: set[int] | None, profil
         conf.write_text(f"ServerBindAddress {PRIMARY}\nServerBindAddress2 {SECONDARY}\n")
         conf.chmod(0o644)
         argv = ["miredo-server", "-f", "-c", str(conf), "-p", str(rundir / "miredo-server.pid")]
+    elif impl.startswith("twistd"):
+        workers = int(impl.partition("-w")[2] or 1)
+        conf = rundir / f"{impl}.yaml"
+        conf.write_text(APPLIANCE_CONFIG.format(primary=PRIMARY, secondary=SECONDARY, workers=workers))
+        argv = [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "teredo", "-c", str(conf)]
     else:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve", PRIMARY, SECONDARY]
         if profile:
             argv += ["--profile", profile]
     log = (rundir / f"{impl}.log").open("wb")
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT,
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))  # the checkout's code and twistd plugin
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT, env=env,
                             stdin=subprocess.DEVNULL, preexec_fn=_pinned(cpus), start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT
     while (PRIMARY, 3544) not in udp_sockets(proc.pid) or (SECONDARY, 3544) not in udp_sockets(proc.pid):
@@ -131,6 +148,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[str, Any]:
     server_cpus = {args.server_cpu} if args.server_cpu >= 0 else None
+    if impl.endswith("-w2"):  # two workers need two CPUs; the load shares them (see RA per CPU-second)
+        server_cpus = None
     load_cpus = {args.load_cpu} if args.load_cpu >= 0 else None
     proc = start_server(impl, ns, rundir, server_cpus, args.profile if impl == "ours" else None)
     try:
@@ -139,14 +158,25 @@ def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[
         load = [sys.executable, str(HERE / "rs_loadgen.py"), PRIMARY, "--source", LOAD_SOURCE,
                 "--ports", str(args.ports), "--senders", str(args.senders), "--batch", str(args.batch),
                 "--warmup", str(args.warmup), "--duration", str(args.duration)]
+        spy = None
+        if args.flamegraphs and not impl.startswith("miredo"):
+            svg = Path(args.flamegraphs) / f"{impl}-{time.strftime('%H%M%S')}.svg"
+            spy = subprocess.Popen(["py-spy", "record", "--subprocesses", "--nonblocking", "-o", str(svg),
+                                    "--pid", str(proc.pid), "--duration", str(int(args.warmup + args.duration))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
         done = subprocess.run(["ip", "netns", "exec", ns, *load], capture_output=True, text=True,
                               preexec_fn=_pinned(load_cpus), check=True)
+        if spy is not None:
+            spy.wait()
         result = json.loads(done.stdout)
         result["server_socket_drops"] = udp_sockets(proc.pid).get((PRIMARY, 3544), 0) - drops_before
         result["peak_rss_kib"] = peak_rss_kib(proc.pid)
         user, system = cpu_seconds(proc.pid)
         user, system = user - user_before, system - system_before
         result["server_user_share"] = round(user / max(user + system, 1e-9), 2)  # the rest is the kernel
+        # RA per CPU-second of the server's whole process tree (workers included), over the run.
+        result["ra_per_cpu_second"] = round(result["valid_ra"] / max(user + system, 1e-9))
     finally:
         stop(proc)
     return result
@@ -179,19 +209,25 @@ def serve(primary: str, secondary: str, profile: str | None) -> int:
 def report(rounds: dict[str, list[dict[str, Any]]]) -> None:
     """One line per run, then each server's median RA/s (runs alternate servers: fairer on a busy box)."""
     print(f"{'server':<8} {'RA/s':>9} {'load sent/s':>12} {'server drops':>13} {'RA lost':>8} {'peak RSS':>10}"
-          f" {'user CPU':>9}")
+          f" {'user CPU':>9} {'RA/CPU-s':>9}")
     for impl, runs in rounds.items():
         for r in runs:
             print(f"{impl:<8} {r['ra_rate']:>9,} {r['send_rate']:>12,} {r['server_socket_drops']:>13,} "
-                  f"{r['receiver_drops']:>8,} {r['peak_rss_kib'] / 1024:>7.1f} MiB {r['server_user_share']:>9.0%}")
+                  f"{r['receiver_drops']:>8,} {r['peak_rss_kib'] / 1024:>7.1f} MiB {r['server_user_share']:>9.0%}"
+                  f" {r['ra_per_cpu_second']:>9,}")
             if r["send_rate"] <= r["ra_rate"] * 1.05 or not r["server_socket_drops"]:
                 print(f"  warning: the load did not saturate {impl}: that figure is the generator's")
     medians = {impl: statistics.median(r["ra_rate"] for r in runs) for impl, runs in rounds.items()}
     for impl, median in medians.items():
         rss = max(r["peak_rss_kib"] for r in rounds[impl]) / 1024
         print(f"median {impl}: {median:,.0f} RA/s, peak RSS {rss:.1f} MiB")
-    if medians.get("miredo") and "ours" in medians:
-        print(f"ratio ours/miredo-server: {medians['ours'] / medians['miredo']:.2f}")
+    per_cpu = {impl: statistics.median(r["ra_per_cpu_second"] for r in runs) for impl, runs in rounds.items()}
+    for impl in medians:
+        if impl != "miredo" and medians.get("miredo"):
+            print(f"ratio {impl}/miredo-server: RA/s {medians[impl] / medians['miredo']:.2f}, "
+                  f"RA per CPU-second {per_cpu[impl] / max(per_cpu['miredo'], 1):.2f}")
+    if medians.get("twistd") and medians.get("twistd-w2"):
+        print(f"scaling twistd workers 2/1: RA/s {medians['twistd-w2'] / medians['twistd']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("primary")
     serve_parser.add_argument("secondary")
     serve_parser.add_argument("--profile", help="write cProfile stats of the reactor loop here")
-    parser.add_argument("--servers", default="miredo,ours", help="which servers, in order")
+    parser.add_argument("--servers", default="miredo,ours,twistd,twistd-w2",
+                        help="which servers, in order: miredo, ours (the bare service), twistd, twistd-wN (N workers)")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per server")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server, alternating")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of load first")
@@ -211,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", type=int, default=1, help="CPU for the server (-1: unpinned)")
     parser.add_argument("--load-cpu", type=int, default=0, help="CPU for the load (-1: unpinned)")
     parser.add_argument("--profile", help="profile ours with cProfile into this file (slows it down)")
+    parser.add_argument("--flamegraphs", help="py-spy flame graphs of ours (SVG) into this directory")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from teredo_appliance.wire.address import ipv4_to_int
-from teredo_appliance.wire.nd import RS_SOURCE, TEREDO_PORT, router_advertisement, router_solicitation, teredo_prefix64
+from teredo_appliance.wire.constants import TEREDO_PORT
+from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, router_solicitation, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication
 
 MSG_DONTWAIT = 0x40

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
-from teredo_appliance.lab.preflight import unavailable_reason
-from teredo_appliance.lab.scenario import Scenario, ours_missing, scenario_lab
+from teredo_lab import checks, topology
+from teredo_lab.lab import MIREDO, OURS, Lab, LabError
+from teredo_lab.preflight import unavailable_reason
+from teredo_lab.scenario import Scenario, ours_missing, scenario_lab
 
 DEFAULT_SECONDS = 5.0
 DEFAULT_ROUNDS = 3

@@ -9,6 +9,7 @@ ed25519 key created once and kept, and each console owns its factory.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,6 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole_ssh import TerminalRealm, TerminalSession
 from twisted.conch.ssh import keys
-from twisted.conch.ssh.factory import SSHFactory
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -31,15 +30,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from teredo_appliance.boundedfile import FileRefused, read_bounded
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ManholeConfig
-from teredo_appliance.console import ConsoleManhole
-from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, vet_authorized_keys
+from teredo_appliance.console import ConsoleManhole, ConsoleTerminal
+from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, read_host_key, vet_authorized_keys
+from teredo_appliance.endpoints import listen_at_once
 from teredo_appliance.privileges import privileges_dropped
+from teredo_appliance.sshserver import MAX_SESSIONS, ConsoleSSHFactory, fingerprint
 
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -54,11 +54,6 @@ class ConsoleError(ConfigError):
         super().__init__([message])
 
 
-def fingerprint(key: keys.Key) -> str:
-    """The key's fingerprint as OpenSSH prints it (SHA256:...)."""
-    return "SHA256:" + key.fingerprint(keys.FingerprintFormats.SHA256_BASE64).rstrip("=")
-
-
 def _unreadable(what: str, path: str, error: OSError) -> ConsoleError:
     hint = ""
     if isinstance(error, PermissionError) and privileges_dropped():
@@ -67,29 +62,37 @@ def _unreadable(what: str, path: str, error: OSError) -> ConsoleError:
 
 
 def load_authorized_keys(path: str) -> tuple[keys.Key, ...]:
-    """The public keys listed in `path`; refuses a missing, keyless or group/other-writable file."""
+    """The public keys listed in `path`.
+
+    Refuses a missing or keyless file, and a file or directory that anyone but root or the
+    daemon's user owns or may write (they could add their key). DSA keys and RSA keys
+    under 2048 bits are refused one by one, each with a warning naming file:line.
+    """
     try:
         found = vet_authorized_keys(path)
     except KeysRefused as error:
         raise ConsoleError(f"manhole: {error}") from None
     except OSError as error:
         raise _unreadable("authorized_keys file", path, error) from None
-    if found.ignored:
-        log.warn("manhole: {path}: ignored line(s) {lines}",
-                 path=path, lines="; ".join(f"{number}: {why}" for number, why in found.ignored))
+    for number, why in found.ignored:
+        log.warn("manhole: {path}:{line}: {why}", path=path, line=number, why=why)
     return found.keys
 
 
 def load_or_create_host_key(path: str) -> keys.Key:
-    """The console's private host key, created (ed25519, mode 0600) the first time."""
+    """The console's private host key, created (ed25519, mode 0600) the first time.
+
+    An existing key that group or others may read or write is refused, not repaired: it
+    may already have been copied, so the administrator decides (chmod 600, or a new key).
+    """
     try:
-        key = keys.Key.fromString(read_bounded(path)[0])
+        key = keys.Key.fromString(read_host_key(path))
     except FileNotFoundError:
         return _create_host_key(path)
     except OSError as error:
         raise _unreadable("host key", path, error) from None
-    except FileRefused as refused:
-        raise ConsoleError(f"manhole: host key {path} is {refused}") from None
+    except KeysRefused as error:
+        raise ConsoleError(f"manhole: {error}") from None
     except MALFORMED_KEY as error:
         raise ConsoleError(f"manhole: host key {path} is not a private key conch can read: {error}") from None
     if key.isPublic():
@@ -187,42 +190,16 @@ class ConsoleSession(TerminalSession):
 class ConsoleRealm(TerminalRealm):
     sessionFactory = ConsoleSession
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView, counters: Counter[str] | None = None) -> None:
         super().__init__()
-        self.chainedProtocolFactory = partial(insults.ServerProtocol, ConsoleManhole, appliance)
-
-
-class ConsoleTransport(SSHServerTransport):
-    """Conch logs every client's ordinary "disconnected by user" at error level: say it at info."""
-
-    def receiveError(self, reasonCode: int, description: bytes) -> None:
-        if reasonCode == DISCONNECT_BY_APPLICATION:
-            log.info("manhole: console session closed by the client")
-        else:
-            super().receiveError(reasonCode, description)
-
-
-class ConsoleSSHFactory(SSHFactory):
-    """An SSH server factory with its own host key and portal (nothing shared at class level)."""
-
-    noisy = False  # ManholeService logs one line with the address and host key fingerprint
-    protocol = ConsoleTransport
-    # Conch says, per connection, that without a moduli file it disables the dynamic
-    # Diffie-Hellman groups; that is our choice (curve25519 and the fixed groups remain),
-    # stated once when the console starts, so its per-connection line is not wanted.
-    _log = Logger(observer=lambda event: None)
-
-    def __init__(self, portal: Portal, host_key: keys.Key) -> None:
-        self.portal = portal
-        self.publicKeys = {host_key.sshType(): host_key.public()}
-        self.privateKeys = {host_key.sshType(): host_key}
-        self.primes = None  # no moduli file: fixed-group and curve25519 key exchange only
+        self.chainedProtocolFactory = partial(ConsoleTerminal, ConsoleManhole, appliance,
+                                              Counter() if counters is None else counters)
 
 
 class ManholeService(Service):
     """Listens for console logins; already open sessions outlive a stop (see stopService)."""
 
-    def __init__(self, config: ManholeConfig, appliance: Appliance, reactor: Any = None,
+    def __init__(self, config: ManholeConfig, appliance: ApplianceView, reactor: Any = None,
                  host_key: keys.Key | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -235,23 +212,16 @@ class ManholeService(Service):
             self._endpoint = serverFromString(reactor, config.listen)
         except ValueError as error:
             raise ConsoleError(f"manhole: listen {config.listen!r} is not a strports endpoint: {error}") from None
-        portal = Portal(ConsoleRealm(appliance), [AuditedKeyChecker(self.keys)])
-        self.factory = ConsoleSSHFactory(portal, self.host_key)
+        self.counters: Counter[str] = Counter()  # refusals and drops, shown by status()
+        portal = Portal(ConsoleRealm(appliance, self.counters), [AuditedKeyChecker(self.keys)])
+        self.factory = ConsoleSSHFactory(portal, self.host_key, reactor, config.max_unauthenticated,
+                                         config.login_grace_time, self.counters)
         self._port: Any = None
         self.setName("manhole")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # Listen here, as root, so a port below 1024 works. tcp: and unix: endpoints listen
-        # at once, so a failure raises now and a reload can put the previous console back.
-        outcome: list[Any] = []
-        self._endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise ConsoleError(f"manhole: listen {self.config.listen!r} does not listen at once; "
-                               "use a tcp: or unix: endpoint")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self._port = outcome[0]
+        self._port = listen_at_once(self._endpoint, self.factory, "manhole", self.config.listen)
         log.info("manhole: SSH console on {address} (host key {fingerprint}; key exchange: curve25519 "
                  "and fixed Diffie-Hellman groups)",
                  address=self.address(), fingerprint=fingerprint(self.host_key))
@@ -290,4 +260,8 @@ class ManholeService(Service):
             "address": self.address(),
             "authorized_keys": f"{len(self.keys.keys)} key(s) from {self.config.authorized_keys}",
             "host_key": fingerprint(self.host_key),
+            "unauthenticated": f"{len(self.factory.unauthenticated)} (max {self.config.max_unauthenticated}, "
+                               f"{self.config.login_grace_time:g} s to log in)",
+            "sessions": f"{len(self.factory.sessions)} (max {MAX_SESSIONS})",
+            "counters": dict(sorted(self.counters.items())),
         }

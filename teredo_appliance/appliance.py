@@ -15,24 +15,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
-from twisted.python.reflect import namedAny
 
 from teredo_appliance import __version__, earlyhup
 from teredo_appliance.config import ConfigError, load_config, truncation_hint
-from teredo_appliance.config_model import ROLE_NAMES, Config, RolesConfig
+from teredo_appliance.config_model import Config, RolesConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.loglevel import LogSink
+from teredo_appliance.plugin import role_names, role_plugins
 from teredo_appliance.privileges import describe_failure, preflight
 from teredo_appliance.reload import (
     CHECK_KEYS,
-    COMPONENT_ORDER,
     CONSOLE,
     CONTROL,
     METRICS,
     SERVICES,
+    Plan,
+    component_order,
     components,
     describe_changes,
     empty_summary,
@@ -43,12 +44,6 @@ from teredo_appliance.sdnotify import Notifier
 
 RoleFactory = Callable[..., Service]  # Factory(section_config, reactor=reactor) -> role service
 ConfigLoader = Callable[[str], Config]
-
-DEFAULT_ROLE_FACTORIES = {
-    "server": "teredo_appliance.roles.server.ServerService",
-    "relay": "teredo_appliance.roles.relay.RelayService",
-    "client": "teredo_appliance.roles.client.ClientService",
-}
 
 
 class StartError(ConfigError):
@@ -100,10 +95,11 @@ class Appliance(MultiService):
 
     # -- building children -------------------------------------------------------------
 
-    def _role_factory(self, name: str) -> RoleFactory:
-        if name not in self._factories:
-            self._factories[name] = namedAny(DEFAULT_ROLE_FACTORIES[name])
-        return self._factories[name]
+    def _build_role(self, name: str, section: Any) -> Service:
+        """`role_factories` (tests) first, else the role's plugin."""
+        if name in self._factories:
+            return self._factories[name](section, reactor=self._reactor)
+        return role_plugins()[name].build(section, reactor=self._reactor)
 
     def _build(self, name: str, section: Any) -> Service:
         """A new, not yet started service for one component; opens nothing."""
@@ -123,7 +119,7 @@ class Appliance(MultiService):
 
             service = MetricsService(section, self, reactor=self._reactor)
         else:
-            service = self._role_factory(name)(section, reactor=self._reactor)
+            service = self._build_role(name, section)
         service.setName(name)
         return service
 
@@ -149,8 +145,9 @@ class Appliance(MultiService):
             self.log.warn("host check: {problem}", problem=warning)
         # Import every role's code while still root: a reload after `twistd -u` may add
         # a role, and the Python install need not be readable by that user.
-        for name in ROLE_NAMES:
-            self._role_factory(name)
+        for name, role in role_plugins().items():
+            if name not in self._factories:
+                role.load()
         self._start_all("privilegedStartService")
 
     def startService(self) -> None:
@@ -177,13 +174,49 @@ class Appliance(MultiService):
             raise SystemExit("\n".join(failures))
 
     def stopService(self) -> Deferred[Any]:
+        """Drain first (SIGTERM, `systemctl stop`): each anycast role withdraws what the routing
+        daemon announces and serves on for its `drain_grace`, so flows move to another box
+        before this one goes; then every child stops."""
         self._notifier.stopping()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
         # Under the reload lock: a reload in progress finishes before the children stop.
-        d = self._lock.run(super().stopService)
-        return d
+        return self._lock.run(self._drain_then_stop)
+
+    def _drain_then_stop(self) -> Deferred[Any]:
+        draining = [role.drain(role.config.drain_grace) for role in self._drainable().values()]
+        if draining:
+            self.log.info("stopping: withdrawn, serving existing peers for the drain grace first")
+        return DeferredList(draining, consumeErrors=True).addCallback(lambda _: MultiService.stopService(self))
+
+    # -- drain -------------------------------------------------------------------------
+
+    def _drainable(self) -> dict[str, Any]:
+        """The running roles that own what a routing daemon announces (a service with drain():
+        ours are the server and the relay), in start order."""
+        return {name: service for name, service in self.roles().items() if hasattr(service, "drain")}
+
+    def _anycast_role(self, role: str) -> Any:
+        drainable = self._drainable()
+        if role not in drainable:
+            running = ", ".join(drainable) or "none"
+            raise LookupError(f"no {role!r} role to drain is running (roles that drain: {running})")
+        return drainable[role]
+
+    def drain(self, role: str, grace: float | None = None) -> Deferred[dict[str, Any]]:
+        """Withdraw `role`'s route or addresses; fires with its anycast status once `grace`
+        seconds (None: the role's drain_grace) are over. Raises LookupError for a role
+        that is not running or has nothing to withdraw."""
+        service = self._anycast_role(role)
+        grace = service.config.drain_grace if grace is None else grace
+        self.log.info("drain {role}: withdrawing, serving existing peers for {grace:g} s", role=role, grace=grace)
+        return service.drain(grace)
+
+    def undrain(self, role: str) -> dict[str, Any]:
+        """Put `role`'s route or addresses back; returns its anycast status."""
+        self.log.info("undrain {role}: announcing again", role=role)
+        return self._anycast_role(role).undrain()
 
     # -- SIGHUP ------------------------------------------------------------------------
 
@@ -224,9 +257,9 @@ class Appliance(MultiService):
         except ConfigError as error:
             return self._report(result, unchanged=list(components(old)), errors=error.errors)
 
-        plan = plan_reload(old, new, self._degraded())
-        self._announce(plan, old, new)
         before, after = components(old), components(new)
+        plan = self._plan(old, new)
+        self._announce(plan, old, new)
         # Everything that can be checked is checked before any running service is touched.
         built: dict[str, Service] = {}
         for name in plan.to_start():
@@ -244,6 +277,10 @@ class Appliance(MultiService):
         result["stopped"] += plan.stop
 
         running = {name: after[name] for name in plan.keep}
+        for name in plan.reconfigure:  # in place: same sockets, TUN, peers and qualification
+            self.getServiceNamed(name).reconfigure(after[name])
+            running[name] = after[name]
+            result.setdefault("reconfigured", []).append(name)
         for name, service in built.items():
             failure = await self._start(service, after[name])
             if failure is None:
@@ -272,6 +309,16 @@ class Appliance(MultiService):
                           new_level=new.log.level, new_format=new.log.format)
         return self._report(result, unchanged=list(plan.keep))
 
+    def _plan(self, old: Config, new: Config) -> Plan:
+        """plan_reload with each role's live keys; a role whose running service cannot take its
+        new config in place now (reconfigurable() says no) is restarted instead."""
+        live = {name: role.live_keys for name, role in role_plugins().items()}
+        plan = plan_reload(old, new, self._degraded(), live)
+        after = components(new)
+        refused = [name for name in plan.reconfigure
+                   if not getattr(self.getServiceNamed(name), "reconfigurable", lambda config: False)(after[name])]
+        return plan.restarting(refused)
+
     def _announce(self, plan: Any, old: Config, new: Config) -> None:
         """Log what the new file changes before applying it; stopping a component is a warning."""
         changes = "; ".join(describe_changes(old, new))
@@ -297,7 +344,7 @@ class Appliance(MultiService):
         except ConfigError as error:
             result.update(unchanged=list(components(self.config)), errors=list(error.errors))
             return result
-        plan = plan_reload(self.config, new, self._degraded())
+        plan = self._plan(self.config, new)
         after = components(new)
         for name in plan.to_start():
             result["errors"] += preflight(name, after[name])
@@ -305,6 +352,8 @@ class Appliance(MultiService):
         result.update(start=list(plan.start), stop=list(plan.stop), restart=list(plan.restart),
                       unchanged=list(plan.keep), changes=describe_changes(self.config, new),
                       warnings=[warning for warning in warnings if warning])
+        if plan.reconfigure:
+            result["reconfigure"] = list(plan.reconfigure)
         return result
 
     def _degraded(self) -> set[str]:
@@ -319,9 +368,13 @@ class Appliance(MultiService):
             result["errors"].append(f"{name}: error while stopping: {error}")
 
     async def _start(self, service: Service, section: Any) -> str | None:
-        """Attach and start `service`; on failure release what it opened and say why."""
+        """Attach and start `service` and wait for its start to finish (a startService that
+        returns a Deferred, as Buildbot's AsyncService, may still fail); on failure release
+        what it opened and say why."""
         try:
-            service.setServiceParent(self)  # a running parent calls privilegedStartService, startService
+            self._attach(service)
+            service.privilegedStartService()
+            await maybeDeferred(service.startService)
         except Exception as error:
             self.log.failure("{name}: start failed", name=service.name, level=LogLevel.debug)
             try:
@@ -330,6 +383,14 @@ class Appliance(MultiService):
                 self.log.failure("{name}: releasing a service that failed to start", name=service.name)
             return describe_failure(service.name, section, error)
         return None
+
+    def _attach(self, service: Service) -> None:
+        """Make `service` a child without MultiService's start, whose Deferred it would drop."""
+        running, self.running = self.running, 0
+        try:
+            service.setServiceParent(self)
+        finally:
+            self.running = running
 
     async def _restore(self, name: str, section: Any) -> str | None:
         """Bring back the previous configuration of a component whose new one failed to start."""
@@ -341,17 +402,18 @@ class Appliance(MultiService):
 
     def _running_config(self, new: Config, running: dict[str, Any]) -> Config:
         """The config actually in force: a failed role keeps its old section or is absent."""
-        roles = RolesConfig(**{name: running.get(name) for name in ROLE_NAMES})
+        roles = RolesConfig(**{name: running.get(name) for name in role_names()})
         return dataclasses.replace(new, roles=roles, **{name: running.get(name) for name in SERVICES})
 
     def _report(self, result: dict[str, list[str]], unchanged: list[str],
                 errors: Sequence[str] = ()) -> dict[str, list[str]]:
         result["unchanged"] = unchanged
         result["errors"] += errors
+        live = ", reconfigured {reconfigured}" if result.get("reconfigured") else ""
         self.log.emit(
             LogLevel.warn if result["errors"] else LogLevel.info,
-            "reload of {path}: started {started}, stopped {stopped}, restarted {restarted}, "
-            "unchanged {unchanged}, errors {errors}",
+            "reload of {path}: started {started}, stopped {stopped}, restarted {restarted}" + live
+            + ", unchanged {unchanged}, errors {errors}",
             path=self.config_path, **result,
         )
         return result
@@ -361,7 +423,7 @@ class Appliance(MultiService):
     def status(self) -> dict[str, dict[str, Any]]:
         """Each child's status() by name, in start order; one failing report hides no other."""
         report: dict[str, dict[str, Any]] = {}
-        for name in COMPONENT_ORDER:
+        for name in component_order():
             service = self.namedServices.get(name)
             if service is None:
                 continue
@@ -375,7 +437,7 @@ class Appliance(MultiService):
     def summary(self) -> str:
         """One line for systemd's STATUS=: which roles run, how many peers, the client's state."""
         parts = []
-        for name in ROLE_NAMES:
+        for name in role_names():
             service: Any = self.namedServices.get(name)
             if service is None:
                 continue
@@ -387,10 +449,16 @@ class Appliance(MultiService):
                 parts.append(name)
         return "running: " + (", ".join(parts) or "no role")
 
+    def roles(self) -> dict[str, Any]:
+        """The running role services by name, in start order (ApplianceView)."""
+        return {name: self.namedServices[name] for name in role_names() if name in self.namedServices}
+
     def peers(self, role: str, limit: int | None = None) -> dict[str, Any]:
         """One running role's peer table: {"role", "total", "peers"}, at most `limit` rows (None: all)."""
-        if role not in ROLE_NAMES or role not in self.namedServices:
-            running = ", ".join(n for n in ROLE_NAMES if n in self.namedServices) or "none"
+        if role not in role_names() or role not in self.namedServices:
+            running = ", ".join(n for n in role_names() if n in self.namedServices) or "none"
             raise LookupError(f"no {role!r} role is running (running: {running})")
-        service = self.getServiceNamed(role)
+        service: Any = self.getServiceNamed(role)
+        if not hasattr(service, "peers"):
+            raise LookupError(f"the {role} role keeps no peer table")
         return {"role": role, "total": service.peer_count(), "peers": service.peers(limit)}

@@ -1,7 +1,8 @@
 """Batched UDP I/O: up to 64 IPv4 datagrams per system call (recvmmsg, sendmmsg, UDP GSO).
 
 Python pays a system call and a few objects per datagram on a plain socket; a Teredo
-relay, client or server is a packet pump, so that cost is most of its CPU. recvmmsg(2)
+relay, client or server is a packet pump, so that cost is most of its CPU (a server
+answering one RS with one RA pays two calls per datagram with recvfrom/sendto). recvmmsg(2)
 and sendmmsg(2) move a whole batch per call, and a run of equal-sized datagrams to one
 destination leaves as one UDP_SEGMENT send that the kernel cuts up late (UDP GSO).
 They are reached through ctypes and the socket module (stdlib), so the wheel needs no
@@ -47,6 +48,7 @@ SLOT = 65536  # bytes per datagram slot: the largest UDP payload fits, nothing i
 MSG_DONTWAIT = 0x40  # include/linux/socket.h
 
 Address = tuple[str, int]
+Datagram = tuple[bytes, Address]  # payload and its source or destination
 
 
 class _SockaddrIn(ctypes.Structure):

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
+from typing import Any
 
 from teredo_appliance import __version__
 from teredo_appliance.boundedfile import FileRefused, read_bounded
 from teredo_appliance.config import DEFAULT_PATH, ConfigError, load_config, parse_config, truncation_hint
-from teredo_appliance.config_model import TEREDO_PORT, ClientConfig, Config, RelayConfig, ServerConfig
+from teredo_appliance.config_model import ClientConfig, Config, RelayConfig, ServerConfig
 from teredo_appliance.hostcheck import host_warnings
 from teredo_appliance.miredo_import import convert, looks_like_miredo
+from teredo_appliance.wire.constants import TEREDO_PORT
 
 
-def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:
-    """One line saying what a role would bind and serve, for operators comparing configs."""
+def describe_role(name: str, role: Any) -> str:
+    """One line saying what a role would bind and serve, for operators comparing configs;
+    a third party's role shows its keys."""
     if isinstance(role, ServerConfig):
         return (
             f"server: UDP {role.bind_address}:{TEREDO_PORT} and {role.bind_address2}:{TEREDO_PORT},"
@@ -31,6 +35,8 @@ def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:
             f"relay: UDP {role.bind_address}:{role.bind_port}, TUN {role.interface}, prefix {role.prefix},"
             f" MTU {role.mtu}, at most {role.max_peers} peers"
         )
+    if not isinstance(role, ClientConfig):
+        return f"{name}: " + ", ".join(f"{f.name} {getattr(role, f.name)}" for f in fields(role))
     secondary = role.server_address2 or "primary + 1"
     servers = ", ".join((f"{role.server_address} (secondary {secondary})", *role.fallback_servers))
     port = role.bind_port or "<any port>"
@@ -43,7 +49,7 @@ def describe_role(role: ServerConfig | RelayConfig | ClientConfig) -> str:
 def summary(config: Config) -> list[str]:
     """The lines printed for a valid configuration: each role, then the console, control socket
     and metrics endpoint."""
-    lines = [describe_role(role) for role in config.roles.enabled().values()]
+    lines = [describe_role(name, role) for name, role in config.roles.enabled().items()]
     if config.manhole is not None:
         lines.append(f"manhole: {config.manhole.listen}, keys from {config.manhole.authorized_keys}")
     lines.append(f"control: {config.control.socket}" if config.control is not None else "control: off")

@@ -22,7 +22,6 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from teredo_appliance.boundedfile import MAX_FILE_BYTES, FileRefused, read_bounded
 from teredo_appliance.config_model import (
     ANY_IPV4,
-    TEREDO_PORT,
     ClientConfig,
     ClientExtensions,
     Config,
@@ -34,28 +33,38 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
+from teredo_appliance.plugin import RoleSchema, role_plugins
+from teredo_appliance.wire.constants import IFNAMSIZ, MAX_MTU, MIN_MTU, TEREDO_PORT, TEREDO_PREFIX_LENGTH
 
 DEFAULT_PATH = "/etc/teredo/teredo.yaml"
 MAX_CONFIG_BYTES = MAX_FILE_BYTES  # a real teredo.yaml is a few kB; a 50 MB one is a mistake or an attack
 
-TEREDO_PREFIX_LENGTH = 32  # RFC 4380 §2.6: the Teredo service prefix is a /32
-IPV6_MIN_MTU = 1280  # RFC 8200 §5
-MAX_MTU = 65535  # the IPv6 payload length field is 16 bits
 UNIX_PATH_MAX = 108  # Linux: sockaddr_un.sun_path, including the terminating NUL
 # Refresh bounds in seconds: at least 1 s so a typo cannot flood the server; at most 120 s,
 # the initial "maximum Teredo refresh interval" of RFC 4380 §5.2.7 (and the shortest NAT
 # mapping lifetime RFC 4787 REQ-5 lets us rely on).
 MIN_REFRESH_INTERVAL = 1.0
 MAX_REFRESH_INTERVAL = 120.0
-IFNAMSIZ = 16  # Linux: interface names hold at most IFNAMSIZ - 1 bytes (UTF-8 counts per byte)
+# The console's admission limits: a few waiting logins, each for a bounded time, so that
+# with LimitNOFILE in etc/teredo.service the console can never use up the descriptors.
+MAX_UNAUTHENTICATED = 1000
+MIN_LOGIN_GRACE_TIME = 1.0
+MAX_LOGIN_GRACE_TIME = 600.0
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 # Router Solicitations per second answered for one source address: above this the limit
 # protects nothing (a server answers ~150k RS/s in all).
 MAX_RS_RATE = 1_000_000.0
+MAX_SERVER_WORKERS = 64
 QUOTE_LIMIT = 80  # a value quoted in an error message is cut to this many characters
 SHOWN_PROBLEMS = 3  # bad items of one list named in its error line
 BROADCAST = IPv4Address("255.255.255.255")
+# A relay route's protocol: include/uapi/linux/rtnetlink.h keeps 0 (unspec), 1 (redirect)
+# and 2 (kernel) for the kernel itself; 3 (boot) up to 255 are for route owners.
+RTPROT_BOOT = 3
+RTPROT_MAX = 255
+ROUTE_METRIC_MAX = 2**32 - 1  # RTA_PRIORITY is a u32
+MAX_DRAIN_GRACE = 60.0  # seconds: well inside systemd's default 90 s stop timeout (etc/teredo.service sets none)
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -249,13 +258,17 @@ def _int_in(low: int, high: int | None = None) -> Callable[[Node], int]:
     return check
 
 
-def _refresh_interval(node: Node) -> float:
-    value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
-    if not (math.isfinite(value) and MIN_REFRESH_INTERVAL <= value <= MAX_REFRESH_INTERVAL):
-        raise _Invalid(
-            f"{_describe(node)} is out of range {MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
-        )
-    return value
+def _seconds_in(low: float, high: float) -> Callable[[Node], float]:
+    def check(node: Node) -> float:
+        value = float(_number(node, (_INT_TAG, _FLOAT_TAG), "a number of seconds"))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _Invalid(f"{_describe(node)} is out of range {low:g}..{high:g} seconds")
+        return value
+
+    return check
+
+
+_refresh_interval = _seconds_in(MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
 
 def _rs_rate(node: Node) -> float:
@@ -263,6 +276,9 @@ def _rs_rate(node: Node) -> float:
     if not (math.isfinite(value) and 0 < value <= MAX_RS_RATE):
         raise _Invalid(f"{_describe(node)} is out of range: more than 0, at most {MAX_RS_RATE:.0f} per second")
     return value
+
+
+_drain_grace = _seconds_in(0.0, MAX_DRAIN_GRACE)
 
 
 def _interface(node: Node) -> str:
@@ -367,50 +383,65 @@ def _client_extensions(node: Node) -> ClientExtensions:
     return ClientExtensions(**values)
 
 
-_mtu = _int_in(IPV6_MIN_MTU, MAX_MTU)
+_mtu = _int_in(MIN_MTU, MAX_MTU)
 
 # Every accepted key, per section, with its check. Required keys are the dataclass fields
-# without a default, except those derived in _Reader (server bind_address2).
-_CHECKS: dict[type, dict[str, Callable[[Node], object]]] = {
-    ServerConfig: {
-        "bind_address": _ipv4,
-        "bind_address2": _ipv4,
-        "prefix": _prefix,
-        "mtu": _mtu,
-        "rs_rate": _rs_rate,
-        "rs_burst": _int_in(1, 1_000_000),
-    },
-    RelayConfig: {
-        "interface": _interface,
-        "bind_address": _ipv4,
-        "bind_port": _int_in(1, 65535),
-        "prefix": _prefix,
-        "mtu": _mtu,
-        "max_peers": _int_in(1),
-        "bubbles_per_second": _int_in(2),
-        "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
-    },
-    ClientConfig: {
-        "server_address": _host,
-        "server_address2": _optional(_ipv4),
-        "fallback_servers": _list_of(_host, "hostnames or IPv4 addresses"),
-        "interface": _interface,
-        "bind_address": _ipv4,
-        "bind_port": _int_in(0, 65535),
-        "refresh_interval": _refresh_interval,
-        "mtu": _mtu,
-        "prefix": _prefix,
-        "hook": _optional(_nonempty_text),
-        "extensions": _client_extensions,
-    },
-    ManholeConfig: {"listen": _server_endpoint, "authorized_keys": _nonempty_text, "host_key": _nonempty_text},
-    LogConfig: {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels},
-    ControlConfig: {"socket": _socket_path},
-    MetricsConfig: {"listen": _server_endpoint},
-}
-_REQUIRED = {ServerConfig: ("bind_address",), ClientConfig: ("server_address",)}
+# without a default, except those derived in _Reader (server bind_address2). The roles'
+# schemas are public: their plugins (twisted/plugins/teredo_roles.py) hand them back.
+SERVER_SCHEMA = RoleSchema(ServerConfig, {
+    "bind_address": _ipv4,
+    "bind_address2": _ipv4,
+    "prefix": _prefix,
+    "mtu": _mtu,
+    "rs_rate": _rs_rate,
+    "rs_burst": _int_in(1, 1_000_000),
+    "anycast": _bool,
+    "drain_grace": _drain_grace,
+    "workers": _int_in(1, MAX_SERVER_WORKERS),
+}, required=("bind_address",))
+RELAY_SCHEMA = RoleSchema(RelayConfig, {
+    "interface": _interface,
+    "bind_address": _ipv4,
+    "bind_port": _int_in(1, 65535),
+    "prefix": _prefix,
+    "mtu": _mtu,
+    "max_peers": _int_in(1),
+    "bubbles_per_second": _int_in(2),
+    "served_prefixes": _list_of(_ipv6_network, "IPv6 prefixes", empty=False),
+    "route_protocol": _int_in(RTPROT_BOOT, RTPROT_MAX),
+    "route_metric": _int_in(1, ROUTE_METRIC_MAX),
+    "drain_grace": _drain_grace,
+    "anycast": _bool,
+}, live=frozenset({"max_peers"}))
+CLIENT_SCHEMA = RoleSchema(ClientConfig, {
+    "server_address": _host,
+    "server_address2": _optional(_ipv4),
+    "fallback_servers": _list_of(_host, "hostnames or IPv4 addresses"),
+    "interface": _interface,
+    "bind_address": _ipv4,
+    "bind_port": _int_in(0, 65535),
+    "refresh_interval": _refresh_interval,
+    "mtu": _mtu,
+    "prefix": _prefix,
+    "hook": _optional(_nonempty_text),
+    "local_discovery": _bool,
+    "extensions": _client_extensions,
+}, required=("server_address",), live=frozenset({"refresh_interval", "fallback_servers", "hook"}))
+_MANHOLE = RoleSchema(ManholeConfig, {
+    "listen": _server_endpoint,
+    "authorized_keys": _nonempty_text,
+    "host_key": _nonempty_text,
+    "max_unauthenticated": _int_in(1, MAX_UNAUTHENTICATED),
+    "login_grace_time": _seconds_in(MIN_LOGIN_GRACE_TIME, MAX_LOGIN_GRACE_TIME),
+})
+_LOG = RoleSchema(LogConfig, {"level": _log_level, "format": _log_format, "namespaces": _namespace_levels})
+_CONTROL = RoleSchema(ControlConfig, {"socket": _socket_path})
+_METRICS = RoleSchema(MetricsConfig, {"listen": _server_endpoint})
 _TOP_LEVEL = ("roles", "manhole", "log", "control", "metrics")
-_ROLE_CLASSES = {"server": ServerConfig, "relay": RelayConfig, "client": ClientConfig}
+
+# What a role plugin's own checks may use (see teredo_appliance.plugin.RoleSchema).
+Invalid = _Invalid
+nonempty_text = _nonempty_text
 
 
 @dataclass
@@ -449,10 +480,10 @@ class _Reader:
         if top is None:
             return None
         roles = self.roles(top)
-        manhole = self.section(ManholeConfig, *top["manhole"]) if "manhole" in top else None
-        log = self.section(LogConfig, *top["log"]) if "log" in top else None
+        manhole = self.section(_MANHOLE, *top["manhole"]) if "manhole" in top else None
+        log = self.section(_LOG, *top["log"]) if "log" in top else None
         control = self.control(top["control"]) if "control" in top else ControlConfig()
-        metrics = self.section(MetricsConfig, *top["metrics"]) if "metrics" in top else None
+        metrics = self.section(_METRICS, *top["metrics"]) if "metrics" in top else None
         if self.check_files and manhole is not None:
             self.check_console_files(manhole)
         if self.errors or roles is None:
@@ -472,7 +503,7 @@ class _Reader:
             if _SCALARS.construct_yaml_bool(node):
                 return ControlConfig()
             return None
-        section = self.section(ControlConfig, *where)
+        section = self.section(_CONTROL, *where)
         return ControlConfig(**section.values) if section else None
 
     def compose(self, text: str) -> Node | None:
@@ -518,9 +549,9 @@ class _Reader:
                 found[key] = (value_node, key_path, key_line)
         return found
 
-    def section(self, cls: type, node: Node, path: str, line: int) -> _Section | None:
+    def section(self, schema: RoleSchema, node: Node, path: str, line: int) -> _Section | None:
         """Check every key of one section; None only if it is not a mapping at all."""
-        checks = _CHECKS[cls]
+        checks = schema.checks
         found = self.entries(node, path, line, tuple(checks))
         if found is None:
             return None
@@ -532,7 +563,7 @@ class _Reader:
             except _Invalid as e:
                 self.error(key_line, key_path, str(e))
                 section.bad.add(key)
-        for key in _REQUIRED.get(cls, ()):
+        for key in schema.required:
             if key not in found:
                 self.error(line, f"{path}.{key}", "required key is missing")
                 section.bad.add(key)
@@ -542,21 +573,34 @@ class _Reader:
         if "roles" not in top:
             self.error(1, "roles", "required key is missing")
             return None
-        found = self.entries(*top["roles"], tuple(_ROLE_CLASSES))
+        plugins = role_plugins()
+        found = self.entries(*top["roles"], tuple(plugins))
         if found is None:
             return None
         if not found:
-            self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(_ROLE_CLASSES)}")
+            self.error(top["roles"][2], "roles", f"no role enabled; enable any of {', '.join(plugins)}")
             return None
-        sections = {name: self.section(_ROLE_CLASSES[name], *found[name]) for name in found}
+        sections = {name: self.section(plugins[name].schema, *found[name]) for name in found}
         usable = {name: section for name, section in sections.items() if section is not None}
         if "server" in usable:
             self.server_addresses(usable["server"])
+            self.server_anycast(usable["server"])
+        if "relay" in usable:
+            self.relay_anycast(usable["relay"])
         self.check_sockets(usable)
         self.check_interfaces(usable)
         if len(usable) < len(sections) or any(section.bad for section in usable.values()):
             return None
-        return RolesConfig(**{name: _ROLE_CLASSES[name](**s.values) for name, s in sections.items()})
+        # In the plugins' start order, whatever the file's order.
+        return RolesConfig(**{name: plugins[name].schema.config_class(**sections[name].values)
+                              for name in plugins if name in sections})
+
+    def relay_anycast(self, relay: _Section) -> None:
+        """An anycast relay shares its address with the other boxes: it must name one."""
+        if relay.values.get("anycast") and relay.values.get("bind_address", ANY_IPV4) == ANY_IPV4:
+            self.error(relay.line_of("anycast"), f"{relay.path}.anycast",
+                       "an anycast relay needs a specific bind_address (the address the boxes share)")
+            relay.bad.add("anycast")
 
     def server_addresses(self, server: _Section) -> None:
         """The server answers from two specific addresses; derive the second if not given."""
@@ -577,6 +621,14 @@ class _Reader:
         else:
             server.values["bind_address2"] = primary + 1
 
+    def server_anycast(self, server: _Section) -> None:
+        """The anycast /32s and their drain live in the in-process server; workers have neither."""
+        if server.values.get("anycast") and server.values.get("workers", 1) > 1:
+            self.error(server.line_of("anycast"), f"{server.path}.anycast",
+                       "not available with workers > 1 (the workers' supervisor does not own the /32s); "
+                       "use workers: 1 or leave anycast off")
+            server.bad.add("anycast")
+
     def check_sockets(self, sections: dict[str, _Section]) -> None:
         """No two UDP sockets of the enabled roles may claim the same address:port.
 
@@ -589,7 +641,8 @@ class _Reader:
             elif "bind_port" in section.bad:
                 keys = []
             else:
-                port = section.values.get("bind_port", _ROLE_CLASSES[name].bind_port)
+                default = getattr(role_plugins()[name].schema.config_class, "bind_port", 0)
+                port = section.values.get("bind_port", default)
                 keys = [("bind_address", port)] if port else []  # port 0: the kernel picks a free one
             for key, port in keys:
                 if key in section.bad:

@@ -7,6 +7,9 @@ One JSON request per line in, one JSON answer per line out, then the connection 
                                                  -> {"ok": true, "result": {"role", "total", "peers"}}
     {"command": "reload", "dry_run": false}      -> {"ok": true|false, "result": summary, "errors": [...]}
     {"command": "version"}                       -> {"ok": true, "result": {"version": ...}}
+    {"command": "drain", "role": "relay", "grace": 5}
+                                                 -> {"ok": true, "result": anycast status}, once drained
+    {"command": "undrain", "role": "relay"}      -> {"ok": true, "result": anycast status}
 
 Failures are {"ok": false, "error": sentence, "errors": [FILE:LINE messages]}. The socket is
 a local AF_UNIX file of mode 0600 owned by the daemon's user (created as root, before
@@ -39,7 +42,7 @@ from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ControlConfig
 
 if TYPE_CHECKING:
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -49,7 +52,8 @@ REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent before it is clos
 BACKLOG = 16
 SOCKET_MODE = 0o600
 DIRECTORY_MODE = 0o755
-COMMANDS = ("status", "peers", "reload", "version")
+COMMANDS = ("status", "peers", "reload", "version", "drain", "undrain")
+MAX_GRACE = 3600.0  # seconds a drain asked over the socket may serve on (an hour of maintenance)
 
 Answer = dict[str, Any]
 
@@ -68,7 +72,7 @@ def refusal(error: str, errors: list[str] | None = None) -> Answer:
 class ControlCommands:
     """The commands, over the appliance's narrow interface (status, peers, reload, config)."""
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         self.appliance = appliance
 
     def handle(self, line: bytes) -> Answer | Deferred[Answer]:
@@ -101,6 +105,28 @@ class ControlCommands:
         except LookupError as error:
             return refusal(str(error.args[0]))
 
+    def do_drain(self, request: dict[str, Any]) -> Answer | Deferred[Answer]:
+        role, grace = request.get("role"), request.get("grace")
+        if not isinstance(role, str):
+            return refusal("drain needs a role: relay or server")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
+                                  or not 0 <= grace <= MAX_GRACE):
+            return refusal(f"grace must be a number of seconds 0..{MAX_GRACE:g}, not {grace!r}")
+        try:
+            d = self.appliance.drain(role, grace)
+        except LookupError as error:
+            return refusal(str(error.args[0]))
+        return d.addCallback(lambda result: {"ok": True, "result": result})
+
+    def do_undrain(self, request: dict[str, Any]) -> Answer:
+        role = request.get("role")
+        if not isinstance(role, str):
+            return refusal("undrain needs a role: relay or server")
+        try:
+            return {"ok": True, "result": self.appliance.undrain(role)}
+        except LookupError as error:
+            return refusal(str(error.args[0]))
+
     def do_reload(self, request: dict[str, Any]) -> Answer | Deferred[Answer]:
         if request.get("dry_run"):
             return self.dry_run()
@@ -110,7 +136,7 @@ class ControlCommands:
     def _reloaded(summary: dict[str, list[str]]) -> Answer:
         errors = list(summary.get("errors", []))
         answer: Answer = {"ok": not errors, "result": summary, "errors": errors}
-        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted")):
+        if errors and not any(summary.get(key) for key in ("started", "stopped", "restarted", "reconfigured")):
             answer["error"] = "reload refused; the running configuration is unchanged"
         elif errors:
             answer["error"] = "reload partly failed; the summary says what runs now"
@@ -231,7 +257,7 @@ def remove_stale_socket(path: str) -> None:
 class ControlService(Service):
     """Listens on the control socket; `owner` is (uid, gid) twistd will drop to, or Nones."""
 
-    def __init__(self, config: ControlConfig, appliance: Appliance, reactor: Any = None,
+    def __init__(self, config: ControlConfig, appliance: ApplianceView, reactor: Any = None,
                  owner: tuple[int | None, int | None] = (None, None)) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor

@@ -17,18 +17,19 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import teredo_appliance
 from teredo_appliance.config import ConfigError
-from teredo_appliance.config_model import ROLE_NAMES, MetricsConfig
+from teredo_appliance.config_model import MetricsConfig
+from teredo_appliance.endpoints import listen_at_once
+from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from teredo_appliance.appliance import Appliance
+    from teredo_appliance.view import ApplianceView
 
 log = Logger()
 
@@ -36,7 +37,7 @@ log = Logger()
 class ApplianceCollector:
     """Reads the running appliance at scrape time; registered in a registry of its own."""
 
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: ApplianceView) -> None:
         self.appliance = appliance
 
     def collect(self) -> Iterator[Metric]:
@@ -50,30 +51,52 @@ class ApplianceCollector:
                                       labels=["role", "direction"])
         peers = GaugeMetricFamily("teredo_peers", "Peers in a role's table", labels=["role"])
         qualified = GaugeMetricFamily("teredo_client_qualified", "1 while the client holds a Teredo address")
+        nat = InfoMetricFamily("teredo_client_nat", "Client NAT type and special behaviour, as Windows shows them")
+        announced = GaugeMetricFamily("teredo_announced", "1 while a role's anycast route or addresses are in "
+                                      "the kernel for the routing daemon to announce", labels=["role"])
+        drained = GaugeMetricFamily("teredo_drained", "1 once a role drained on request (grace over)",
+                                    labels=["role"])
         configured = self.appliance.config.roles.enabled()
-        for name in ROLE_NAMES:
-            service: Any = self.appliance.namedServices.get(name)
+        running = self.appliance.roles()
+        for name in role_names():
+            service: Any = running.get(name)
             if service is None:
                 if name in configured:
                     up.add_metric([name], 0)
                 continue
             up.add_metric([name], 1 if service.running else 0)
-            counters = service.counters
-            for event, count in counters.events().items():
-                events.add_metric([name, event], count)
-            for reason, count in counters.drops().items():
-                drops.add_metric([name, reason], count)
-            for direction, count in counters.traffic().items():
-                traffic.add_metric([name, direction], count)
-            peers.add_metric([name], service.peer_count())
+            counters = getattr(service, "counters", None)  # a third party's role may count nothing
+            if counters is not None:
+                for event, count in counters.events().items():
+                    events.add_metric([name, event], count)
+                for reason, count in counters.drops().items():
+                    drops.add_metric([name, reason], count)
+                for direction, count in counters.traffic().items():
+                    traffic.add_metric([name, direction], count)
+            if hasattr(service, "peer_count"):
+                peers.add_metric([name], service.peer_count())
             if name == "client":
                 qualified.add_metric([], 1 if service.qualified else 0)
+                nat.add_metric([], {key: _label(value) for key, value in service.nat_report().items()})
+            announcer = getattr(service, "announcer", None)
+            if announcer is not None and (name == "relay" or service.config.anycast):
+                announced.add_metric([name], 1 if announcer.announced else 0)
+                drained.add_metric([name], 1 if announcer.drained else 0)
         build = InfoMetricFamily("teredo_build", "The appliance's version")
         build.add_metric([], {"version": teredo_appliance.__version__})
-        yield from (up, events, drops, traffic, peers, qualified, build)
+        yield from (up, events, drops, traffic, peers, qualified, nat, announced, drained, build)
 
 
-def make_registry(appliance: Appliance) -> CollectorRegistry:
+def _label(value: Any) -> str:
+    """A status value as a label: yes / no / unknown for booleans, the text otherwise."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def make_registry(appliance: ApplianceView) -> CollectorRegistry:
     """The appliance's metrics plus this process's CPU, memory and descriptors."""
     registry = CollectorRegistry()
     registry.register(ApplianceCollector(appliance))
@@ -93,7 +116,7 @@ class QuietSite(Site):
 class MetricsService(Service):
     """Serves /metrics on the `listen` endpoint."""
 
-    def __init__(self, config: MetricsConfig, appliance: Appliance, reactor: Any = None) -> None:
+    def __init__(self, config: MetricsConfig, appliance: ApplianceView, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -112,16 +135,7 @@ class MetricsService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        # As root, so a port below 1024 works; tcp: and unix: endpoints listen at once, so a
-        # failure raises here and a reload can report it and keep the rest.
-        outcome: list[Any] = []
-        self._endpoint.listen(self.site).addBoth(outcome.append)
-        if not outcome:
-            raise ConfigError([f"metrics: listen {self.config.listen!r} does not listen at once; "
-                               "use a tcp: or unix: endpoint"])
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self._port = outcome[0]
+        self._port = listen_at_once(self._endpoint, self.site, "metrics", self.config.listen)
         log.info("metrics: Prometheus scrape endpoint on {address}", address=self.address())
 
     def stopService(self) -> Any:

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -108,31 +108,32 @@ class Link:
             raise LinkError(f"{self.ifname}: cannot read statistics: none reported")
         return {key: int(stats[key]) for key in KERNEL_DROP_COUNTERS}
 
-    def add_address(self, address: IPv6Interface) -> None:
+    def add_address(self, address: IPv4Interface | IPv6Interface) -> None:
         self._address("add", "add address", address)
 
-    def remove_address(self, address: IPv6Interface) -> None:
+    def remove_address(self, address: IPv4Interface | IPv6Interface) -> None:
         self._address("del", "remove address", address)
 
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._route("add", "add route", prefix, metric)
+    def add_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        """Route `prefix` to the device; `protocol` (rtm_protocol, None: static) tells a routing
+        daemon who owns it, `metric` (None: the kernel's 1024) its preference."""
+        self._route("add", "add route", prefix, metric, protocol)
 
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._route("del", "remove route", prefix, metric)
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        self._route("del", "remove route", prefix, metric, protocol)
 
-    def _address(self, command: str, verb: str, address: IPv6Interface) -> None:
+    def _address(self, command: str, verb: str, address: IPv4Interface | IPv6Interface) -> None:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         with self._netlink(f"{verb} {address}") as (ipr, index):
-            ipr.addr(
-                command,
-                index=index,
-                address=str(address.ip),
-                prefixlen=address.network.prefixlen,
-                family=socket.AF_INET6,
-            )
+            ipr.addr(command, index=index, address=str(address.ip), prefixlen=address.network.prefixlen, family=family)
 
-    def _route(self, command: str, verb: str, prefix: IPv6Network, metric: int | None) -> None:
+    def _route(self, command: str, verb: str, prefix: IPv6Network, metric: int | None,
+               protocol: int | None) -> None:
         extra: dict[str, Any] = {} if metric is None else {"priority": metric}
+        if protocol is not None:
+            extra["proto"] = protocol
         what = f"{verb} {prefix}" + ("" if metric is None else f" metric {metric}")
+        what += "" if protocol is None else f" proto {protocol}"
         with self._netlink(what) as (ipr, index):
             ipr.route(command, dst=str(prefix), oif=index, family=socket.AF_INET6, **extra)
 

@@ -100,6 +100,7 @@ class Peer(Pacing):
     __slots__ = (
         "addr",
         "attempts",
+        "candidate",
         "last_rx",
         "mapping",
         "nonce",
@@ -121,6 +122,7 @@ class Peer(Pacing):
         self.attempts = 0  # rounds (bubbles) so far in the current discovery; 0 = none running
         self.rounds = 0  # rounds the packets waiting for this peer have asked for
         self.nonce: bytes | None = None  # client: payload of the relay-finding echo (§5.2.9)
+        self.candidate: Mapping | None = None  # client: a new relay a trusted native peer's packets came through
 
 
 class PeerTable:
@@ -207,7 +209,7 @@ class PeerTable:
         peer.mapping = mapping
         peer.last_rx = now
         peer.bubbles = peer.attempts = peer.rounds = 0
-        peer.nonce = None
+        peer.nonce = peer.candidate = None
         self._retry.pop(addr, None)
         return self._take_queue(peer)
 
@@ -406,13 +408,24 @@ class PeerTable:
             for peer in islice(recent, limit)
         ]
 
+    def resize(self, max_peers: int) -> None:
+        """A new bound (a reloaded max_peers); a smaller one evicts as a full table would."""
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, not {max_peers}")
+        self.max_peers = max_peers
+        while len(self) > max_peers:
+            self._evict()
+
     def _new(self, addr: bytes, mapping: Mapping | None, now: float) -> Peer:
         if len(self) >= self.max_peers:
-            # Spent first, then least recently heard from untrusted, then trusted (module docstring).
-            victims = self._spent or self._untrusted or self._trusted
-            self._remove(next(iter(victims.values())))
-            self.evicted += 1
+            self._evict()
         return Peer(addr, mapping, now)
+
+    def _evict(self) -> None:
+        """Spent first, then least recently heard from untrusted, then trusted (module docstring)."""
+        victims = self._spent or self._untrusted or self._trusted
+        self._remove(next(iter(victims.values())))
+        self.evicted += 1
 
     def _remove(self, peer: Peer) -> None:
         if peer.trusted:

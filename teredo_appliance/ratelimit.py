@@ -4,6 +4,9 @@
 window opens at the first message after the previous window closed and allows `limit`
 messages until one second later; a count and a time, nothing per message.
 
+`IcmpErrorBudget` is RFC 4443's rules for the ICMPv6 errors a relay or client originates,
+on one `PerSecond`.
+
 `KeyedRateLimit` is a token bucket per key (the server's RS limit per source address),
 kept in the form of the generic cell rate algorithm: one float per key, the time at
 which that key's bucket will be full again minus one token ("theoretical arrival time"),
@@ -19,6 +22,11 @@ burst it wins back.
 from __future__ import annotations
 
 from collections.abc import Hashable
+
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.ipv6 import IPv6Header, error_allowed
+
+ICMP_ERRORS_PER_SECOND = 10  # RFC 4443 §2.4 (f): Miredo's budget towards the local stack, all kinds
 
 
 class PerSecond:
@@ -39,6 +47,26 @@ class PerSecond:
         if self._left < cost:
             return False
         self._left -= cost
+        return True
+
+
+class IcmpErrorBudget:
+    """RFC 4443 §2.4 (e) and (f) for the ICMPv6 errors a role sends (relay and client alike):
+    never about an error, a multicast or an unspecified source, and at most `per_second` a
+    second of every kind together (Miredo's budget: ICMP_ERRORS_PER_SECOND), counted."""
+
+    def __init__(self, counters: Counters, per_second: int = ICMP_ERRORS_PER_SECOND) -> None:
+        self.counters = counters
+        self._rate = PerSecond(per_second)
+
+    def allow(self, invoking: bytes, header: IPv6Header, now: float) -> bool:
+        """Whether an error about `invoking` may go out at `now` (if so, it is counted as sent)."""
+        if not error_allowed(invoking, header):
+            return False
+        if not self._rate.allow(now):
+            self.counters["icmp.rate-limited"] += 1
+            return False
+        self.counters["icmp.sent"] += 1
         return True
 
 

@@ -28,6 +28,12 @@ class RawIPv6Sender:
         sock.setblocking(False)  # a full queue costs a drop, never a stalled reactor
         self._socket = sock
 
+    def adopt(self, fd: int) -> None:
+        """Use a raw socket opened by a privileged parent (a server worker inherits it)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._socket = sock
+
     @property
     def is_open(self) -> bool:
         return self._socket is not None

@@ -8,21 +8,26 @@ service (same sockets, TUN, peers, qualification).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from teredo_appliance.config_model import ROLE_NAMES, Config
+from teredo_appliance.config_model import Config
+from teredo_appliance.plugin import role_names
 
 CONSOLE = "manhole"  # the console is diffed like a role, under its section's name
 CONTROL = "control"
 METRICS = "metrics"
 SERVICES = (CONSOLE, CONTROL, METRICS)  # the components that are not roles, each a Config field
-COMPONENT_ORDER = (*ROLE_NAMES, *SERVICES)  # start order; stops go in reverse
 
 SUMMARY_KEYS = ("started", "stopped", "restarted", "unchanged", "errors")
 CHECK_KEYS = ("start", "stop", "restart", "unchanged", "changes", "warnings", "errors")
 SHOWN_VALUE = 40  # characters of a value shown in a change line
+
+
+def component_order() -> tuple[str, ...]:
+    """Start order: the roles as their plugins order them, then the other services; stops go in reverse."""
+    return (*role_names(), *SERVICES)
 
 
 def components(config: Config) -> dict[str, Any]:
@@ -43,22 +48,31 @@ class Plan:
     stop: tuple[str, ...]
     restart: tuple[str, ...]
     keep: tuple[str, ...]
+    reconfigure: tuple[str, ...] = ()  # changed only in keys the running service applies in place
+
+    def restarting(self, names: Collection[str]) -> Plan:
+        """This plan with `names` restarted instead of reconfigured (their service said it cannot)."""
+        return Plan(self.start, self.stop, tuple(n for n in component_order() if n in self.restart or n in names),
+                    self.keep, tuple(n for n in self.reconfigure if n not in names))
 
     def to_start(self) -> tuple[str, ...]:
         """Added and changed components, in start order."""
-        return tuple(n for n in COMPONENT_ORDER if n in self.start or n in self.restart)
+        return tuple(n for n in component_order() if n in self.start or n in self.restart)
 
     def to_stop(self) -> tuple[str, ...]:
         """Removed and changed components, in stop order (the reverse of start order)."""
-        return tuple(n for n in reversed(COMPONENT_ORDER) if n in self.stop or n in self.restart)
+        return tuple(n for n in reversed(component_order()) if n in self.stop or n in self.restart)
 
 
-def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Plan:
+def plan_reload(old: Config, new: Config, degraded: Collection[str] = (),
+                live_keys: Mapping[str, Collection[str]] | None = None) -> Plan:
     """Added components start, removed ones stop, changed ones restart, the rest are kept;
-    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart."""
+    except `degraded` ones (running but broken, e.g. their TUN was deleted): they restart.
+    A component changed only in its `live_keys[name]` is reconfigured in place instead."""
     before, after = components(old), components(new)
-    actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": []}
-    for name in COMPONENT_ORDER:
+    live_keys = live_keys or {}
+    actions: dict[str, list[str]] = {"start": [], "stop": [], "restart": [], "keep": [], "reconfigure": []}
+    for name in component_order():
         if name in before or name in after:
             if name not in after:
                 action = "stop"
@@ -66,6 +80,9 @@ def plan_reload(old: Config, new: Config, degraded: Collection[str] = ()) -> Pla
                 action = "start"
             else:
                 action = "keep" if before[name] == after[name] and name not in degraded else "restart"
+                if action == "restart" and name not in degraded and \
+                        set(changed_keys(before[name], after[name])) <= set(live_keys.get(name, ())):
+                    action = "reconfigure"
             actions[action].append(name)
     return Plan(**{action: tuple(names) for action, names in actions.items()})
 
@@ -85,6 +102,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
 
 
+def changed_keys(before: Any, after: Any) -> list[str]:
+    """The keys (dataclass fields) whose values differ between two sections of one kind."""
+    return [f.name for f in fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+
+
 def _field_changes(path: str, before: Any, after: Any) -> list[str]:
     return [f"{path}.{f.name}: {_shown(getattr(before, f.name))} -> {_shown(getattr(after, f.name))}"
             for f in fields(before) if getattr(before, f.name) != getattr(after, f.name)]
@@ -98,7 +120,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     """
     before, after = components(old), components(new)
     lines = []
-    for name in COMPONENT_ORDER:
+    for name in component_order():
         path = section_path(name)
         if name in before and name not in after:
             lines.append(f"{path} removed")

@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     reload = commands.add_parser("reload", help="re-read the configuration and apply it; exit 1 if refused")
     reload.add_argument("--dry-run", action="store_true", help="only validate and say what would change")
     commands.add_parser("version", help="the appliance's version")
+    drain = commands.add_parser("drain", help="withdraw a role's anycast route or addresses; waits out the grace")
+    drain.add_argument("role", help="relay or server")
+    drain.add_argument("--grace", type=float, default=None,
+                       help="seconds to serve existing peers before drained (default: the role's drain_grace)")
+    undrain = commands.add_parser("undrain", help="announce a drained role again")
+    undrain.add_argument("role", help="relay or server")
     return p
 
 
@@ -84,6 +90,10 @@ def request_for(args: argparse.Namespace) -> dict[str, Any]:
         return {"command": "peers", "role": args.role, "limit": args.limit}
     if args.command == "reload":
         return {"command": "reload", "dry_run": args.dry_run}
+    if args.command == "drain":
+        return {"command": "drain", "role": args.role, "grace": args.grace}
+    if args.command == "undrain":
+        return {"command": "undrain", "role": args.role}
     return {"command": args.command}
 
 
@@ -105,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "peers" and args.limit < 0:
         print("teredoctl: --limit must be 0 (all) or more", file=sys.stderr)
         return EXIT_USAGE
+    timeout = ANSWER_TIMEOUT + ((args.grace or 0.0) if args.command == "drain" else 0.0)
     try:
-        answer = ask(args.socket, request_for(args))
+        answer = ask(args.socket, request_for(args), timeout)
     except Unreachable as error:
         print(f"teredoctl: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE

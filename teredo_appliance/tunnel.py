@@ -24,7 +24,7 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable
-from ipaddress import IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -38,11 +38,10 @@ from zope.interface import implementer
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
+from teredo_appliance.wire.constants import IFNAMSIZ, IPV6_HEADER_LENGTH
 
 __all__ = ["LinkError", "Tunnel"]
 
-IPV6_HEADER_LEN = 40  # RFC 8200 §3
-IFNAMSIZ = 16  # include/uapi/linux/if.h, including the terminating NUL
 # Read buffer: the largest MTU a TUN accepts, so a packet is never truncated even if an operator
 # raises the MTU behind our back; reading into a 64 KiB buffer costs no more than into 1280 bytes.
 READ_SIZE = 65535
@@ -65,7 +64,7 @@ class _IPv6Packets(AbstractDatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
         self.counters[TUN_IN] += len(datagram)
-        if len(datagram) < IPV6_HEADER_LEN:
+        if len(datagram) < IPV6_HEADER_LENGTH:
             self.counters.drop("tun.short")
         elif datagram[0] >> 4 != 6:
             self.counters.drop("tun.not_ipv6")
@@ -148,8 +147,8 @@ class Tunnel:
         self.index: int | None = None  # the kernel's ifindex of our device, once open
         self._closed: Deferred[None] = succeed(None)  # the last close, perhaps still under way
         self._link: Link | None = None
-        self._addresses: list[IPv6Interface] = []
-        self._routes: list[tuple[IPv6Network, int | None]] = []
+        self._addresses: list[IPv4Interface | IPv6Interface] = []
+        self._routes: list[tuple[IPv6Network, int | None, int | None]] = []  # prefix, metric, protocol
 
     def open(self) -> None:
         """Privileged: create the TUN, make it an IPv6 link whose addresses only we choose (see
@@ -189,7 +188,7 @@ class Tunnel:
         self.index = None if state is None else state.index
         self.log.info("TUN device {name} open, MTU {mtu}", name=self.name, mtu=self.mtu)
 
-    def set_addresses(self, addresses: Iterable[IPv6Interface]) -> None:
+    def set_addresses(self, addresses: Iterable[IPv4Interface | IPv6Interface]) -> None:
         """Privileged: make `addresses` the device's addresses.
 
         Addresses set earlier and no longer wanted are removed first, then new ones added, so a
@@ -206,16 +205,23 @@ class Tunnel:
                 link.add_address(address)
                 self._addresses.append(address)
 
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        """Privileged: route `prefix` to the device (kernel default metric 1024 if None)."""
-        self._open_link("add a route").add_route(prefix, metric)
-        self._routes.append((prefix, metric))
+    def add_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        """Privileged: route `prefix` to the device (kernel default metric 1024 and protocol
+        static if None)."""
+        self._open_link("add a route").add_route(prefix, metric, protocol)
+        self._routes.append((prefix, metric, protocol))
 
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        """Privileged: remove a route added with add_route (same prefix and metric)."""
-        self._open_link("remove a route").remove_route(prefix, metric)
-        if (prefix, metric) in self._routes:
-            self._routes.remove((prefix, metric))
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        """Privileged: remove a route added with add_route (same prefix, metric and protocol).
+        It is forgotten even if the kernel no longer had it (a repair must not bring it back)."""
+        route = (prefix, metric, protocol)
+        if route in self._routes:
+            self._routes.remove(route)
+        self._open_link("remove a route").remove_route(prefix, metric, protocol)
+
+    def has_route(self, prefix: IPv6Network) -> bool:
+        """Whether we set a route to `prefix` (and have not removed it)."""
+        return any(route[0] == prefix for route in self._routes)
 
     def write(self, packet: bytes) -> None:
         """Hand one IPv6 packet to the kernel. Never raises: a packet the kernel refuses (queue
@@ -246,7 +252,7 @@ class Tunnel:
             # stopping role, then a reload restoring its predecessor) waits for that too.
             return DeferredList([self._closed], consumeErrors=True).addCallback(lambda _: None)
         failures = [
-            *(self._try(link.remove_route, prefix, metric) for prefix, metric in reversed(self._routes)),
+            *(self._try(link.remove_route, *route) for route in reversed(self._routes)),
             *(self._try(link.remove_address, address) for address in reversed(self._addresses)),
         ]
         failures = [failure for failure in failures if failure]
@@ -265,7 +271,7 @@ class Tunnel:
             "open": self._port is not None,
             "mtu": self.mtu,
             "addresses": [str(a) for a in self._addresses],
-            "routes": [{"prefix": str(p), "metric": m} for p, m in self._routes],
+            "routes": [{"prefix": str(p), "metric": m, "protocol": proto} for p, m, proto in self._routes],
         }
 
     def problem(self) -> str | None:
@@ -283,7 +289,7 @@ class Tunnel:
         if not state.up:
             return f"TUN {self.name} down"
         lost = [str(a) for a in self._addresses if a not in state.addresses]
-        lost += [f"route {prefix}" for prefix, _metric in self._routes if prefix not in state.routes]
+        lost += [f"route {route[0]}" for route in self._routes if route[0] not in state.routes]
         return f"TUN {self.name} lost {', '.join(lost)}" if lost else None
 
     def repair(self) -> Deferred[None]:
@@ -300,9 +306,9 @@ class Tunnel:
                 for address in self._addresses:
                     if address not in state.addresses:
                         link.add_address(address)
-                for prefix, metric in self._routes:
-                    if prefix not in state.routes:
-                        link.add_route(prefix, metric)
+                for route in self._routes:
+                    if route[0] not in state.routes:
+                        link.add_route(*route)
                 return succeed(None)
         except LinkError as e:
             return fail(e)
@@ -316,8 +322,8 @@ class Tunnel:
             self.name = self._requested_name
             self.open()
             self.set_addresses(addresses)
-            for prefix, metric in routes:
-                self.add_route(prefix, metric)
+            for route in routes:
+                self.add_route(*route)
 
         return DeferredList([self._closed], consumeErrors=True).addCallback(reopen)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv6Interface, IPv6Network
+from ipaddress import IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -83,11 +83,11 @@ class FakeLink:
     def remove_address(self, address: IPv6Interface) -> None:
         self._do("remove_address", address)
 
-    def add_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("add_route", prefix, metric)
+    def add_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        self._do("add_route", prefix, metric, *(() if protocol is None else (protocol,)))
 
-    def remove_route(self, prefix: IPv6Network, metric: int | None = None) -> None:
-        self._do("remove_route", prefix, metric)
+    def remove_route(self, prefix: IPv6Network, metric: int | None = None, protocol: int | None = None) -> None:
+        self._do("remove_route", prefix, metric, *(() if protocol is None else (protocol,)))
 
 
 class QuietWatch:
@@ -137,3 +137,26 @@ def kernel_sends(system: testing.MemoryIOSystem, reactor: MemoryReactorClock, *p
         tun_device(system).addToReadBuffer(packet)
     [port] = reactor.getReaders()
     port.doRead()
+
+
+class FakeLanEdge:
+    """client_lan.LanEdge without sockets or netlink: records joins; `networks` is the LAN."""
+
+    def __init__(
+        self, reactor: Any, deliver: Any, counters: Any, networks: tuple[str, ...] = ("198.19.0.0/24",)
+    ) -> None:
+        self.deliver = deliver
+        self.networks = [IPv4Network(n) for n in networks]
+        self.joined: str | None = None
+        self.stopped = False
+
+    def attach(self, sender: Any, local_ip: str) -> list[Any]:
+        self.joined = local_ip
+        return self.networks
+
+    def detach(self) -> None:
+        self.joined = None
+
+    def stop(self) -> None:
+        self.detach()
+        self.stopped = True

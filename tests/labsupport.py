@@ -17,10 +17,10 @@ from typing import ClassVar
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import checks
-from teredo_appliance.lab.lab import MIREDO
-from teredo_appliance.lab.preflight import unavailable_reason
-from teredo_appliance.lab.scenario import Scenario, ours_missing, run_scenario
+from teredo_lab import checks
+from teredo_lab.lab import MIREDO
+from teredo_lab.preflight import unavailable_reason
+from teredo_lab.scenario import Scenario, ours_missing, run_scenario
 
 REQUIRE_LAB = "TEREDO_REQUIRE_LAB"  # set by CI: a lab test that would skip fails instead
 
@@ -41,7 +41,8 @@ def skip_unless_lab(reason: str | None) -> None:
 
 
 def scenario_skip_reason(scenario: Scenario) -> str | None:
-    uses_miredo = MIREDO in {scenario.server, scenario.relay, scenario.client, scenario.client2, scenario.server2}
+    uses_miredo = MIREDO in {scenario.server, scenario.relay, scenario.client, scenario.client2, scenario.server2,
+                             scenario.client3}
     return lab_skip_reason(uses_miredo) or ours_missing(scenario.ours_roles())
 
 

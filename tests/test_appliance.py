@@ -7,6 +7,7 @@ restore the old) is an assertion about the order of that journal.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -25,7 +26,6 @@ from teredo_appliance import earlyhup, privileges, tap
 from teredo_appliance.appliance import Appliance, StartError
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import (
-    ROLE_NAMES,
     ClientConfig,
     Config,
     LogConfig,
@@ -34,13 +34,15 @@ from teredo_appliance.config_model import (
     RolesConfig,
     ServerConfig,
 )
+from teredo_appliance.console import render_check, render_summary
 from teredo_appliance.loglevel import LogSink
+from teredo_appliance.plugin import role_names
 from teredo_appliance.reload import Plan, describe_changes, plan_reload
 from tests.test_config import no_longer_than
 
 SERVER = ServerConfig(bind_address=IPv4Address("198.18.0.1"), bind_address2=IPv4Address("198.18.0.2"))
 RELAY = RelayConfig(interface="tr-test")
-RELAY_BIGGER = RelayConfig(interface="tr-test", max_peers=10)
+RELAY_BIGGER = RelayConfig(interface="tr-test", mtu=1400)  # a change that needs a restart
 CLIENT = ClientConfig(server_address="198.18.0.1")
 
 
@@ -66,9 +68,21 @@ class FakeRole(Service):
             raise error
         super().privilegedStartService()
 
-    def startService(self) -> None:
+    def startService(self) -> Deferred[None] | None:
         self._note("start")
         super().startService()
+        if self.section in self.world.slow_start:  # an asynchronous start, finished by the test
+            d: Deferred[None] = Deferred()
+            self.world.starting.append(d)
+            return d
+        return None
+
+    def reconfigurable(self, section: Any) -> bool:
+        return self.name not in self.world.refuse_live
+
+    def reconfigure(self, section: Any) -> None:
+        self.section = section
+        self._note("reconfigure")
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -107,6 +121,9 @@ class World:
         self.fail_build: dict[Any, Exception] = {}
         self.slow_stop: set[str] = set()
         self.problems: dict[str, str] = {}  # what a running role's health() reports
+        self.refuse_live: set[str] = set()  # roles whose reconfigurable() says no
+        self.slow_start: set[Any] = set()  # sections whose startService returns a Deferred
+        self.starting: list[Deferred[None]] = []
         self.stopping: list[Deferred[None]] = []
 
     def factories(self) -> dict[str, Any]:
@@ -120,7 +137,7 @@ class World:
 
             return factory
 
-        return {name: factory_for(name) for name in ROLE_NAMES}
+        return {name: factory_for(name) for name in role_names()}
 
     def events(self, *kinds: str) -> list[tuple[str, str, Any]]:
         return [e for e in self.journal if e[0] in kinds]
@@ -233,6 +250,38 @@ class CompositionTests(ApplianceCase):
 
 
 class ReloadTests(ApplianceCase):
+    def test_a_live_key_is_applied_in_place(self) -> None:
+        """relay max_peers is one of the relay plugin's live keys: same service, no stop, no open."""
+        smaller = dataclasses.replace(RELAY, max_peers=10)
+        appliance = self.running(make_config(server=SERVER, relay=RELAY), make_config(server=SERVER, relay=smaller))
+        relay = appliance.getServiceNamed("relay")
+        result = self.reload(appliance)
+        self.assertEqual(result, {"started": [], "stopped": [], "restarted": [], "reconfigured": ["relay"],
+                                  "unchanged": ["server"], "errors": []})
+        self.assertIs(appliance.getServiceNamed("relay"), relay)
+        self.assertEqual(self.world.journal, [("reconfigure", "relay", smaller)])
+        self.assertEqual(appliance.config, make_config(server=SERVER, relay=smaller))
+        self.assertIn("reconfigured: relay", render_summary(result))
+
+    def test_a_live_key_with_another_change_restarts(self) -> None:
+        changed = dataclasses.replace(RELAY, max_peers=10, mtu=1400)
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=changed))
+        result = self.reload(appliance)
+        self.assertEqual((result["restarted"], result.get("reconfigured")), (["relay"], None))
+
+    def test_a_service_that_cannot_take_it_in_place_is_restarted(self) -> None:
+        self.world.refuse_live.add("relay")
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=dataclasses.replace(RELAY, max_peers=10)))
+        self.assertEqual(self.reload(appliance)["restarted"], ["relay"])
+        self.assertEqual([e[:2] for e in self.world.journal],
+                         [("stop", "relay"), ("closed", "relay"), ("open", "relay"), ("start", "relay")])
+
+    def test_check_names_what_would_be_reconfigured(self) -> None:
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=dataclasses.replace(RELAY, max_peers=9)))
+        check = appliance.check()
+        self.assertEqual((check["reconfigure"], check["restart"]), (["relay"], []))
+        self.assertIn("would reconfigure: relay", render_check(check))
+
     def test_added_role_starts_and_unchanged_is_the_same_object(self) -> None:
         appliance = self.running(make_config(server=SERVER), make_config(server=SERVER, relay=RELAY))
         server = appliance.getServiceNamed("server")
@@ -340,6 +389,29 @@ class ReloadTests(ApplianceCase):
         self.assertIsNone(failed.parent)
         self.flushLoggedErrors(CannotListenError)
 
+    def test_a_start_that_fails_later_is_reported_and_rolled_back(self) -> None:
+        """The reload waits for an asynchronous start; its failure restores the old relay."""
+        self.world.slow_start.add(RELAY_BIGGER)
+        appliance = self.running(make_config(server=SERVER, relay=RELAY),
+                                 make_config(server=SERVER, relay=RELAY_BIGGER))
+        d = appliance.reload()
+        self.assertNoResult(d)  # still starting
+        self.world.starting.pop().errback(OSError(errno.ENODEV, "No such device"))
+        result = self.successResultOf(d)
+        self.assertEqual((result["restarted"], result["restored"]), ([], ["relay"]))
+        self.assertIn("No such device", result["errors"][0])
+        self.assertEqual(appliance.getServiceNamed("relay").section, RELAY)
+        self.assertIn(("stop", "relay", RELAY_BIGGER), self.world.journal)
+        self.flushLoggedErrors(OSError)
+
+    def test_a_start_that_finishes_later_is_waited_for(self) -> None:
+        self.world.slow_start.add(RELAY_BIGGER)
+        appliance = self.running(make_config(relay=RELAY), make_config(relay=RELAY_BIGGER))
+        d = appliance.reload()
+        self.assertNoResult(d)
+        self.world.starting.pop().callback(None)
+        self.assertEqual(self.successResultOf(d)["restarted"], ["relay"])
+
     def test_failed_start_and_failed_restore_leave_the_role_stopped(self) -> None:
         self.world.fail_open[RELAY_BIGGER] = OSError(errno.ENODEV, "No such device")
         appliance = self.running(make_config(server=SERVER, relay=RELAY),
@@ -389,7 +461,7 @@ class TruncatedFileTests(ApplianceCase):
         new = make_config(log="debug", relay=RELAY_BIGGER, client=CLIENT)
         self.assertEqual(describe_changes(old, new), [
             "roles.server removed",
-            "roles.relay.max_peers: 65536 -> 10",
+            "roles.relay.mtu: 1280 -> 1400",
             "roles.client added",
             "manhole removed",
             "log.level: info -> debug",
@@ -416,7 +488,7 @@ class TruncatedFileTests(ApplianceCase):
         events = self.captured()
         self.reload(appliance)
         self.assertEqual([e["log_level"] for e in events], [LogLevel.info, LogLevel.info])
-        self.assertEqual(formatEvent(events[0]), "reloading teredo.yaml: changes: roles.relay.max_peers: 65536 -> 10")
+        self.assertEqual(formatEvent(events[0]), "reloading teredo.yaml: changes: roles.relay.mtu: 1280 -> 1400")
 
     def test_check_is_a_dry_run(self) -> None:
         appliance = self.running(make_config(server=SERVER, relay=RELAY),
@@ -424,7 +496,7 @@ class TruncatedFileTests(ApplianceCase):
         config, children = appliance.config, list(appliance)
         self.assertEqual(appliance.check(), {
             "start": ["client"], "stop": ["server"], "restart": ["relay"], "unchanged": [],
-            "changes": ["roles.server removed", "roles.relay.max_peers: 65536 -> 10", "roles.client added"],
+            "changes": ["roles.server removed", "roles.relay.mtu: 1280 -> 1400", "roles.client added"],
             "warnings": ["roles.server no longer in the file: stopping server (if the file was cut short, restore it"
                          " and reload)"],
             "errors": []})

@@ -24,10 +24,10 @@ from twisted.trial import unittest
 import teredo_appliance
 from teredo_appliance.config import load_config
 from teredo_appliance.console import RULE
-from teredo_appliance.lab import checks, configs, topology
-from teredo_appliance.lab.lab import OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, client_section, ours_missing, relay_section, server_section
-from teredo_appliance.lab.sshconsole import ConsoleAccess, missing_tools, plain, status_blocks
+from teredo_lab import checks, configs, topology
+from teredo_lab.lab import OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, client_section, ours_missing, relay_section, server_section
+from teredo_lab.sshconsole import ConsoleAccess, missing_tools, plain, status_blocks
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent

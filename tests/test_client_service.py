@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
@@ -14,13 +15,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.clock import monotonic_reactor
 from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.console import render_status
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
-from teredo_appliance.roles.client_qualify import QUALIFICATION_TIMEOUT
+from teredo_appliance.roles.client_machine import QUALIFICATION_TIMEOUT
 from teredo_appliance.wire.address import ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_packet, parse_header
 from teredo_appliance.wire.nd import RS_SOURCE, router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, origin_indication, parse_datagram
-from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import FakeLanEdge, FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 SERVER, SERVER2 = "198.18.0.1", "198.18.0.2"
 MAPPED = ("198.18.0.100", 52732)
@@ -59,7 +61,9 @@ class ClientServiceTests(SynchronousTestCase):
         self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
-        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", **settings})
+        # Local discovery off unless asked: its multicast bubble would join every list of sends.
+        config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", "local_discovery": False,
+                                 **settings})
 
         def watch(on_change: Any, reactor: Any) -> QuietWatch:
             self.watchers.append(QuietWatch(on_change, reactor))
@@ -69,6 +73,7 @@ class ClientServiceTests(SynchronousTestCase):
             config, self.reactor, tun_system=self.system, link_factory=self.link,
             netwatch=watch, link_watch=QuietWatch, local_address=lambda server: ipv4_to_int(LOCAL),
             rng=random.Random(1),
+            lan_edge=FakeLanEdge,
         )
         service.privilegedStartService()
         service.startService()
@@ -257,6 +262,39 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertEqual(down["OLD_ADDRESS"], address)
         self.assertEqual({path for path, _ in self.reactor.spawned}, {"/etc/teredo/client-hook"})
 
+    def test_reconfigure_in_place_keeps_the_tunnel_and_the_qualification(self) -> None:
+        """refresh_interval, fallback_servers and hook change live: same TUN, same address, and
+        the next change of state runs the new hook."""
+        service = self.service(hook="/etc/teredo/old-hook")
+        self.qualify(service)
+        self.reactor.advance(0)
+        tunnel, address, calls = service.tunnel, service.status()["address"], list(self.calls)
+        new = dataclasses.replace(service.config, refresh_interval=10.0, fallback_servers=(SERVER2,),
+                                  hook="/etc/teredo/new-hook")
+        self.assertTrue(service.reconfigurable(new))
+        service.reconfigure(new)
+        self.assertIs(service.tunnel, tunnel)
+        self.assertEqual((service.status()["address"], service.status()["refresh_interval"]), (address, 10.0))
+        self.assertEqual(self.calls, calls)  # the TUN was not touched
+        self.sent(service)
+        self.reactor.advance(10)  # the new interval, not the old 30 s
+        self.assertEqual({to for _, to in self.sent(service)}, {(SERVER, 3544)})
+        d = service.stopService()
+        self.reactor.pump([0] * 3)
+        self.successResultOf(d)
+        self.assertEqual([(path, env["STATE"]) for path, env in self.reactor.spawned],
+                         [("/etc/teredo/old-hook", "up"), ("/etc/teredo/new-hook", "down"),
+                          ("/etc/teredo/new-hook", "destroy")])
+
+    def test_a_hook_removed_live_runs_no_more(self) -> None:
+        service = self.service(hook="/etc/teredo/old-hook")
+        self.qualify(service)
+        service.reconfigure(dataclasses.replace(service.config, hook=None))
+        d = service.stopService()
+        self.reactor.pump([0] * 3)
+        self.successResultOf(d)
+        self.assertEqual([env["STATE"] for _, env in self.reactor.spawned], ["up"])
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=160), st.sampled_from([(SERVER, 3544), (SERVER2, 3544), ("198.18.0.10", 3544)]))
     def test_arbitrary_datagrams_never_raise(self, payload: bytes, source: tuple[str, int]) -> None:
@@ -267,3 +305,29 @@ class ClientServiceTests(SynchronousTestCase):
         for data in (payload, b"\x00\x01" + payload, b"\x00\x00" + payload):
             service._on_datagram(data, source)
         self.assertEqual(service.counters["drop.internal-error"], 0)
+
+    def test_local_discovery_joins_the_lan_announces_and_reports_local_peers(self) -> None:
+        service = self.service(local_discovery=True)
+        lan = service.lan
+        assert isinstance(lan, FakeLanEdge)
+        self.qualify(service)
+        self.assertEqual(lan.joined, LOCAL)
+        mine = IPv6Address(service.status()["address"]).packed
+        self.assertIn(("224.0.0.253", 3544), [to for _, to in self.sent(service)])
+        peer = bytearray(mine)
+        peer[10:12] = b"\x01\x02"  # another (obfuscated) port behind the same NAT
+        bubble = build_packet(bytes(peer), IPv6Address("ff02::1").packed, 59, b"", hop_limit=1)
+        lan.deliver(bubble, ("198.20.0.3", 40002))  # not on the LAN's subnet
+        self.assertEqual(service.counters.drops(), {"local-discovery-off-link": 1})
+        lan.deliver(bubble, ("198.19.0.3", 40002))
+        self.assertEqual([to for _, to in self.sent(service)], [("198.19.0.3", 40002)])
+        status = service.status()
+        self.assertEqual([p["local"] for p in status["local_peers"]], [["198.19.0.3:40002"]])
+        self.assertEqual((status["local_discovery"], status["hairpinning"], status["hairpinning_used"]),
+                         (True, True, False))
+        # netsh-style, in `teredoctl status`: the special behaviour on one line, the peer counted.
+        self.assertEqual(status["nat_special"]["local_peers"], 1)
+        self.assertIn("NAT Special Behaviour    : UPnP: no, PortPreserving: ", render_status({"client": status}))
+        self.assertTrue(status["nat_special_behaviour"].endswith("Hairpinning used: no, Local peers: 1"))
+        service.stopService()
+        self.assertTrue(lan.stopped)

@@ -18,8 +18,8 @@ from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import ipv4_to_int
 from tests.fake_igd import FakeIGD
-from tests.fakes import FakeLink, memory_tun_system
-from tests.test_client_service import LOCAL, SERVER, NoNetWatch, Reactor
+from tests.fakes import FakeLanEdge, FakeLink, QuietWatch, memory_tun_system
+from tests.test_client_service import LOCAL, SERVER, Reactor
 
 
 class ClientUPnPTests(unittest.TestCase):
@@ -45,10 +45,12 @@ class ClientUPnPTests(unittest.TestCase):
             self.clock,
             tun_system=memory_tun_system(),
             link_factory=lambda name: FakeLink(name, []),
-            netwatch=NoNetWatch,
+            netwatch=QuietWatch,
+            link_watch=QuietWatch,
             local_address=lambda server: ipv4_to_int(LOCAL),
             rng=random.Random(1),
             port_mapper=mapper,
+            lan_edge=FakeLanEdge,
         )
         service.privilegedStartService()
         service.startService()

@@ -531,6 +531,18 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(config.manhole, ManholeConfig())
         self.assertEqual(config.log.level, "debug")
 
+    def test_console_admission_limits_are_read_and_checked(self) -> None:
+        config = parse("roles:\n  relay:\nmanhole:\n  max_unauthenticated: 3\n  login_grace_time: 2.5\n")
+        self.assertEqual((config.manhole.max_unauthenticated, config.manhole.login_grace_time), (3, 2.5))
+        self.assertEqual((ManholeConfig().max_unauthenticated, ManholeConfig().login_grace_time), (10, 60.0))
+        self.assertEqual(errors("roles:\n  relay:\nmanhole:\n  max_unauthenticated: 0\n  login_grace_time: 0\n"), [
+            "teredo.yaml:4: manhole.max_unauthenticated: 0 is out of range 1..1000",
+            "teredo.yaml:5: manhole.login_grace_time: 0 is out of range 1..600 seconds",
+        ])
+        self.assertEqual(errors("roles:\n  relay:\nmanhole:\n  login_grace_time: forever\n"), [
+            "teredo.yaml:4: manhole.login_grace_time: expected a number of seconds, got 'forever'",
+        ])
+
     def test_parsed_config_is_immutable(self) -> None:
         config = load_config(SAMPLE)
         with self.assertRaises(dataclasses.FrozenInstanceError):
@@ -568,6 +580,17 @@ class ValueTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             load_config(latin1)
         self.assertEqual(caught.exception.errors, [f"{latin1}: not UTF-8 text (byte offset 7)"])
+
+
+class ServerWorkersTests(SynchronousTestCase):
+    def test_workers_are_a_small_count_and_exclude_anycast(self) -> None:
+        head = "roles:\n  server:\n    bind_address: 198.18.0.1\n"
+        self.assertEqual(parse_config(head + "    workers: 4\n", "teredo.yaml").roles.server.workers, 4)
+        self.assertEqual(errors(head + "    workers: 0\n"),
+                         ["teredo.yaml:4: roles.server.workers: 0 is out of range 1..64"])
+        self.assertEqual(errors(head + "    anycast: true\n    workers: 2\n"),
+                         ["teredo.yaml:4: roles.server.anycast: not available with workers > 1 (the workers' supervisor"
+                          " does not own the /32s); use workers: 1 or leave anycast off"])
 
 
 class CollisionTests(SynchronousTestCase):

@@ -158,7 +158,7 @@ class ProtocolTests(SynchronousTestCase):
                                (b"[1, 2]\n", "the request is not a JSON object"),
                                (b"\xff\xfe\n", "the request is not a JSON object"),
                                (b'{"command": "shutdown"}\n', "unknown command 'shutdown'; expected one of "
-                                                              "status, peers, reload, version"),
+                                                              "status, peers, reload, version, drain, undrain"),
                                (b'{"command": "peers"}\n', "peers needs a role: relay or client")):
             self.assertEqual(self.ask(request), {"ok": False, "error": error, "errors": []}, request)
 
@@ -310,7 +310,7 @@ class TeredoctlTests(SynchronousTestCase):
                   "errors": ["t.yaml:3: roles.relay.mtu: 9 is out of range 1280..65535"],
                   "result": {"started": [], "stopped": [], "restarted": [], "unchanged": ["server"],
                              "errors": ["t.yaml:3: roles.relay.mtu: 9 is out of range 1280..65535"]}}
-        self.patch(teredoctl, "ask", lambda path, request: answer)
+        self.patch(teredoctl, "ask", lambda path, request, timeout: answer)
         code, out, err = self.run_main("reload")
         self.assertEqual(code, 1)
         self.assertEqual(out, "started   : -\nstopped   : -\nrestarted : -\nunchanged : server\n")

@@ -16,9 +16,9 @@ from pathlib import Path
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import OURS, Lab
-from teredo_appliance.lab.scenario import Scenario, scenario_lab
+from teredo_lab import checks, topology
+from teredo_lab.lab import OURS, Lab
+from teredo_lab.scenario import Scenario, scenario_lab
 from tests.labsupport import scenario_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent

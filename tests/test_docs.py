@@ -10,7 +10,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from teredo_appliance import config_model
+from teredo_appliance import config, config_model, sshserver
+from teredo_appliance.plugin import role_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = (ROOT / "man" / "twistd-teredo.8", ROOT / "man" / "teredo.yaml.5", ROOT / "man" / "teredoctl.8")
@@ -43,8 +44,8 @@ class ManualPageTests(SynchronousTestCase):
 
     def test_every_key_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
-        sections = (config_model.ServerConfig, config_model.RelayConfig, config_model.ClientConfig,
-                    config_model.ClientExtensions, config_model.ManholeConfig, config_model.LogConfig,
+        roles = tuple(role.schema.config_class for role in role_plugins().values())
+        sections = (*roles, config_model.ClientExtensions, config_model.ManholeConfig, config_model.LogConfig,
                     config_model.ControlConfig, config_model.MetricsConfig)
         for section in sections:
             for field in dataclasses.fields(section):
@@ -54,7 +55,8 @@ class ManualPageTests(SynchronousTestCase):
     def test_every_metric_family_is_documented(self) -> None:
         text = (ROOT / "man" / "teredo.yaml.5").read_text()
         for family in ("teredo_up", "teredo_events_total", "teredo_drops_total", "teredo_bytes_total",
-                       "teredo_peers", "teredo_client_qualified", "teredo_build_info"):
+                       "teredo_peers", "teredo_client_qualified", "teredo_announced", "teredo_drained",
+                       "teredo_build_info"):
             self.assertIn(f".B {family}\n", text)
 
     def test_every_teredoctl_command_is_documented(self) -> None:
@@ -76,3 +78,24 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn("Type=notify", unit)
         self.assertIn("ExecReload=/opt/teredo-appliance/bin/teredoctl reload", unit)
         self.assertIn("RestartPreventExitStatus=78", unit)
+
+    def test_unit_leaves_descriptors_for_reloads_beyond_the_console(self) -> None:
+        unit = (ROOT / "etc" / "teredo.service").read_text()
+        limit = int(next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")))
+        # The console's worst case (every waiting login at its cap, every session) is a small share.
+        self.assertGreaterEqual(limit, 16 * (config.MAX_UNAUTHENTICATED + sshserver.MAX_SESSIONS))
+
+
+class BirdSampleTests(SynchronousTestCase):
+    def test_sample_bird_configs_parse_and_carry_what_scaling_out_needs(self) -> None:
+        box = (ROOT / "etc" / "bird-box.conf").read_text()
+        upstream = (ROOT / "etc" / "bird-upstream.conf").read_text()
+        for needed in ("krt_source = TEREDO_ROUTE_PROTOCOL", "unreachable", "bfd on", 'interface "lo"'):
+            self.assertIn(needed, box)
+        for needed in ("merge paths on", "bfd on", "fib_multipath_hash_policy=3", "fib_multipath_hash_fields=0x0003"):
+            self.assertIn(needed, upstream)
+        if shutil.which("bird") is None:
+            raise SkipTest("bird (Debian bird2) is not installed: tools/setup.sh installs it")
+        for name in ("bird-box.conf", "bird-upstream.conf"):
+            parsed = subprocess.run(["bird", "-p", "-c", str(ROOT / "etc" / name)], capture_output=True, text=True)
+            self.assertEqual((parsed.returncode, parsed.stderr), (0, ""), name)

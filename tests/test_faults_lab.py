@@ -1,6 +1,6 @@
 """Faults injected into a running lab: a reload that cannot apply, a TUN removed from outside.
 
-Each test builds its own namespaces (teredo_appliance.lab), starts our server, relay and
+Each test builds its own namespaces (teredo_lab), starts our server, relay and
 two clients, breaks something the way an operator or another program would, and checks
 that traffic from the native IPv6 host to a Teredo client comes back.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import OURS, Lab
-from teredo_appliance.lab.scenario import Scenario, ours_missing, relay_section, start
+from teredo_lab import checks, topology
+from teredo_lab.lab import OURS, Lab
+from teredo_lab.scenario import Scenario, ours_missing, relay_section, start
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 from tests.test_tap import TWISTD
 
@@ -157,3 +157,38 @@ class EarlySighup(unittest.TestCase):
         process.send_signal(signal.SIGTERM)
         self.assertIn(process.wait(timeout=20), (0, -signal.SIGTERM), log.read_text())  # twistd re-raises it
         sys.stderr.write(f"[SIGHUP handler installed {caught:.2f} s after exec] ")
+
+
+class SighupAtFixedTimes(unittest.TestCase):
+    """`teredod` (twistd with our handler first) sent SIGHUP 0.2 s after exec survives it and
+    reloads once the roles run; plain twistd reaches our code too late for that."""
+
+    timeout = 60
+
+    def start(self, program: str) -> tuple[subprocess.Popen[bytes], Path]:
+        namespace = f"tfhup{os.getpid()}{program[:3]}"
+        subprocess.run(["ip", "netns", "add", namespace], check=True)
+        self.addCleanup(subprocess.run, ["ip", "netns", "delete", namespace], check=False)
+        config, log = Path(self.mktemp()), Path(self.mktemp())
+        config.write_text("roles:\n  relay:\n    interface: tfhup1\n    bind_address: 127.0.0.1\n"
+                          "control: false\n")  # never the host's /run/teredo
+        argv = ["ip", "netns", "exec", namespace, str(Path(TWISTD).with_name(program)), "-n", "--pidfile=",
+                f"--logfile={log}", "teredo", "-c", str(config)]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+        return process, log
+
+    def test_sighup_0_2_s_after_exec_is_a_reload(self) -> None:
+        skip_unless_lab("needs root: runs a relay in a network namespace" if os.geteuid() else None)
+        process, log = self.start("teredod")
+        time.sleep(0.2)
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload of" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            self.assertIsNone(process.poll(), "teredod died of a SIGHUP sent 0.2 s after exec")
+            time.sleep(0.05)
+        text = log.read_text()
+        self.assertIn("unchanged ['relay'], errors []", text)
+        process.send_signal(signal.SIGTERM)
+        self.assertIn(process.wait(timeout=20), (0, -signal.SIGTERM), log.read_text())

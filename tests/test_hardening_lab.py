@@ -1,7 +1,7 @@
 """Hostile traffic against our server, relay, clients and SSH console, seen from outside.
 
 A hostile host on the lab's Internet (topology.Options.hostile) sends well-formed but
-malicious Teredo traffic with raw and UDP sockets (teredo_appliance.lab.attacks), while
+malicious Teredo traffic with raw and UDP sockets (teredo_lab.attacks), while
 captures run at the places each packet must not reach: the native IPv6 link (the IPv6
 host), the relay's namespace (its TUN and its uplink) and the hostile host itself (the
 "chosen" addresses a daemon must not be steered into flooding). The scenario runs once
@@ -30,16 +30,16 @@ from typing import ClassVar
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import attacks, checks, cli, topology
-from teredo_appliance.lab.capture import ETH_P_IP, ETH_P_IPV6, Frame, ipv6_packets, read_frames, udp_datagrams
-from teredo_appliance.lab.lab import OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, ours_missing, start
-from teredo_appliance.lab.sshconsole import CONSOLE_HOST, CONSOLE_PORT, ConsoleAccess, missing_tools
 from teredo_appliance.wire.address import TeredoAddress, int_to_ipv4, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import HEADER_LENGTH, NEXT_HEADER_ICMPV6, checksum_ok, parse_header
 from teredo_appliance.wire.nd import parse_router_advertisement, teredo_prefix64
 from teredo_appliance.wire.teredo import Datagram, build_bubble, is_bubble, parse_datagram
+from teredo_lab import attacks, checks, cli, topology
+from teredo_lab.capture import ETH_P_IP, ETH_P_IPV6, Frame, ipv6_packets, read_frames, udp_datagrams
+from teredo_lab.lab import OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, ours_missing, start
+from teredo_lab.sshconsole import CONSOLE_HOST, CONSOLE_PORT, ConsoleAccess, missing_tools
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
@@ -260,7 +260,7 @@ class HostileRun:
                                if problems else fine)
 
     def attacker(self, node: str, *argv: str, timeout: float = 30.0) -> dict:
-        done = self.lab.run(node, ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_appliance.lab.attacks",
+        done = self.lab.run(node, ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_lab.attacks",
                                    *argv], timeout=timeout)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -386,7 +386,7 @@ class HostileRun:
     def _judge_console(self, lab: Lab, console: ConsoleAccess) -> None:
         pid = lab.daemons["server"].process.pid
         baseline = len(os.listdir(f"/proc/{pid}/fd"))
-        argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_appliance.lab.attacks", "tcp-flood",
+        argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_lab.attacks", "tcp-flood",
                 CONSOLE_HOST, str(CONSOLE_PORT), str(IDLE_CONNECTIONS)]
         with lab.background("server", argv) as flood:
             ready = select.select([flood.stdout], [], [], 60)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import os
@@ -18,9 +19,10 @@ import yaml
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import cli, configs, preflight, scenario, state, tcpxfer, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, client_section, relay_section, server_section
+from teredo_appliance.plugin import role_plugins
+from teredo_lab import cli, configs, preflight, scenario, state, tcpxfer, topology
+from teredo_lab.lab import MIREDO, OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, client_section, relay_section, server_section
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
@@ -43,7 +45,7 @@ class PlanTests(unittest.SynchronousTestCase):
                         name = words[words.index(keyword) + 1]
                         if not name[0].isdigit():
                             self.assertTrue(name.startswith("tl1234-"), line)
-                            self.assertLessEqual(len(name), topology.IFNAMSIZ, line)
+                            self.assertLess(len(name), topology.IFNAMSIZ, line)
 
     def test_too_long_prefix_is_refused(self) -> None:
         self.assertRaises(ValueError, topology.build_plan, "tl123456789", topology.Options())
@@ -65,6 +67,28 @@ class PlanTests(unittest.SynchronousTestCase):
         self.assertIn("route add 2001::/32 via 2001:db8:1::1", plan.links["tl1234-server"])
         self.assertIn("net.ipv6.conf.all.forwarding=1", plan.sysctls["tl1234-relay"])
         self.assertIn("route add default via 198.19.1.1", plan.links["tl1234-client2"])
+
+    def test_nat1_lan_is_a_bridge_shared_by_client1_and_client3(self) -> None:
+        plan = topology.build_plan("tl1234", topology.Options(client3=True))
+        nat1 = plan.links["tl1234-nat1"]
+        self.assertIn("link add tl1234-lan type bridge mcast_snooping 0", nat1)
+        for tag, client in (("h1", "client1"), ("h3", "client3")):
+            self.assertIn(f"link add tl1234-{tag} type veth peer name tl1234-eth netns tl1234-{client}", nat1)
+            self.assertIn(f"link set tl1234-{tag} master tl1234-lan up", nat1)
+        self.assertIn("addr add 198.19.0.3/24 dev tl1234-eth", plan.links["tl1234-client3"])
+        self.assertNotIn("hpo", " ".join(nat1))  # no hairpinning unless asked
+        self.assertNotIn("tl1234-client3", topology.build_plan("tl1234", topology.Options()).namespaces)
+
+    def test_hairpinning_nat1_loops_lan_traffic_to_its_public_address(self) -> None:
+        plan = topology.build_plan("tl1234", topology.Options(hairpin=True))
+        nat1 = plan.links["tl1234-nat1"]
+        self.assertIn("rule add pref 100 iif tl1234-lan to 198.18.0.100/32 lookup 100", nat1)
+        self.assertIn("route add 198.18.0.100/32 dev tl1234-hpo table 100", nat1)
+        self.assertLess(nat1.index("rule add pref 1000 lookup local"), nat1.index("rule del pref 0 lookup local"))
+        self.assertIn("net.ipv4.conf.tl1234-hpi.accept_local=1", plan.sysctls["tl1234-nat1"])
+        rules = plan.iptables["tl1234-nat1"]
+        self.assertIn("-A POSTROUTING -o tl1234-hpo -j SNAT --to-source 198.18.0.100", rules)
+        self.assertIn("-A INPUT -i tl1234-hpi -m conntrack --ctstate NEW -j DROP", rules)
 
     def test_box_puts_server_and_relay_in_one_namespace(self) -> None:
         options = topology.Options(box=True)
@@ -151,8 +175,10 @@ class RootOnlyTests(unittest.SynchronousTestCase):
 
 class OursMissingTests(unittest.SynchronousTestCase):
     def test_a_role_without_its_service_class_is_named(self) -> None:
-        self.patch(scenario, "ROLE_CLASSES", {"server": "NoSuchService"})
-        self.assertEqual(scenario.ours_missing({"server"}), "teredo_appliance.roles.server has no NoSuchService yet")
+        broken = dataclasses.replace(role_plugins()["server"], service="teredo_appliance.roles.server.NoSuchService")
+        self.patch(scenario, "role_plugins", lambda: {"server": broken})
+        self.assertIn("the server role's service cannot be loaded", scenario.ours_missing({"server"}))
+        self.assertEqual(scenario.ours_missing({"relay"}), "no role plugin provides 'relay'")
         self.assertIsNone(scenario.ours_missing(set()))
 
 
@@ -298,7 +324,7 @@ class CrashTeardownTests(unittest.TestCase):
 
     def cli(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        return subprocess.Popen([sys.executable, "-m", "teredo_appliance.lab.cli", *args], env=env, **popen)
+        return subprocess.Popen([sys.executable, "-m", "teredo_lab.cli", *args], env=env, **popen)
 
     def test_down_after_sigkill(self) -> None:
         prefix = f"{state.PREFIX_TAG}{secrets.token_hex(2)}"

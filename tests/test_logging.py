@@ -117,9 +117,11 @@ class JsonLogOfARealDaemon(TestCase):
         config = Path(self.mktemp()).absolute()
         config.write_text("roles:\n  relay:\n    interface: tlogrelay\n    bind_address: 127.0.0.1\n"
                           "log:\n  format: json\ncontrol: false\n")  # never the host's /run/teredo
-        daemon = subprocess.Popen(["ip", "netns", "exec", ns, TWISTD, "-n", "--pidfile=", "--logfile=-",
-                                   "teredo", "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**os.environ, "PYTHONPATH": REPO})
+        out_path, err_path = Path(self.mktemp()), Path(self.mktemp())
+        with out_path.open("w") as out_file, err_path.open("w") as err_file:
+            daemon = subprocess.Popen(["ip", "netns", "exec", ns, TWISTD, "-n", "--pidfile=", "--logfile=-",
+                                       "teredo", "-c", str(config)], stdout=out_file, stderr=err_file,
+                                      text=True, env={**os.environ, "PYTHONPATH": REPO})
 
         def stop() -> None:
             if daemon.poll() is None:
@@ -132,12 +134,13 @@ class JsonLogOfARealDaemon(TestCase):
 
         self.addCleanup(stop)
         deadline = time.monotonic() + 20
-        links = ""
-        while "tlogrelay" not in links and time.monotonic() < deadline and daemon.poll() is None:
-            time.sleep(0.2)
-            links = subprocess.run(["ip", "-n", ns, "link"], capture_output=True, text=True, check=False).stdout
+        # Running once the relay has said so (its start line comes after the TUN and the port).
+        while '"Teredo relay on' not in out_path.read_text() and time.monotonic() < deadline:
+            self.assertIsNone(daemon.poll(), err_path.read_text())
+            time.sleep(0.1)
+        links = subprocess.run(["ip", "-n", ns, "link"], capture_output=True, text=True, check=False).stdout
         stop()
-        out, err = daemon.communicate()
+        out, err = out_path.read_text(), err_path.read_text()
         self.assertIn("tlogrelay", links, err)
         records = [json.loads(line) for line in out.splitlines()]  # any non-JSON line fails here
         [start] = [r for r in records if r["text"].startswith("teredo-appliance ")]

@@ -97,12 +97,18 @@ class ClientQualifiedTests(SynchronousTestCase):
         class Client(StoppedServer):
             qualified = False
 
+            def nat_report(self) -> dict[str, object]:
+                return {"nat_type": "symmetric", "upnp": True, "port_preserving": False, "sequential": None}
+
         config = Config(roles=RolesConfig(client=ClientConfig(server_address="198.18.0.1")))
         appliance = Appliance("teredo.yaml", config, reactor=object(), role_factories={"client": Client})
         key = ("teredo_client_qualified", ())
         self.assertEqual(samples(generate_latest(make_registry(appliance)).decode())[key], 0.0)
         appliance.getServiceNamed("client").qualified = True
-        self.assertEqual(samples(generate_latest(make_registry(appliance)).decode())[key], 1.0)
+        found = samples(generate_latest(make_registry(appliance)).decode())
+        self.assertEqual(found[key], 1.0)
+        nat = (("nat_type", "symmetric"), ("port_preserving", "no"), ("sequential", "unknown"), ("upnp", "yes"))
+        self.assertEqual(found[("teredo_client_nat_info", nat)], 1.0)
 
 
 class EndpointTests(TestCase):

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import MIREDO, OURS, Lab
-from teredo_appliance.lab.scenario import client_section, ours_missing, relay_section, server_section
+from teredo_lab import checks, topology
+from teredo_lab.lab import MIREDO, OURS, Lab
+from teredo_lab.scenario import client_section, ours_missing, relay_section, server_section
 from tests.labsupport import lab_skip_reason, skip_unless_lab
 
 ROOT = Path(teredo_appliance.__file__).resolve().parent.parent

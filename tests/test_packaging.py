@@ -20,6 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "twisted/plugins/teredo_appliance_plugin.py"
+ROLE_PLUGINS = "twisted/plugins/teredo_roles.py"
+PACKAGES = ("teredo_appliance", "teredo_lab")
 
 
 class WheelTests(SynchronousTestCase):
@@ -39,9 +41,10 @@ class WheelTests(SynchronousTestCase):
         [wheel] = out.glob("teredo_appliance-*.whl")
         names = set(zipfile.ZipFile(wheel).namelist())
         self.assertIn(PLUGIN, names)
+        self.assertIn(ROLE_PLUGINS, names)
         self.assertFalse([name for name in names if name.endswith("dropin.cache")])
         self.assertFalse([name for name in names if name.startswith("tests/")])
-        modules = {str(path.relative_to(REPO)) for path in (REPO / "teredo_appliance").rglob("*.py")}
+        modules = {str(path.relative_to(REPO)) for package in PACKAGES for path in (REPO / package).rglob("*.py")}
         self.assertEqual(modules - names, set())
 
 
@@ -54,6 +57,18 @@ class InstalledTwistdTests(SynchronousTestCase):
                                 text=True, timeout=60, check=False)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertRegex(result.stdout, r"\n\s+teredo\s+Teredo server, relay and client roles")
+
+    def test_installed_role_plugins_without_the_checkout(self) -> None:
+        """getPlugins(ITeredoRole) from what pip installed, run from / with no PYTHONPATH."""
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        script = ("import sys, teredo_appliance; from teredo_appliance.plugin import role_plugins;"
+                  "print(teredo_appliance.__file__); print(' '.join(role_plugins()))")
+        result = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        where, names = result.stdout.splitlines()
+        self.assertFalse(where.startswith(str(REPO) + "/teredo_appliance"), where)
+        self.assertEqual(names, "server relay client")
 
     def test_installed_checkconf_reports_the_version_from_the_metadata(self) -> None:
         """The version is written once (pyproject.toml) and read back from what pip installed."""
@@ -78,13 +93,14 @@ class DeclaredDependencyTests(SynchronousTestCase):
                     for spec in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
         distributions = packages_distributions()
         imported = set()
-        for path in [*(REPO / "teredo_appliance").rglob("*.py"), *(REPO / "twisted" / "plugins").glob("*.py")]:
+        sources = [path for package in PACKAGES for path in (REPO / package).rglob("*.py")]
+        for path in [*sources, *(REPO / "twisted" / "plugins").glob("*.py")]:
             for node in ast.walk(ast.parse(path.read_text())):
                 names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                          else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
                          else [])
                 imported.update(name.split(".")[0] for name in names)
-        third_party = {top for top in imported - set(sys.stdlib_module_names) - {"teredo_appliance"}}
+        third_party = {top for top in imported - set(sys.stdlib_module_names) - set(PACKAGES)}
         undeclared = {top: distributions.get(top) for top in third_party
                       if not {_normalised(d) for d in distributions.get(top, [top])} & declared}
         self.assertEqual(undeclared, {})

@@ -503,3 +503,18 @@ class InvariantTests(SynchronousTestCase):
                     index.setdefault(peer.mapping, set()).add(peer.addr)
                 self.assertLessEqual(max(map(len, index.values()), default=0), per_mapping)
                 self.assertEqual({m: set(a) for m, a in table._by_mapping.items()}, index)
+
+
+class ResizeTests(SynchronousTestCase):
+    def test_a_smaller_bound_evicts_untrusted_before_trusted(self) -> None:
+        table = PeerTable(8)
+        for n in range(4):
+            table.trust(addr(n), MAPPING, float(n))
+        for n in range(4, 8):
+            table.get_or_create(addr(n), MAPPING, float(n))
+        table.resize(5)
+        self.assertEqual((len(table), table.evicted, table.max_peers), (5, 3, 5))
+        self.assertEqual([n for n in range(8) if table.get(addr(n)) is not None], [0, 1, 2, 3, 7])
+        table.resize(20)
+        self.assertEqual(len(table), 5)
+        self.assertRaises(ValueError, table.resize, 0)

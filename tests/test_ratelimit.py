@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.ratelimit import KeyedRateLimit
+from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND, IcmpErrorBudget, KeyedRateLimit
+from teredo_appliance.stats import Counters
+from teredo_appliance.wire.ipv6 import build_icmpv6, build_packet, parse_header
 
 
 def allowed(limit: KeyedRateLimit, key: object, count: int, now: float) -> int:
@@ -58,3 +60,21 @@ class KeyedRateLimitTests(SynchronousTestCase):
         times.sort()
         passed = sum(limit.allow("k", now) for now in times)
         self.assertLessEqual(passed, burst + rate * (times[-1] - times[0]) + 1e-6)
+
+
+class IcmpErrorBudgetTests(SynchronousTestCase):
+    SOURCE = bytes.fromhex("20010db8000000000000000000000001")
+    DESTINATION = bytes.fromhex("20010db8000000000000000000000002")
+
+    def test_rfc_4443_rules_and_one_budget_a_second(self) -> None:
+        counters = Counters()
+        budget = IcmpErrorBudget(counters)
+        packet = build_packet(self.SOURCE, self.DESTINATION, 59, b"")
+        error = build_icmpv6(self.SOURCE, self.DESTINATION, 1, 0, bytes(4))  # an ICMPv6 error itself
+        multicast = build_packet(self.SOURCE, bytes.fromhex("ff02" + "00" * 13 + "01"), 59, b"")
+        self.assertFalse(budget.allow(error, parse_header(error), 0.0))
+        self.assertFalse(budget.allow(multicast, parse_header(multicast), 0.0))
+        allowed = [budget.allow(packet, parse_header(packet), 0.5) for _ in range(ICMP_ERRORS_PER_SECOND + 3)]
+        self.assertEqual(allowed.count(True), ICMP_ERRORS_PER_SECOND)
+        self.assertEqual((counters["icmp.sent"], counters["icmp.rate-limited"]), (ICMP_ERRORS_PER_SECOND, 3))
+        self.assertTrue(budget.allow(packet, parse_header(packet), 1.5))

@@ -26,8 +26,9 @@ from twisted.trial import unittest
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import LinkError
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, IDLE_TIMEOUT, QUEUE_BYTES
+from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
 from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
-from teredo_appliance.roles.relay_machine import ICMP_ERRORS_PER_SECOND, RELAY_LINK_LOCAL, RelayMachine
+from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import REPAIR_RETRY
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
@@ -46,6 +47,8 @@ from tests import vectors
 from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
 
 PREFIX = IPv6Network("2001::/32")
+ROUTE_ADDED = ("add_route", PREFIX, 1024, 4)  # the default metric and protocol (static)
+ROUTE_REMOVED = ("remove_route", PREFIX, 1024, 4)
 SERVER = "198.18.0.1"
 PEER_IP, PEER_PORT = "198.18.0.100", 52732
 PEER_MAPPING = (PEER_IP, PEER_PORT)
@@ -612,7 +615,7 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.reactor.advance(0)  # the dead descriptor closes, then the device is made anew
         self.assertEqual(
             self.calls,
-            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+            [ROUTE_REMOVED, ("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ROUTE_ADDED],
         )
         self.assertEqual(self.service.status()["health"], "ok")
         self.assertEqual(self.service.counters["tun_repaired"], 1)
@@ -631,7 +634,7 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.watches[-1].on_change()
         self.assertEqual(
             self.calls,
-            [("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+            [ROUTE_REMOVED, ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ROUTE_ADDED],
         )
         self.assertEqual(self.service.status()["health"], "ok")
         self.assertEqual(len(self.links), 1)  # same device, not recreated
@@ -644,7 +647,7 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         name = self.service.tunnel.name
         self.assertEqual(
             self.service.status()["health"],
-            f"degraded: TUN {name} lost route 2001::/32; repair failed: {name}: cannot add_route: File exists")
+            f"degraded: cannot announce route 2001::/32 proto 4 metric 1024: {name}: cannot add_route: File exists")
         self.failing.discard("add_route")
         self.reactor.advance(REPAIR_RETRY)
         self.assertEqual(self.service.status()["health"], "ok")
@@ -662,7 +665,7 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(self.device().requestedName.rstrip(b"\0"), b"trelay")
         self.assertEqual(
             self.calls,
-            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ("add_route", PREFIX, None)],
+            [("prepare",), ("up", 1280), ("add_address", RELAY_INTERFACE_ADDRESS), ROUTE_ADDED],
         )
         self.assertEqual(str(RELAY_INTERFACE_ADDRESS), "fe80::ffff:ffff:ffff/64")
         [(port, protocol, interface, _)] = self.reactor.udp_ports
@@ -705,7 +708,7 @@ class RelayServiceTests(unittest.SynchronousTestCase):
         d = self.service.stopService()
         self.reactor.advance(0)  # TuntapPort closes its descriptor on the next iteration
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.calls[-2:], [("remove_route", PREFIX, None), ("remove_address", RELAY_INTERFACE_ADDRESS)])
+        self.assertEqual(self.calls[-2:], [ROUTE_REMOVED, ("remove_address", RELAY_INTERFACE_ADDRESS)])
         self.assertEqual(self.system._openFiles, {})
         self.assertTrue(self.reactor.udp_ports[0][3].stopped)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab.lab import MIREDO, OURS
-from teredo_appliance.lab.scenario import Scenario
+from teredo_lab.lab import MIREDO, OURS
+from teredo_lab.scenario import Scenario
 from tests.labsupport import ScenarioChecks
 
 

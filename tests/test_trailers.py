@@ -36,7 +36,7 @@ known_trailers = st.one_of(
 
 
 class TrailerBytesTests(SynchronousTestCase):
-    """Every trailer against the layout of RFC 6081 §4, written out by hand."""
+    """Every trailer against the layout of RFC 6081 §4.2-§4.5, written out by hand."""
 
     def test_nonce(self) -> None:
         wire = bytes.fromhex("0104") + b"\xde\xad\xbe\xef"

@@ -228,7 +228,7 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
                 "open": True,
                 "mtu": 1280,
                 "addresses": ["fe80::ffff:ffff:ffff/64"],
-                "routes": [{"prefix": "2001::/32", "metric": None}],
+                "routes": [{"prefix": "2001::/32", "metric": None, "protocol": None}],
             },
         )
 

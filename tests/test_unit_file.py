@@ -12,9 +12,9 @@ from pathlib import Path
 from twisted.trial import unittest
 
 import teredo_appliance
-from teredo_appliance.lab import checks, confine
-from teredo_appliance.lab.lab import OURS
-from teredo_appliance.lab.scenario import Scenario, relay_section, scenario_lab
+from teredo_lab import checks, confine
+from teredo_lab.lab import OURS
+from teredo_lab.scenario import Scenario, relay_section, scenario_lab
 from tests.labsupport import scenario_skip_reason, skip_unless_lab
 
 UNIT = Path(teredo_appliance.__file__).resolve().parent.parent / "etc" / "teredo.service"

@@ -19,9 +19,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from teredo_appliance.lab import igd, state, stun, topology
-from teredo_appliance.lab.lab import OURS, Lab
-from teredo_appliance.lab.scenario import Scenario
+from teredo_lab import igd, state, stun, topology
+from teredo_lab.lab import OURS, Lab
+from teredo_lab.scenario import Scenario
 from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
 
 DRIVER = str(Path(__file__).with_name("upnp_driver.py"))
@@ -123,8 +123,8 @@ class UPnPOnSymmetricNAT(unittest.TestCase):
 class OursBehindSymmetricNATWithUPnP(ScenarioChecks, unittest.TestCase):
     """Every role ours, client 2 behind the symmetric NAT 2 with extensions.upnp: the six checks.
 
-    Without the IGD, client 2 reports a symmetric NAT and stays offline
-    (tests.test_client_lab); with it, it qualifies through its mapping.
+    Without the IGD, client 2 reports a symmetric NAT and reaches only what that NAT lets
+    in (tests.test_client_lab); with it, it qualifies through its mapping.
     """
 
     scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)

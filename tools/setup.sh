@@ -14,6 +14,7 @@ APT_PACKAGES=(
     systemd                         # systemd-analyze rates etc/teredo.service (--offline, no running systemd)
     util-linux                      # setpriv: the lab runs the daemon confined as that unit says
     miniupnpd-iptables miniupnpc    # the lab's UPnP IGD on a symmetric NAT (legacy iptables flavour, see LAB-NOTES) and upnpc to check it
+    bird2                           # the anycast lab's BGP routers (one foreground BIRD per namespace; the host's service never starts)
 )
 
 missing=()

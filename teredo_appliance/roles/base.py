@@ -36,6 +36,16 @@ class RoleService(Service):
         super().startService()
         self.started_at = self.reactor.seconds()  # monotonic under twistd (teredo_appliance.clock)
 
+    def reconfigurable(self, config: Any) -> bool:
+        """Whether reconfigure(config) can apply this new config (changed only in the role
+        plugin's live_keys) to the running service now; False: the reload restarts the role."""
+        return True
+
+    def reconfigure(self, config: Any) -> None:
+        """Apply a new config that differs only in live keys; the sockets, TUN, peers and
+        qualification stay. Subclasses apply the keys they declare, then call this."""
+        self.config = config
+
     def health(self) -> str | None:
         """What keeps a running role from working as configured (e.g. its TUN was deleted
         from outside), or None. A reload restarts a role that has a problem."""

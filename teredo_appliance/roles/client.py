@@ -1,7 +1,7 @@
 """The client role as a Twisted service: UDP port, TUN, resolver, netlink watch, hook, one timer.
 
-Decisions live in `client_qualify` (qualification, NAT type, refresh, failover) and
-`client_peers` (the data path); this module wires them to the reactor. What it puts on
+Decisions live in `client_machine` (qualification, NAT type, refresh, failover) and
+`client_datapath` (the data path); this module wires them to the reactor. What it puts on
 the TUN once qualified is what Miredo's client does: the Teredo address /32, the
 link-local fe80::ffff:ffff:ffff/64 and a default route of metric 1029, so that any
 native IPv6 default route wins. All of it goes when connectivity is lost or on stop.
@@ -15,17 +15,22 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel
 
 from teredo_appliance.config_model import ClientConfig
 from teredo_appliance.hook import Hook, hook_environment
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.netwatch import NetWatch
-from teredo_appliance.roles.client_peers import LINK_LOCAL, ClientPeers
-from teredo_appliance.roles.client_qualify import Qualification, Qualifier
+from teredo_appliance.roles.client_datapath import ClientPeers
+from teredo_appliance.roles.client_lan import LanEdge
+from teredo_appliance.roles.client_local import LocalPeers
+from teredo_appliance.roles.client_machine import NAT_SYMMETRIC, Qualification, Qualifier
+from teredo_appliance.roles.nat_behaviour import describe as describe_nat_special
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.stats import Counters
 from teredo_appliance.upnp.client import IGDClient, PortMapper
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.teredo import AUTH_TYPE, parse_datagram
 
@@ -62,25 +67,56 @@ class ClientService(TunneledRole):
         local_address: Callable[[int], int | None] | None = None,
         rng: Any = None,
         port_mapper: Callable[[int, Counters], PortMapper] | None = None,
+        lan_edge: Callable[..., Any] = LanEdge,
     ) -> None:
-        """`port_mapper(port, counters)`: the UPnP mapping of our UDP port (extensions.upnp; tests inject one)."""
+        """`port_mapper(port, counters)`: the UPnP mapping of our UDP port (extensions.upnp; tests inject one);
+        `lan_edge(reactor, deliver, counters)`: the discovery socket (client_lan.LanEdge; tests inject one)."""
         super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
         self._local = local_address or self._local_address
         self.qualifier = Qualifier(
             config, self._send_to, self._resolve, self._on_qualification,
-            local_address=self._local, counters=self.counters, rng=rng,
+            log=self._machine_log, local_address=self._local, local_port=lambda: self.bound_port,
+            counters=self.counters, rng=rng,
         )
+        self.local = LocalPeers(self.udp.send, self.counters, discovery=config.local_discovery,
+                                hairpinning=config.extensions.hairpinning, on_link=self._on_link, rng=rng)
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
-                                heard_server=self.qualifier.heard_from_server)
+                                heard_server=self.qualifier.heard_from_server, local=self.local,
+                                symmetric_nat=config.extensions.symmetric_nat)
+        self.lan = lan_edge(self.reactor, self._on_discovery, self.counters) if config.local_discovery else None
+        self._lan_networks: list[tuple[int, int]] = []  # (network, mask) on-link for discovery
         self.netwatch = netwatch(self._on_network_change, self.reactor)
         self.hook = None if config.hook is None else Hook(config.hook, self.reactor)
         self._hook_old: dict[str, str] | None = None
-        self._server: tuple[str, int] | None = None  # our server's (ip, 3544) once qualified
+        self._retired_hook: Hook | None = None  # a hook removed by a reload, maybe still running
+        self._server: tuple[str, int] | None = None  # our server's (ip, TEREDO_PORT) once qualified
         self._route = False
         self._port_mapper = port_mapper or self._igd_mapping
         self.upnp: PortMapper | None = None
 
     # -- packets ---------------------------------------------------------------------------
+
+    def _machine_log(self, level: str, format: str, **fields: Any) -> None:
+        """The machine's log events, into this service's logger (its namespace, its level)."""
+        self.log.emit(LogLevel.levelWithName(level), format, **fields)
+
+    def reconfigurable(self, config: ClientConfig) -> bool:
+        return self.qualifier.can_reconfigure(config)
+
+    def reconfigure(self, config: ClientConfig) -> None:
+        """refresh_interval and fallback_servers go to the qualifier; a new hook script runs
+        from the next change of state on, after the runs already queued (still one at a time)."""
+        if config.hook != self.config.hook:
+            if config.hook is None:
+                self._retired_hook, self.hook = self.hook, None  # stop still waits for its runs
+            elif self.hook is None:
+                self.hook = Hook(config.hook, self.reactor)
+            else:
+                self.hook.path = config.hook
+        self.qualifier.reconfigure(config, self._seconds())
+        super().reconfigure(config)
+        if self.running:
+            self._reschedule()
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         now = self._seconds()
@@ -100,6 +136,14 @@ class ClientService(TunneledRole):
         if self.data.from_tun(packet, self._seconds()):
             self._reschedule()
 
+    def _on_discovery(self, data: bytes, address: tuple[str, int]) -> None:
+        now = self._seconds()
+        self.local.from_discovery(data, address[0], address[1], now)
+        self._reschedule()
+
+    def _on_link(self, ip: int) -> bool:
+        return any(ip & mask == network for network, mask in self._lan_networks)
+
     def _send_to(self, payload: bytes, ip: int, port: int) -> None:
         self.udp.send(payload, (int_to_ipv4(ip), port))
 
@@ -110,14 +154,36 @@ class ClientService(TunneledRole):
         if qualification is None:
             self._server = None
             self.data.attach(None)
+            self._attach_lan(None, None)
             self._configure([], route=False)
             self._run_hook("down", None)
             return
-        self._server = (int_to_ipv4(qualification.server), 3544)
-        self.data.attach(qualification.address, qualification.server)
+        self._server = (int_to_ipv4(qualification.server), TEREDO_PORT)
+        self.data.attach(qualification.address, qualification.server,
+                         behind_symmetric=qualification.nat_type == NAT_SYMMETRIC)
+        local = self._local(qualification.server)
+        self._attach_lan(qualification.address, None if local is None else int_to_ipv4(local))
         address = IPv6Interface((qualification.address, 32))
         self._configure([LINK_LOCAL_INTERFACE, address], route=True)
         self._run_hook("up", str(address.ip))
+
+    def _attach_lan(self, address: bytes | None, local_ip: str | None) -> None:
+        """Discovery and hairpinning for a new qualification: join the discovery group on
+        the LAN interface, learn its subnets (on-link), give our local address to trailers."""
+        if self.lan is not None:
+            self._lan_networks = []
+            if address is None or local_ip is None:
+                self.lan.detach()
+            else:
+                try:
+                    networks = self.lan.attach(getattr(self.udp.transport, "socket", None), local_ip)
+                except OSError as error:
+                    self.counters["client.local_discovery_error"] += 1
+                    self.log.warn("local discovery unavailable on {local}: {error}", local=local_ip, error=str(error))
+                else:
+                    self._lan_networks = [(int(n.network_address), int(n.netmask)) for n in networks]
+        mapping = None if local_ip is None or self.bound_port is None else (local_ip, self.bound_port)
+        self.local.attach(address, mapping, self._seconds())
 
     def _configure(self, addresses: list[IPv6Interface], route: bool) -> None:
         try:
@@ -185,7 +251,7 @@ class ClientService(TunneledRole):
             mtu=self.config.mtu, server=", ".join([self.config.server_address, *self.config.fallback_servers]),
         )
         if self.config.extensions.upnp and self.bound_port is not None:
-            # RFC 6081 §3.2: map the port first, so that the server already sees the mapped
+            # RFC 6081 §5.3: map the port first, so that the server already sees the mapped
             # port; qualification waits for the IGD's answer (or its timeout), not longer.
             self.upnp = self._port_mapper(self.bound_port, self.counters)
             self.upnp.startService()
@@ -211,7 +277,9 @@ class ClientService(TunneledRole):
         return super().stopService()
 
     def _closing(self) -> list[Deferred[Any]]:
-        waits = [] if self.hook is None else [self.hook.wait()]
+        waits = [hook.wait() for hook in (self.hook, self._retired_hook) if hook is not None]
+        if self.lan is not None and (closed := self.lan.stop()) is not None:
+            waits.append(closed)
         if self.upnp is not None:
             waits.append(self.upnp.stopService())  # deletes the mapping on the IGD
         return waits
@@ -233,9 +301,34 @@ class ClientService(TunneledRole):
                 "refresh_interval": self.config.refresh_interval,
                 "peers": self.data.stats(),
                 "upnp": None if self.upnp is None else self.upnp.status(),
+                "nat_special": self._nat_special(),
+                "nat_special_behaviour": describe_nat_special(self._nat_special()),
             }
         )
+        report.update(self.local.status(self._seconds()))
         return report
+
+    def nat_report(self) -> dict[str, Any]:
+        """NAT type and special behaviour, the fields `netsh interface teredo show state` shows."""
+        special = self._nat_special()
+        return {"nat_type": self.qualifier.nat_type, "upnp": special["upnp"],
+                "port_preserving": special["port_preserving"], "sequential": special["sequential"],
+                "hairpinning": special["hairpinning"]}
+
+    def _nat_special(self) -> dict[str, Any]:
+        """What Windows calls "NAT Special Behaviour", in one place for status and metrics."""
+        upnp = None if self.upnp is None else self.upnp.status()
+        mapping = f"{upnp['external_address']}:{upnp['external_port']}" if upnp and upnp["mapped"] else None
+        behaviour = self.qualifier.behaviour
+        return {
+            "upnp": mapping is not None,
+            "upnp_mapping": mapping,
+            "port_preserving": behaviour.port_preserving,
+            "sequential": behaviour.sequential,
+            "symmetric_nat_support": self.config.extensions.symmetric_nat,
+            "hairpinning": self.local.hairpinning_used,  # RFC 6081 §5.6
+            "local_peers": len(self.local.peers),  # RFC 4380 §5.2.8 discovery and hairpinning
+        }
 
     @property
     def qualified(self) -> bool:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from ipaddress import IPv6Address, IPv6Interface
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
+
+from twisted.internet.defer import Deferred
 
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import Link
 from teredo_appliance.netwatch import NetWatch
+from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
 from teredo_appliance.wire.ipv6 import is_link_local
@@ -76,6 +79,41 @@ class RelayService(TunneledRole):
             bubbles_per_second=config.bubbles_per_second,
             served_prefixes=config.served_prefixes,
         )
+        # The route to the Teredo prefix is what a routing daemon announces (twistd-teredo(8),
+        # "Scaling out"): its protocol number and metric let the daemon match on its origin.
+        # An anycast relay's shared IPv4 address goes and comes with it.
+        what = f"route {config.prefix} proto {config.route_protocol} metric {config.route_metric}"
+        if config.anycast:
+            what += f" and anycast {config.bind_address}/32 on {config.interface}"
+        self.announcer = Announcer(
+            what, add=self._announce, remove=self._withdraw,
+            installed=lambda: self.tunnel.has_route(config.prefix), clock=self.reactor,
+        )
+
+    def reconfigure(self, config: RelayConfig) -> None:
+        """max_peers applies in place: the table keeps its peers, or its most useful ones."""
+        self.machine.peers.resize(config.max_peers)
+        super().reconfigure(config)
+
+    def _link_addresses(self, announced: bool) -> list[IPv4Interface | IPv6Interface]:
+        """The TUN's addresses: its link-local, and the shared anycast address while announced.
+
+        On the TUN rather than lo, the anycast address dies with the process: a relay killed
+        outright stops drawing its clients' packets as soon as the kernel deletes the device."""
+        anycast = [IPv4Interface((self.config.bind_address, 32))] if announced and self.config.anycast else []
+        return [RELAY_INTERFACE_ADDRESS, *anycast]
+
+    def _announce(self) -> None:
+        config = self.config
+        self.tunnel.set_addresses(self._link_addresses(True))
+        self.tunnel.add_route(config.prefix, config.route_metric, config.route_protocol)
+
+    def _withdraw(self) -> None:
+        config = self.config
+        try:
+            self.tunnel.remove_route(config.prefix, config.route_metric, config.route_protocol)
+        finally:
+            self.tunnel.set_addresses(self._link_addresses(False))
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         wake = self.machine.from_udp(data, address, self._seconds())
@@ -93,8 +131,32 @@ class RelayService(TunneledRole):
             self._wake(wake)
 
     def _configure_link(self) -> None:
-        self.tunnel.set_addresses([RELAY_INTERFACE_ADDRESS])
-        self.tunnel.add_route(self.config.prefix)
+        if self.announcer.state.wanted:  # a restart after a drain (a reload) stays drained
+            self._announce()
+        else:
+            self.tunnel.set_addresses(self._link_addresses(False))
+
+    def _health_changed(self) -> None:
+        """Health withdrawal: a relay whose TUN is broken takes its route out (so the routing
+        daemon withdraws it) until it is repaired, then puts it back unless drained."""
+        problem = self.announcer.set_problem(self._problem)
+        if problem is not None:
+            self._problem = problem
+            self._retry_repair()
+
+    # -- drain (teredoctl drain relay, the console's drain(), SIGTERM) ----------------------
+
+    def drain(self, grace: float) -> Deferred[dict[str, Any]]:
+        """Withdraw the route now, keep serving existing peers; fires with the anycast status
+        once `grace` seconds are over."""
+        return self.announcer.drain(grace)
+
+    def undrain(self) -> dict[str, Any]:
+        problem = self.announcer.undrain()
+        if problem is not None:
+            self._problem = problem
+            self._retry_repair()
+        return self.announcer.status()
 
     def startService(self) -> None:
         super().startService()
@@ -128,6 +190,7 @@ class RelayService(TunneledRole):
                 "mtu": self.config.mtu,
                 "max_peers": self.config.max_peers,
                 "peers": self.machine.peers.stats(),
+                "anycast": self.announcer.status(),
             }
         )
         return report

@@ -18,9 +18,10 @@ from typing import Any
 
 from teredo_appliance.config_model import GLOBAL_UNICAST
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, Mapping, Peer, PeerTable
-from teredo_appliance.ratelimit import PerSecond
+from teredo_appliance.ratelimit import IcmpErrorBudget, PerSecond
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -29,40 +30,28 @@ from teredo_appliance.wire.ipv6 import (
     IPv6Header,
     build_packet_too_big,
     build_unreachable,
-    error_allowed,
     is_link_local,
     is_multicast,
     parse_header,
 )
 from teredo_appliance.wire.prefixes import PrefixFilter
+from teredo_appliance.wire.scope import NOT_GLOBAL_UNICAST
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, parse_datagram
 
-TEREDO_PORT = 3544  # RFC 4380 §4: where a peer's server listens for our indirect bubbles
 # RFC 4380 §5.4: the relay's link-local on the TUN. Also the source of our bubbles: the
 # client answers an indirect bubble by bubbling back to the origin indication, whatever
 # its source (Miredo's relay uses a link-local as well), and this one is ours.
-RELAY_LINK_LOCAL = bytes.fromhex("fe800000000000000000ffffffffffff")
-# Miredo's ICMPv6 error budget towards the local stack: 10 per second, shared by all kinds.
-ICMP_ERRORS_PER_SECOND = 10
+RELAY_LINK_LOCAL = LINK_LOCAL
 # Relay-wide cap on bubbles (datagrams, not rounds): RFC 4380 §5.2.6 paces each peer, but
 # packets towards many silent peers would still make the relay spray the Internet (and
 # the peers' servers) with bubbles. 1000/s is 500 discoveries a second, ~60 kB/s.
 BUBBLES_PER_SECOND = 1000
 # RFC 4380 §5.4.2: a relay forwards Teredo packets to the native IPv6 it serves. Whatever
 # the served prefixes say, these are never native IPv6 destinations reached through us.
-NEVER_SERVED = tuple(
-    IPv6Network(prefix)
-    for prefix in (
-        "::/128",  # unspecified (RFC 4291 §2.5.2)
-        "::1/128",  # loopback (RFC 4291 §2.5.3)
-        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
-        "fc00::/7",  # unique local (RFC 4193)
-        "fe80::/10",  # link-local (RFC 4291 §2.5.6)
-        "fec0::/10",  # site-local, deprecated (RFC 3879)
-        "ff00::/8",  # multicast (RFC 4291 §2.7)
-        "2001::/32",  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
-        "2002::/16",  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
-    )
+NEVER_SERVED = (
+    *NOT_GLOBAL_UNICAST,
+    IPv6Network("2001::/32"),  # Teredo (RFC 4380 §2.6): a Teredo peer is reached as Teredo, not natively
+    IPv6Network("2002::/16"),  # 6to4 (RFC 3056): relaying into it can loop between relays (RFC 6324)
 )
 
 Send = Callable[[bytes, Mapping], object]
@@ -116,7 +105,7 @@ class RelayMachine:
         self._write = write
         self._error_source = error_source
         self._reachable_ipv4 = reachable_ipv4
-        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._icmp = IcmpErrorBudget(self.counters)
         self._bubble_rate = PerSecond(bubbles_per_second)
         self._round_cost = 1 if cone else 2  # bubbles per round (see _bubble)
         self._serves = PrefixFilter(served_prefixes, NEVER_SERVED).allows
@@ -299,14 +288,10 @@ class RelayMachine:
         build: Callable[[bytes, bytes, bytes, int], bytes],
         parameter: int,
     ) -> None:
-        """Report a dropped packet to its sender, at most ICMP_ERRORS_PER_SECOND per second."""
-        if not error_allowed(invoking, header):  # RFC 4443 §2.4 (e)
-            return
-        if not self._icmp_rate.allow(now):
-            self.counters["icmp.rate-limited"] += 1
+        """Report a dropped packet to its sender, within the ICMPv6 error budget."""
+        if not self._icmp.allow(invoking, header, now):
             return
         sender = header.source
-        self.counters["icmp.sent"] += 1
         self._write(build(self._error_source(sender), invoking, sender, parameter))
 
     # -- reporting -----------------------------------------------------------------------

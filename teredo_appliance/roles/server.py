@@ -8,22 +8,62 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from ipaddress import IPv6Network
+from ipaddress import IPv4Interface, IPv6Network
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from teredo_appliance.config_model import ServerConfig
+from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.rawsock import RawIPv6Sender
+from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
-from teredo_appliance.roles.udp import TeredoUDP, listen_udp
+from teredo_appliance.roles.udp import Datagram, TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
-from teredo_appliance.wire.nd import TEREDO_PORT
+from teredo_appliance.wire.constants import TEREDO_PORT
+
+LOOPBACK = "lo"  # where anycast service addresses live: local on every interface, announced by `direct`
+
+
+class AnycastAddresses:
+    """The server's two addresses as /32s on lo, which the routing daemon announces (its
+    `direct` protocol). An address already there (left by a crashed appliance) is taken as ours."""
+
+    def __init__(self, config: ServerConfig, link_factory: Callable[[str], Link]) -> None:
+        self.addresses = [IPv4Interface((config.bind_address, 32)), IPv4Interface((config.bind_address2, 32))]
+        self._link_factory = link_factory
+        self.installed = False
+
+    def add(self) -> None:
+        link = self._link_factory(LOOPBACK)
+        for address in self.addresses:
+            try:
+                link.add_address(address)
+            except LinkError as error:
+                if "File exists" not in str(error):
+                    raise
+        self.installed = True
+
+    def remove(self) -> None:
+        self.installed = False
+        link = self._link_factory(LOOPBACK)
+        failures = []
+        for address in self.addresses:
+            try:
+                link.remove_address(address)
+            except LinkError as error:
+                failures.append(str(error))
+        if failures:
+            raise LinkError("; ".join(failures))
 
 
 class ServerService(RoleService):
-    """A stateless Teredo server (RFC 4380 §5.3) on `bind_address` and `bind_address2`."""
+    """A stateless Teredo server (RFC 4380 §5.3) on `bind_address` and `bind_address2`.
+
+    With `anycast`, the service adds both addresses to lo before binding and removes them on
+    drain and stop, so a routing daemon announces them only while this box serves them.
+    """
 
     role = "server"
 
@@ -34,10 +74,25 @@ class ServerService(RoleService):
         *,
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
+        link_factory: Callable[[str], Link] = Link,
+        batched: bool = True,
+        inherited: tuple[int, int, int] | None = None,
     ) -> None:
-        """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544."""
+        """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544.
+        `link_factory` configures lo (tests pass a fake).
+        `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram).
+        `inherited`: descriptors of the bound primary and secondary UDP sockets and the raw
+        IPv6 socket, opened by the appliance for a worker process (server_workers)."""
         super().__init__(config, reactor)
+        self.anycast = AnycastAddresses(config, link_factory)
+        self.announcer = Announcer(
+            f"anycast {config.bind_address}/32 and {config.bind_address2}/32 on {LOOPBACK}",
+            add=self.anycast.add, remove=self.anycast.remove,
+            installed=lambda: self.anycast.installed, clock=self.reactor,
+        )
         self.port = port
+        self.batched = batched
+        self.inherited = inherited
         self.machine = ServerMachine(
             int(config.bind_address),
             int(config.bind_address2),
@@ -52,7 +107,9 @@ class ServerService(RoleService):
         self.raw = RawIPv6Sender(self.counters)
         self.protocols: dict[str, TeredoUDP] = {}
         for which in (PRIMARY, SECONDARY):
-            self.protocols[which] = TeredoUDP(self._receiver(which), self.counters, "server-" + which)
+            self.protocols[which] = TeredoUDP(
+                self._receiver(which), self.counters, "server-" + which, self._batch_receiver(which)
+            )
         self._ports: list[Any] = []
         self._failed_release: Deferred[Any] = succeed(None)  # a failed start's port closing
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
@@ -80,12 +137,61 @@ class ServerService(RoleService):
 
         return receive
 
+    def _batch_receiver(self, which: str) -> Callable[[list[Datagram]], None]:
+        """The batched twin of `_receiver`: the same machine verdict per datagram, the
+        answers gathered per socket and sent with one sendmmsg each at the end."""
+        handle = self.machine.handle
+        protocols = self.protocols
+        raw_send = self.raw.send
+        counters = self.counters
+        seconds = self.reactor.seconds
+        aton = socket.inet_aton
+        from_bytes = int.from_bytes
+
+        def receive(batch: list[Datagram]) -> None:
+            now = seconds()
+            guard = protocols[which].guarded()
+            outgoing: dict[str, tuple[list[Datagram], list[str]]] = {PRIMARY: ([], []), SECONDARY: ([], [])}
+            for data, source in batch:
+                try:
+                    output = handle(data, from_bytes(aton(source[0]), "big"), source[1], which, now)
+                    if output is None:
+                        continue
+                    key, payload, destination, sent = output
+                    if key == RAW:
+                        if raw_send(payload, destination[0]):  # type: ignore[index]
+                            counters[sent] += 1
+                        continue
+                    datagrams, events = outgoing[key]
+                    datagrams.append((payload, destination or source))
+                    events.append(sent)
+                except Exception:
+                    guard.failed()
+            for key, (datagrams, events) in outgoing.items():
+                if datagrams:
+                    refused = protocols[key].send_batch(datagrams)
+                    for i, event in enumerate(events):
+                        if i not in refused:
+                            counters[event] += 1
+
+        return receive
+
     def privilegedStartService(self) -> None:
         """Bind both UDP ports and open the raw socket while still root; all or nothing."""
+        if self.inherited is not None:
+            self.raw.adopt(self.inherited[2])
+            for which, fd in zip((PRIMARY, SECONDARY), self.inherited[:2], strict=True):
+                self._ports.append(adopt_udp(self.reactor, self.protocols[which], fd, batched=self.batched))
+            super().privilegedStartService()
+            return
         try:
+            if self.config.anycast and self.announcer.state.wanted:
+                self.anycast.add()
             self.raw.open()
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
-                self._ports.append(listen_udp(self.reactor, self.protocols[which], str(address), self.port))
+                self._ports.append(
+                    listen_udp(self.reactor, self.protocols[which], str(address), self.port, batched=self.batched)
+                )
         except Exception:
             self._failed_release = self._release()  # stopService waits for it: a reload may rebind
             raise
@@ -115,6 +221,11 @@ class ServerService(RoleService):
     def _release(self) -> Deferred[Any]:
         ports, self._ports = self._ports, []
         self.raw.close()
+        if self.anycast.installed:
+            try:
+                self.anycast.remove()
+            except LinkError as error:  # e.g. after `twistd -u`: the operator removes them
+                self.log.warn("cannot remove the anycast addresses: {error}", error=str(error))
         return DeferredList([maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
 
     def status(self) -> dict[str, Any]:
@@ -130,4 +241,23 @@ class ServerService(RoleService):
                 "mtu": self.config.mtu,
             }
         )
+        if self.config.anycast:
+            report["anycast"] = self.announcer.status()
         return report
+
+    # -- drain (teredoctl drain server, the console's drain(), SIGTERM) ---------------------
+
+    def drain(self, grace: float) -> Deferred[dict[str, Any]]:
+        """Remove the anycast addresses now (nothing to withdraw without `anycast`); fires
+        with the anycast status once `grace` seconds are over."""
+        if not self.config.anycast:
+            return succeed({"state": "not anycast", "announced": False})
+        return self.announcer.drain(grace)
+
+    def undrain(self) -> dict[str, Any]:
+        if not self.config.anycast:
+            return {"state": "not anycast", "announced": False}
+        problem = self.announcer.undrain()
+        if problem is not None:
+            self.log.error("{problem}", problem=problem)
+        return self.announcer.status()

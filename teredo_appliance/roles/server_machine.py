@@ -23,13 +23,13 @@ from teredo_appliance.config_model import DEFAULT_RS_BURST, DEFAULT_RS_RATE
 from teredo_appliance.ratelimit import KeyedRateLimit
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import FLAG_CONE, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
+from teredo_appliance.wire.constants import MIN_MTU, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
-from teredo_appliance.wire.ipv6 import MIN_MTU, NEXT_HEADER_ICMPV6, checksum_ok, is_echo, is_link_local
+from teredo_appliance.wire.ipv6 import NEXT_HEADER_ICMPV6, checksum_ok, is_echo, is_link_local
 from teredo_appliance.wire.nd import (
     ALL_ROUTERS,
     RS_SOURCE,
     RS_SOURCE_CONE,
-    TEREDO_PORT,
     is_router_solicitation,
     router_advertisement,
     router_solicitation,

@@ -138,8 +138,9 @@ class TunneledRole(RoleService):
         self._recheck = None
         if not self.running or self._repairing:
             return
-        self._problem = self.tunnel.problem()
-        if self._problem is None:
+        problem = self._problem = self.tunnel.problem()
+        self._health_changed()
+        if problem is None:
             return
         self.log.warn("{problem}: repairing", problem=self._problem)
         self._repairing = True
@@ -149,18 +150,24 @@ class TunneledRole(RoleService):
         self._repairing = False
         if not self.running:
             return
-        self._problem = self.tunnel.problem()
-        if self._problem is None:
+        problem = self._problem = self.tunnel.problem()
+        if problem is None:
             self.counters["tun_repaired"] += 1
             self.log.info("{name} repaired: device, addresses and routes are back", name=self.tunnel.name)
-        else:
+        self._health_changed()
+        if problem is not None:
             self._retry_repair()
 
     def _repair_failed(self, failure: Any) -> None:
         self._repairing = False
         self._problem = f"{self._problem}; repair failed: {failure.getErrorMessage()}"
         self.log.error("{problem}; next try in {t:.0f} s", problem=self._problem, t=REPAIR_RETRY)
+        self._health_changed()
         self._retry_repair()
+
+    def _health_changed(self) -> None:
+        """`_problem` was just set from the device (None: it works as set up); the relay
+        withdraws or re-announces its route here. Nothing by default."""
 
     def _retry_repair(self) -> None:
         if self.running and self._recheck is None:

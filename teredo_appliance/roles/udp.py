@@ -26,7 +26,12 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DONT = getattr(socket, "IP_PMTUDISC_DONT", 0)  # RFC 4380 §5.1.2 / Miredo: never set DF
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # absorb bursts: a relay or server is a packet pump
 
-Deliver = Callable[[bytes, tuple[str, int]], None]
+BATCHES_PER_WAKEUP = 4  # then other sockets get their turn, as Twisted's maxThroughput does
+
+Address = batchio.Address
+Datagram = batchio.Datagram
+Deliver = Callable[[bytes, Address], None]
+DeliverBatch = Callable[[list[Datagram]], None]
 
 
 class TeredoUDP(DatagramProtocol):
@@ -39,14 +44,19 @@ class TeredoUDP(DatagramProtocol):
 
     noisy = False  # each role service logs its own start and stop line
 
-    def __init__(self, deliver: Deliver, counters: Counters, label: str = "udp") -> None:
+    def __init__(
+        self, deliver: Deliver, counters: Counters, label: str = "udp", deliver_batch: DeliverBatch | None = None
+    ) -> None:
+        """`deliver_batch`, when given, takes whole batches from a `BatchedPort` (it must
+        contain per-datagram errors itself, as `guarded` helps it to)."""
         self.deliver = deliver
+        self.deliver_batch = deliver_batch
         self.counters = counters
         self.label = label
         self._guard = PacketGuard(counters, label)
-        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
+        self._sendto: Callable[[bytes, Address], Any] | None = None
         self._sender: batchio.Sender | None = None
-        self._held: list[tuple[bytes, tuple[str, int]]] | None = None  # sends waiting for release()
+        self._held: list[Datagram] | None = None  # sends waiting for release()
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
@@ -55,7 +65,7 @@ class TeredoUDP(DatagramProtocol):
             return
         self._sendto = sock.sendto
         if isinstance(self.transport, BatchedPort):
-            self._sender = batchio.Sender(sock.fileno())
+            self._sender = self.transport.sender
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             # Capped by net.core.[rw]mem_max; the kernel default still works.
@@ -69,12 +79,23 @@ class TeredoUDP(DatagramProtocol):
         except Exception:
             self._guard.failed()
 
+    def batchReceived(self, batch: list[Datagram]) -> None:
+        """Datagrams from one recvmmsg call: to `deliver_batch`, or one by one to `deliver`."""
+        if self.deliver_batch is None:
+            for data, addr in batch:
+                self.datagramReceived(data, addr)
+            return
+        self.counters[UDP_IN] += sum(len(data) for data, _ in batch)
+        self.deliver_batch(batch)
+
+    def guarded(self) -> PacketGuard:
+        """The guard a batch handler reports a per-datagram failure to."""
+        return self._guard
+
     def stopProtocol(self) -> None:
         self.release()
         self._sendto = None
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.close()
+        self._sender = None  # the port closes it
 
     def hold(self) -> None:
         """Keep the following sends until release(), to send them in batches (if batched)."""
@@ -82,22 +103,31 @@ class TeredoUDP(DatagramProtocol):
             self._held = []
 
     def release(self) -> None:
-        """Send what was held, BATCH datagrams per system call; refused ones are counted drops
-        exactly as send() counts them."""
+        """Send what was held, many datagrams per system call; refused ones are counted
+        drops exactly as send() counts them."""
         held, self._held = self._held, None
-        if not held or self._sender is None:
-            return
-        counters = self.counters
+        if held:
+            self.send_batch(held)
+
+    def send_batch(self, datagrams: list[Datagram]) -> set[int]:
+        """Send datagrams in order, batched when the port can (after any held ones); the
+        indices refused are counted as drops (as `send` would) and returned."""
         sender = self._sender
+        if sender is None:
+            return {i for i, (data, addr) in enumerate(datagrams) if not self.send(data, addr)}
+        self.release()
+        counters = self.counters
         segmented = sender.segmented
-        failed = dict(sender.send(held))
+        failed = sender.send(datagrams)
         if sender.segmented != segmented:
             counters["udp.gso_sends"] += sender.segmented - segmented
-        for code in failed.values():
+        for _, code in failed:
             counters.drop("send-" + errno.errorcode.get(code, "error").lower())
-        counters[UDP_OUT] += sum(len(payload) for payload, _ in held) - sum(len(held[i][0]) for i in failed)
+        refused = {i for i, _ in failed}
+        counters[UDP_OUT] += sum(len(data) for data, _ in datagrams) - sum(len(datagrams[i][0]) for i in refused)
+        return refused
 
-    def send(self, payload: bytes, addr: tuple[str, int]) -> bool:
+    def send(self, payload: bytes, addr: Address) -> bool:
         """Send one datagram; a full buffer or unreachable network is a counted drop.
 
         While held, the datagram is queued and True only means accepted for sending.
@@ -122,49 +152,66 @@ class TeredoUDP(DatagramProtocol):
 
 
 class BatchedPort(udp.Port):
-    """A UDP port that reads with recvmmsg and holds its TeredoUDP's sends while it delivers."""
+    """A Twisted UDP port that reads with recvmmsg, hands its TeredoUDP whole batches and
+    holds the protocol's sends while it does, so they leave batched (sendmmsg, UDP GSO)."""
 
-    _receiver: batchio.Receiver | None = None
+    receiver: batchio.Receiver | None = None
+    sender: batchio.Sender | None = None
 
-    def startListening(self) -> None:
-        super().startListening()
-        self._receiver = batchio.Receiver(self.socket.fileno())
+    def _bindSocket(self) -> None:
+        super()._bindSocket()  # also takes an inherited socket (_fromListeningDescriptor)
+        fileno = self.socket.fileno()
+        self.receiver = batchio.Receiver(fileno)
+        self.sender = batchio.Sender(fileno)
 
     def doRead(self) -> None:
-        """Like udp.Port.doRead (up to maxThroughput bytes per wake-up), a batch per call."""
-        protocol, receiver = self.protocol, self._receiver
+        protocol, receiver = self.protocol, self.receiver
         assert receiver is not None
         protocol.hold()
         try:
-            read = 0
-            while read < self.maxThroughput:
+            for _ in range(BATCHES_PER_WAKEUP):
                 try:
                     batch = receiver.receive()
-                except OSError:  # ECONNREFUSED after an ICMP error: nothing to read, as Port does
+                except OSError as error:  # e.g. ECONNREFUSED from an earlier send's ICMP error
+                    protocol.counters.drop("recv-" + errno.errorcode.get(error.errno or 0, "error").lower())
+                    continue
+                if batch:
+                    protocol.counters["udp.batches"] += 1
+                    protocol.batchReceived(batch)  # contained: TeredoUDP never raises
+                if len(batch) < batchio.BATCH:
                     return
-                if not batch:
-                    return
-                protocol.counters["udp.batches"] += 1
-                for data, addr in batch:
-                    read += len(data)
-                    protocol.datagramReceived(data, addr)  # contained: TeredoUDP never raises
         finally:
             protocol.release()
 
     def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            receiver.close()
+        super().connectionLost(reason)  # the protocol sends what it held first
+        for closing in (self.receiver, self.sender):
+            if closing is not None:
+                closing.close()
+        self.receiver = self.sender = None
+
+
+def _batchable(reactor: Any) -> bool:
+    """Batched ports need batchio and a real reactor (unit tests' memory reactors get plain ones)."""
+    return batchio.available() and isinstance(reactor, PosixReactorBase)
+
+
+def adopt_udp(reactor: Any, protocol: TeredoUDP, fd: int, *, batched: bool = False) -> Any:
+    """Serve `protocol` on the bound IPv4 UDP socket `fd` (inherited from a privileged parent)."""
+    if batched and _batchable(reactor):
+        listening = BatchedPort._fromListeningDescriptor(reactor, fd, socket.AF_INET, protocol, 65535)
+        listening.startListening()
+        return listening
+    return reactor.adoptDatagramPort(fd, socket.AF_INET, protocol, maxPacketSize=65535)
 
 
 def listen_udp(reactor: Any, protocol: TeredoUDP, address: str, port: int, *, batched: bool = False) -> Any:
     """Bind `protocol` on address:port (port 0: the kernel picks) and return the IListeningPort.
 
-    `batched`: read and send in batches (BatchedPort) where batchio works on a real
-    reactor with an IPv4 address; otherwise, and in unit tests' memory reactors, the plain port.
+    `batched`: read and send in batches (BatchedPort) where batchio works, on a real
+    reactor with an IPv4 address (batchio's); otherwise the plain port.
     """
-    if batched and batchio.available() and isinstance(reactor, PosixReactorBase) and ":" not in address:
+    if batched and _batchable(reactor) and ":" not in address:
         listening = BatchedPort(port, protocol, interface=address, maxPacketSize=65535, reactor=reactor)
         listening.startListening()
         return listening

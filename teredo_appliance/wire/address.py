@@ -11,9 +11,9 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 
+from teredo_appliance.wire.constants import TEREDO_PREFIX
 from teredo_appliance.wire.errors import ParseError
 
-TEREDO_PREFIX = bytes.fromhex("20010000")  # RFC 4380 §2.6: 2001:0000::/32
 FLAG_CONE = 0x8000  # RFC 4380 §4: C bit
 FLAG_RANDOM_MASK = 0x3CFF  # RFC 5991 §4: 12 random bits; R (0x4000) and U/G (0x0300) stay zero
 

@@ -11,12 +11,12 @@ from array import array
 from sys import byteorder
 from typing import NamedTuple
 
+from teredo_appliance.wire.constants import IPV6_HEADER_LENGTH, MIN_MTU
 from teredo_appliance.wire.errors import ParseError
 
-HEADER_LENGTH = 40  # RFC 8200 §3
+HEADER_LENGTH = IPV6_HEADER_LENGTH
 NEXT_HEADER_ICMPV6 = 58  # RFC 4443 §1
 NEXT_HEADER_NONE = 59  # RFC 8200 §4.7: what a Teredo bubble carries
-MIN_MTU = 1280  # RFC 8200 §5: also the Teredo MTU (RFC 4380 §5.1.2)
 
 ICMPV6_DEST_UNREACHABLE = 1  # RFC 4443 §3.1
 ICMPV6_PACKET_TOO_BIG = 2  # RFC 4443 §3.2

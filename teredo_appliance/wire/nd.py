@@ -9,7 +9,16 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from teredo_appliance.wire.address import TEREDO_PREFIX
+from teredo_appliance.wire.address import is_global_ipv4
+from teredo_appliance.wire.constants import (
+    ALL_ROUTERS,
+    LINK_LOCAL,
+    LINK_LOCAL_CONE,
+    MAX_MTU,
+    MIN_MTU,
+    TEREDO_PORT,
+    TEREDO_PREFIX,
+)
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -17,7 +26,9 @@ from teredo_appliance.wire.ipv6 import (
     IPv6Header,
     build_icmpv6,
     checksum_ok,
+    is_link_local,
 )
+from teredo_appliance.wire.teredo import Datagram
 
 ND_HOP_LIMIT = 255  # RFC 4861 §6.1: ND messages are only valid with hop limit 255
 ICMPV6_ROUTER_SOLICITATION = 133
@@ -28,11 +39,8 @@ PREFIX_FLAG_AUTONOMOUS = 0x40
 # RA "Retrans Timer": 2 s, the Teredo retransmission step (RFC 4380 §5.2.6); Miredo's
 # and Microsoft's servers advertise it, so clients see the same RA from us.
 RA_RETRANS_TIMER_MS = 2000
-TEREDO_PORT = 3544  # RFC 4380 §4
-
-RS_SOURCE = bytes.fromhex("fe800000000000000000ffffffffffff")  # RFC 4380 §5.2.1
-RS_SOURCE_CONE = bytes.fromhex("fe800000000000008000544552454" "44f")  # fe80::8000:5445:5245:444f
-ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
+RS_SOURCE = LINK_LOCAL  # RFC 4380 §5.2.1: the two sources a qualification RS may have
+RS_SOURCE_CONE = LINK_LOCAL_CONE
 
 _RA_BODY = struct.Struct("!BBHII")  # cur hop limit, flags, router lifetime, reachable, retrans
 _PREFIX_OPTION = struct.Struct("!BBBBIII16s")
@@ -117,3 +125,54 @@ def parse_router_advertisement(packet: bytes, header: IPv6Header) -> RouterAdver
             mtu = _MTU_OPTION.unpack_from(packet, offset)[3]
         offset += length
     return RouterAdvertisement(header.source, header.destination, tuple(prefixes), mtu)
+
+
+class QualificationAnswer(NamedTuple):
+    """What a valid qualification RA tells a client (RFC 4380 §5.2.1)."""
+
+    mapped_ip: int  # from the origin indication: our NAT mapping
+    mapped_port: int
+    prefix: bytes  # the 32-bit Teredo prefix advertised
+    mtu: int  # the RA's MTU option, MIN_MTU without one
+
+
+def check_qualification_ra(
+    datagram: Datagram, source_ip: int, source_port: int, *,
+    expected_source: int, server_ip: int, cone: bool, teredo_prefix: bytes,
+) -> QualificationAnswer:
+    """RFC 4380 §5.2.1 validity of an RA answering one of our RSs, or ParseError(reason).
+
+    The caller matched the nonce and knows which server address (`expected_source`) the
+    answer must come from and whether the RS was the cone one. The advertised prefix must
+    be `teredo_prefix` (the configured /32, 4 bytes) followed by `server_ip`: a server may
+    not move us into another prefix, let alone a multicast or link-local one.
+    """
+    if source_port != TEREDO_PORT:
+        raise ParseError("port")
+    if source_ip != expected_source:
+        raise ParseError("source")
+    if datagram.auth is None or datagram.auth.confirmation != 0:
+        raise ParseError("confirmation")
+    origin = datagram.origin
+    if origin is None:
+        raise ParseError("no-origin")
+    try:
+        ra = parse_router_advertisement(datagram.packet, datagram.header)
+    except ParseError as error:
+        raise ParseError(error.reason.removeprefix("ra-")) from None
+    if ra.destination != (LINK_LOCAL_CONE if cone else LINK_LOCAL):
+        raise ParseError("destination")
+    if not is_link_local(ra.source):
+        raise ParseError("source-not-link-local")
+    if len(ra.prefixes) != 1:
+        raise ParseError("prefix-count")
+    prefix, length = ra.prefixes[0]
+    if prefix[0] == 0xFF or (prefix[0] == 0xFE and prefix[1] & 0xC0 == 0x80):
+        raise ParseError("prefix-scope")  # multicast ff00::/8, link-local fe80::/10
+    if length != 64 or prefix[:4] != teredo_prefix or int.from_bytes(prefix[4:8], "big") != server_ip:
+        raise ParseError("prefix")
+    if ra.mtu is not None and not MIN_MTU <= ra.mtu <= MAX_MTU:
+        raise ParseError("mtu")
+    if not is_global_ipv4(origin.ip):
+        raise ParseError("mapped-not-global")
+    return QualificationAnswer(origin.ip, origin.port, prefix[:4], ra.mtu or MIN_MTU)

@@ -8,6 +8,20 @@ private space.
 
 from __future__ import annotations
 
+from ipaddress import IPv6Network
+
+# The same classes as networks, for prefix filters (the relay's never-served list).
+NOT_GLOBAL_UNICAST = tuple(
+    IPv6Network(prefix)
+    for prefix in (
+        "ff00::/8",  # multicast (RFC 4291 §2.7)
+        "fe80::/10",  # link-local (RFC 4291 §2.5.6)
+        "fec0::/10",  # site-local, deprecated (RFC 3879)
+        "fc00::/7",  # unique local (RFC 4193)
+        "::/96",  # unspecified, loopback and IPv4-compatible (RFC 4291 §2.5.2, §2.5.3, §2.5.5.1)
+        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291 §2.5.5.2)
+    )
+)
 _EMBEDDED_IPV4 = bytes(10)  # first 80 bits of ::/96 and ::ffff:0:0/96 (RFC 4291 §2.5.5)
 _COMPATIBLE, _MAPPED = b"\x00\x00", b"\xff\xff"  # bits 80-95 of each
 

@@ -1,10 +1,16 @@
 """RFC 6081 trailers: type-length-value options after the IPv6 packet of a Teredo datagram.
 
-RFC 6081 §4 puts them in the UDP payload behind the IPv6 packet (whose end the IPv6
+RFC 6081 §4.1 puts them in the UDP payload behind the IPv6 packet (whose end the IPv6
 payload length gives), each `type (1) | length of the value (1) | value`. A receiver
 skips types it does not know (that is what keeps the extensions compatible with RFC 4380
 peers); a trailer whose length is wrong for its known type, or that runs past the end of
 the datagram, makes the whole sequence a ParseError, so a caller counts one drop.
+
+Citations: RFC 6081 §4.2-§4.5 give each trailer's layout (the same as MS-TERE §2.2.1-§2.2.4;
+the Alternate Address one was checked against MS-TERE §2.2.2: type 0x03, length 8-26,
+reserved 0x0000, ports never zero); §5.x give the processing of the extension that uses it
+(§5.2 Symmetric NAT Support, §5.3 UPnP, §5.5 Sequential Port-Symmetric, §5.6 Hairpinning,
+§5.7 Server Load Reduction).
 """
 
 from __future__ import annotations
@@ -14,19 +20,19 @@ from typing import NamedTuple
 
 from teredo_appliance.wire.errors import ParseError
 
-TRAILER_HEADER_LENGTH = 2  # RFC 6081 §4: type(1) + length(1)
+TRAILER_HEADER_LENGTH = 2  # RFC 6081 §4.1: type(1) + length(1)
 
-NONCE_TYPE = 0x01  # RFC 6081 §4.2 (Symmetric NAT Support, Sequential Port-Symmetric NAT)
+NONCE_TYPE = 0x01  # RFC 6081 §4.2, used by §5.2 (Symmetric NAT Support) and §5.5 (Sequential)
 NONCE_LENGTH = 4
-ALTERNATE_ADDRESS_TYPE = 0x03  # RFC 6081 §4.3 (Hairpinning Extension)
+ALTERNATE_ADDRESS_TYPE = 0x03  # RFC 6081 §4.3, used by §5.6 (Hairpinning Extension)
 ALTERNATE_ADDRESS_RESERVED_LENGTH = 2
 ALTERNATE_ADDRESS_ENTRY_LENGTH = 6  # IPv4 address(4) + port(2)
 ALTERNATE_ADDRESS_MAX_ENTRIES = 4  # RFC 6081 §4.3: length 8 to 26, so 1 to 4 entries
-ND_OPTION_TYPE = 0x04  # RFC 6081 §4.4 (Server Load Reduction Extension)
+ND_OPTION_TYPE = 0x04  # RFC 6081 §4.4, used by §5.7 (Server Load Reduction Extension)
 ND_OPTION_LENGTH = 1
 ND_SOLICITATION = 0x00  # RFC 6081 §4.4: TeredoDiscoverySolicitation
 ND_ADVERTISEMENT = 0x01  # RFC 6081 §4.4: TeredoDiscoveryAdvertisement
-RANDOM_PORT_TYPE = 0x05  # RFC 6081 §4.5 (Sequential Port-Symmetric NAT Extension)
+RANDOM_PORT_TYPE = 0x05  # RFC 6081 §4.5, used by §5.5 (Sequential Port-Symmetric NAT Extension)
 RANDOM_PORT_LENGTH = 2
 
 _ENTRY = struct.Struct("!IH")

@@ -3,7 +3,7 @@
 The builders use the project's own `wire` module, so the hostile traffic is exactly as
 well-formed as it means to be: every Teredo source embeds the sender's real mapping
 (RFC 4380 §5.3.1 rule 5 holds), every checksum is right; only the intent is hostile.
-Run inside a namespace as `python -m teredo_appliance.lab.attacks COMMAND ARGS...`;
+Run inside a namespace as `python -m teredo_lab.attacks COMMAND ARGS...`;
 each command prints one JSON line saying what it did.
 """
 
@@ -20,12 +20,12 @@ import sys
 import time
 
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
+from teredo_appliance.wire.constants import TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import build_echo, build_icmpv6, parse_echo, parse_header
 from teredo_appliance.wire.nd import ND_HOP_LIMIT, router_advertisement, router_solicitation, teredo_prefix64
 from teredo_appliance.wire.teredo import AuthIndicator, build_bubble, origin_indication, parse_datagram
 
-TEREDO_PORT = 3544  # RFC 4380 §4
 HOSTILE_PORT = 40066  # the hostile host's UDP port: its Teredo address embeds it
 LINK_LOCAL_PORT = 40169  # the port of the 169.254 mapping
 ICMPV6_NEIGHBOR_ADVERTISEMENT = 136  # RFC 4861 §4.4

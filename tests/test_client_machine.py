@@ -1,19 +1,21 @@
-"""roles/client_qualify.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
+"""roles/client_machine.py: RA acceptance rule by rule, retries, NAT type, refresh, failover."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredo_appliance.config_model import ClientConfig
-from teredo_appliance.roles.client_qualify import (
+from teredo_appliance.config_model import ClientConfig, ClientExtensions
+from teredo_appliance.roles.client_failover import RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN
+from teredo_appliance.roles.client_machine import (
     CONE_PROBE_QUIET,
+    FAILOVER_CHECK_INTERVAL,
     NAT_CONE,
     NAT_NONE,
     NAT_RESTRICTED,
@@ -23,10 +25,9 @@ from teredo_appliance.roles.client_qualify import (
     QUALIFICATION_TIMEOUT,
     QUALIFIED,
     RESOLVE_TIMEOUT,
-    RETRY_BACKOFF_MAX,
-    RETRY_BACKOFF_MIN,
     Qualification,
     Qualifier,
+    RSKind,
 )
 from teredo_appliance.wire.address import FLAG_RANDOM_MASK, TEREDO_PREFIX, TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.errors import ParseError
@@ -79,9 +80,11 @@ class Harness:
         self.changes: list[Qualification | None] = []
         self.local: int | None = ipv4_to_int("198.19.0.2")
         self.now = 0.0
+        self.logged: list[tuple[str, str, dict[str, object]]] = []
         self.q = Qualifier(
             self.config, lambda p, ip, port: self.sent.append((p, ip, port)), self.resolving.append,
             self.changes.append, local_address=lambda server: self.local, rng=random.Random(4380),
+            log=lambda level, format, **fields: self.logged.append((level, format, fields)),
         )
 
     def start(self) -> None:
@@ -176,7 +179,7 @@ class AcceptanceTests(SynchronousTestCase):
         vector = MIREDO["ra-with-auth-origin"]
         d = parse_datagram(vector.payload)
         assert d.auth is not None
-        self.h.q._main.nonces[d.auth.nonce] = "plain"  # type: ignore[union-attr]
+        self.h.q._main.round.nonces[d.auth.nonce] = RSKind.PLAIN  # type: ignore[union-attr]
         self.assertTrue(self.h.q.receive(d, *vector.source, self.h.now))
         self.assertEqual(self.h.q.counters.drops(), {})
         self.assertEqual(self.h.sent[-1][1:], (SERVER2, PORT))
@@ -310,20 +313,38 @@ class QualificationTests(SynchronousTestCase):
             flags.add(h.q.qualification.flags)
         self.assertGreater(len(flags), 4)
 
-    def test_symmetric_nat_stays_offline_and_says_so(self) -> None:
-        h = Harness(self)
+    def test_symmetric_nat_qualifies_with_the_primary_mapping(self) -> None:
+        """RFC 6081 §5.2: behind a symmetric NAT the address still comes from the primary's mapping."""
+        h = Harness(self, bind_port=MAPPED[1])
+        h.q._local_port = lambda: MAPPED[1]
+        h.start()
+        h.answer(h.rs()[0])
+        h.answer(h.rs()[0], (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
+        q = h.q.qualification
+        assert q is not None
+        self.assertEqual((q.mapping, q.nat_type, h.q.state), (MAPPED, NAT_SYMMETRIC, QUALIFIED))
+        self.assertEqual(h.changes, [q])
+        status = h.q.status()
+        self.assertEqual((status["nat_type"], status["port_preserving"], status["sequential"]),
+                         ("symmetric", True, True))
+        h.take()
+        h.advance(30)
+        h.answer(h.rs()[0])  # refreshes ask the primary only: the mapping holds
+        self.assertEqual(h.q.qualification, q)
+
+    def test_symmetric_nat_stays_offline_and_says_so_without_the_extension(self) -> None:
+        h = Harness(self, extensions=ClientExtensions(symmetric_nat=False))
         h.start()
         nonce, _ = h.rs()
         h.answer(nonce)
         nonce, _ = h.rs()
-        with capturedLogs() as events:
-            h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
+        h.answer(nonce, (MAPPED[0], MAPPED[1] + 1), (SERVER2, PORT))
         self.assertEqual(h.q.state, OFFLINE)
         self.assertEqual(h.q.nat_type, NAT_SYMMETRIC)
         self.assertIsNone(h.q.qualification)
         self.assertEqual(h.changes, [])
         self.assertEqual(h.q.status()["nat_type"], "symmetric")
-        self.assertTrue(any("NAT type: symmetric" in e["log_format"] for e in events))
+        self.assertTrue(any(level == "warn" and "NAT type: symmetric" in format for level, format, _ in h.logged))
         h.take()
         h.advance(RETRY_BACKOFF_MAX - 1)
         self.assertEqual(h.sent, [])
@@ -514,6 +535,32 @@ class RefreshTests(SynchronousTestCase):
         self.assertEqual(h.q.state, OFFLINE)
 
 
+class Internet:
+    """Servers that answer our RS as a Miredo server behind a restricted NAT would, while alive.
+
+    `run(h, seconds)` moves the clock in small steps and answers every plain RS sent to a
+    live server's primary address and every RS sent to its secondary; cone RS stay
+    unanswered (a restricted NAT). Everything sent is kept in `log` with its time.
+    """
+
+    def __init__(self) -> None:
+        self.alive = {SERVER: True, FALLBACK: True}
+        self.log: list[tuple[float, int, bytes]] = []  # (time, destination, RS source address)
+
+    def run(self, h: Harness, seconds: float, step: float = 0.05) -> None:
+        end = h.now + seconds
+        while h.now < end:
+            for payload, ip, _ in h.take():
+                d = parse_datagram(payload)
+                self.log.append((h.now, ip, d.header.source))
+                server = {SERVER: SERVER, SERVER2: SERVER, FALLBACK: FALLBACK, FALLBACK2: FALLBACK}.get(ip)
+                if server is None or not self.alive[server] or d.header.source == RS_SOURCE_CONE:
+                    continue
+                assert d.auth is not None
+                h.answer(d.auth.nonce, source=(ip, PORT), server=server)
+            h.advance(step)
+
+
 class FailoverTests(SynchronousTestCase):
     interval = 30.0
 
@@ -531,66 +578,95 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(h.q.qualification.server, FALLBACK)
         self.assertEqual(h.q.status()["server"], "198.18.0.5")
 
-    def test_dead_server_fails_over_at_the_next_refresh(self) -> None:
+    def test_with_fallbacks_the_server_is_checked_every_few_seconds(self) -> None:
         h = self.harness()
         h.qualify()
         h.take()
-        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)
-        self.assertIsNone(h.changes[-1])
-        self.assertEqual(h.rs()[1], FALLBACK)  # straight on: a literal address cannot have moved
-        self.assertLess(h.now, 30 + 3 * QUALIFICATION_TIMEOUT + 1)
-        h.qualify(server=FALLBACK, secondary=FALLBACK2)
+        h.advance(FAILOVER_CHECK_INTERVAL)
+        sent = h.take()
+        self.assertEqual([(parse_datagram(p).header.source, ip) for p, ip, _ in sent], [(RS_SOURCE, SERVER)])
+
+    def test_without_fallbacks_the_refresh_keeps_rfc_4380_timing(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.qualify()
+        h.take()
+        h.advance(self.interval - 0.01)
+        self.assertEqual(h.take(), [])
+        h.advance(0.01 + 2 * QUALIFICATION_TIMEOUT)
+        self.assertEqual(len(h.take()), 3)  # three tries, T apart, before giving up
         self.assertEqual(h.q.state, QUALIFIED)
+
+    def test_dead_server_is_left_within_15_seconds_keeping_the_address_meanwhile(self) -> None:
+        """Whenever the server dies, the fallback qualifies us within 15 s; no gap in between."""
+        for seed in range(12):
+            h = self.harness()
+            h.q._rng = random.Random(seed)
+            net = Internet()
+            net.run(h, 2)
+            self.assertEqual(h.q.qualification.server, SERVER)  # type: ignore[union-attr]
+            net.run(h, seed * 1.37)  # die at a different point of the check cycle each time
+            net.alive[SERVER] = False
+            died = h.now
+            while h.q.qualification is not None and h.q.qualification.server == SERVER:
+                net.run(h, 0.1)
+                self.assertLess(h.now - died, 30)
+            self.assertLessEqual(h.now - died, 15.0, f"seed {seed}")
+            self.assertNotIn(None, h.changes, f"seed {seed}: the address was dropped during the failover")
 
     def test_back_to_the_first_server_when_it_answers_again(self) -> None:
         h = self.harness()
-        h.advance(3 * QUALIFICATION_TIMEOUT)
-        h.qualify(server=FALLBACK, secondary=FALLBACK2)
-        h.take()
+        net = Internet()
+        net.alive[SERVER] = False
+        net.run(h, 3 * QUALIFICATION_TIMEOUT + 1)
         on_fallback = h.q.qualification
+        assert on_fallback is not None
+        self.assertEqual(on_fallback.server, FALLBACK)
         # The first server is probed every refresh interval, once; silence changes nothing.
-        h.advance(30)
-        probes = [ip for _, ip, _ in h.sent if ip == SERVER]
+        net.log.clear()
+        net.run(h, self.interval)
+        probes = [ip for _, ip, _ in net.log if ip == SERVER]
         self.assertEqual(len(probes), 2)  # cone + plain
-        refresh, _ = h.rs(to=FALLBACK)
-        h.answer(refresh, source=(FALLBACK, PORT), server=FALLBACK)
-        h.take()
-        h.advance(QUALIFICATION_TIMEOUT)
-        self.assertEqual([ip for _, ip, _ in h.take() if ip == SERVER], [])
         self.assertEqual(h.q.qualification, on_fallback)
-        h.advance(30)
-        h.qualify()  # the fallback's own refresh, unanswered meanwhile, is dropped with it
+        net.alive[SERVER] = True
+        net.run(h, self.interval + QUALIFICATION_TIMEOUT + 1)  # a silent probe waits T, then an interval
         assert h.q.qualification is not None
         self.assertEqual(h.q.qualification.server, SERVER)
         self.assertEqual(h.changes, [on_fallback, h.q.qualification])
-        h.take()
-        h.advance(30)
-        # Refreshes to the first server, and no more probing.
-        self.assertEqual({(parse_datagram(p).header.source, ip) for p, ip, _ in h.sent}, {(RS_SOURCE, SERVER)})
+        net.log.clear()
+        net.run(h, self.interval)
+        # Checks of the first server only, and no more probing.
+        self.assertEqual({(source, ip) for _, ip, source in net.log}, {(RS_SOURCE, SERVER)})
+
+    def test_never_more_rs_than_rfc_4380_allows(self) -> None:
+        """Servers dying and coming back: RS of one kind to one address stay T apart (RFC 4380 §5.2.1)."""
+        h = self.harness()
+        net = Internet()
+        rng = random.Random(6081)
+        for _ in range(40):
+            net.alive[SERVER] = rng.random() < 0.6
+            net.alive[FALLBACK] = rng.random() < 0.6
+            net.run(h, rng.uniform(1, 40), step=0.25)
+        last: dict[tuple[int, bytes], float] = {}
+        for when, ip, source in net.log:
+            previous = last.get((ip, source))
+            self.assertTrue(previous is None or when - previous >= QUALIFICATION_TIMEOUT,
+                            f"two RS to {ip} {when - (previous or 0):.2f} s apart")
+            last[(ip, source)] = when
+        self.assertGreater(len(net.log), 100)
 
     def test_answered_refreshes_on_the_fallback_do_not_postpone_the_probe(self) -> None:
         h = self.harness()
-        h.qualify()
-        h.advance(30)
-        h.answer(h.rs()[0])  # one answered refresh: the next interval is randomised, shorter
-        h.take()
-        while not h.take():
-            h.advance(0.5)
-        h.advance(3 * QUALIFICATION_TIMEOUT)  # the first server died
+        net = Internet()
+        net.run(h, 20)
+        net.alive[SERVER] = False
+        while h.q.qualification.server != FALLBACK:  # type: ignore[union-attr]
+            net.run(h, 0.1)
         failed_over = h.now
-        h.qualify(server=FALLBACK, secondary=FALLBACK2)
-        h.take()
-        probed = None
-        while probed is None and h.now < failed_over + 3 * self.interval:
-            h.advance(0.5)
-            for payload, ip, _ in h.take():
-                d = parse_datagram(payload)
-                if ip == FALLBACK:
-                    assert d.auth is not None
-                    h.answer(d.auth.nonce, source=(FALLBACK, PORT), server=FALLBACK)
-                elif ip == SERVER:
-                    probed = h.now
-        self.assertEqual(probed, failed_over + self.interval)
+        net.log.clear()
+        net.run(h, 2 * self.interval)
+        probes = sorted({when for when, ip, _ in net.log if ip == SERVER})
+        self.assertAlmostEqual(probes[0], failed_over + self.interval, delta=0.2)
 
     def test_every_server_silent_starts_over_from_the_first(self) -> None:
         h = self.harness()
@@ -645,7 +721,7 @@ class ResolverTests(SynchronousTestCase):
         h.qualify()
         h.resolving.clear()
         h.take()
-        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)
+        h.advance(FAILOVER_CHECK_INTERVAL + QUALIFICATION_TIMEOUT)
         self.assertEqual(h.resolving, ["teredo.example"])
         moved = ipv4_to_int("198.18.0.7")
         h.q.resolved("teredo.example", moved, h.now)
@@ -657,7 +733,7 @@ class ResolverTests(SynchronousTestCase):
         h.q.resolved("teredo.example", SERVER, h.now)
         h.qualify()
         h.take()
-        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)
+        h.advance(FAILOVER_CHECK_INTERVAL + QUALIFICATION_TIMEOUT)
         h.q.resolved("teredo.example", SERVER, h.now)
         self.assertEqual(h.rs()[1], FALLBACK)
 
@@ -685,3 +761,56 @@ class RobustnessTests(SynchronousTestCase):
             except ParseError:
                 continue
             self.assertTrue(h.q.receive(datagram, SERVER, PORT, h.now))
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """refresh_interval and fallback_servers change in place: the qualification stays."""
+
+    def test_a_shorter_refresh_interval_is_heeded_at_once(self) -> None:
+        h = Harness(self, refresh_interval=100.0)
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.advance(10)
+        h.q.reconfigure(dataclasses.replace(h.config, refresh_interval=20.0), h.now)
+        h.advance(20)
+        self.assertEqual(h.rs()[1], SERVER)  # refreshed within the new interval, not at 100 s
+        self.assertEqual(h.q.qualification, qualification)
+        self.assertEqual(h.changes, [qualification])
+
+    def test_a_new_fallback_chain_is_used_on_the_next_failover(self) -> None:
+        h = Harness(self)
+        h.start()
+        h.qualify()
+        h.take()
+        new = dataclasses.replace(h.config, fallback_servers=("198.18.0.5",))
+        self.assertTrue(h.q.can_reconfigure(new))
+        h.q.reconfigure(new, h.now)
+        self.assertEqual(h.q.state, QUALIFIED)
+        h.advance(30 + 3 * QUALIFICATION_TIMEOUT)  # the first server went silent
+        self.assertEqual(h.rs()[1], FALLBACK)
+
+    def test_fallbacks_added_live_bring_the_failover_check_at_once(self) -> None:
+        """With somewhere to go, the server is checked every few seconds from the reload on,
+        and one unanswered check moves on, keeping the address meanwhile."""
+        h = Harness(self)  # the default refresh interval (30 s) and no fallback
+        h.start()
+        h.qualify()
+        qualification = h.q.qualification
+        h.take()
+        h.q.reconfigure(dataclasses.replace(h.config, fallback_servers=("198.18.0.5",)), h.now)
+        h.advance(FAILOVER_CHECK_INTERVAL)
+        self.assertEqual([ip for _, ip, _ in h.take()], [SERVER])  # a check, not the 22.5-30 s refresh
+        h.advance(QUALIFICATION_TIMEOUT)
+        self.assertEqual(h.rs()[1], FALLBACK)  # one check left unanswered: the next server
+        self.assertEqual((h.q.state, h.q.qualification), (QUALIFIED, qualification))
+        self.assertEqual(h.changes, [qualification])
+
+    def test_the_chain_cannot_change_under_a_fallback_in_use(self) -> None:
+        h = Harness(self, fallback_servers=("198.18.0.5",))
+        h.start()
+        h.advance(3 * QUALIFICATION_TIMEOUT)
+        h.qualify(server=FALLBACK, secondary=FALLBACK2)
+        self.assertFalse(h.q.can_reconfigure(dataclasses.replace(h.config, fallback_servers=())))
+        self.assertTrue(h.q.can_reconfigure(dataclasses.replace(h.config, refresh_interval=10.0)))

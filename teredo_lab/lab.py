@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import teredo_appliance
-from teredo_appliance.lab import configs, igd, state, topology
+from teredo_lab import anycast, configs, igd, state, topology
+from teredo_lab.errors import LabError
 
 MIREDO, OURS = "miredo", "ours"
 IMPLS = (MIREDO, OURS)
@@ -40,10 +41,6 @@ CAPTURE = str(Path(__file__).with_name("capture.py"))
 # holding its config and pid file: `ip netns exec` has already given the process a mount
 # namespace of its own, so this mount never reaches the host.
 PRIVATE_RUN = 'mount --bind "$0" /run && exec "$@"'
-
-
-class LabError(Exception):
-    """The lab could not be built or a daemon did not come up; the message says why."""
 
 
 @dataclass
@@ -100,7 +97,7 @@ class Lab:
         self.prefix = state.reserve_prefix(self._wanted_prefix)
         self.rundir = Path(self._wanted_rundir or state.STATE_ROOT / self.prefix).absolute()
         self.rundir.mkdir(parents=True, exist_ok=True)
-        plan = topology.build_plan(self.prefix, self.options)
+        plan = (anycast.build_plan if self.options.anycast else topology.build_plan)(self.prefix, self.options)
         self.record = state.LabRecord(self.prefix, str(self.rundir), namespaces=plan.namespaces)
         self.record.save()
         try:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
-from teredo_appliance.lab import state, topology
-from teredo_appliance.lab.demo import run_demo
-from teredo_appliance.lab.lab import IMPLS, MIREDO, Lab, LabError
-from teredo_appliance.lab.preflight import unavailable_reason
-from teredo_appliance.lab.scenario import Scenario, run_scenario, start
+from teredo_lab import anycast, state, topology
+from teredo_lab.demo import run_demo
+from teredo_lab.lab import IMPLS, MIREDO, Lab, LabError
+from teredo_lab.preflight import unavailable_reason
+from teredo_lab.scenario import Scenario, run_scenario, start
 
 
 def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -22,6 +23,8 @@ def _scenario_arguments(parser: argparse.ArgumentParser, default: str | None) ->
     parser.add_argument(
         "--upnp", action="store_true", help="NAT 2 symmetric with a real UPnP IGD (miniupnpd); implies --nat2 symmetric"
     )
+    parser.add_argument("--client3", choices=IMPLS, help="add a third client on NAT 1's LAN (198.19.0.3)")
+    parser.add_argument("--hairpin", action="store_true", help="NAT 1 hairpins (a veth loop inside its namespace)")
     parser.add_argument("--box", action="store_true", help="server and relay in one namespace (one twistd if ours)")
     parser.add_argument("--hostile", action="store_true",
                         help="add a hostile host on the Internet (198.18.0.66, 198.18.0.67, 169.254.0.66)")
@@ -34,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the topology; with role options, start the daemons too")
     _scenario_arguments(up, default=None)
+    up.add_argument("--anycast", action="store_true",
+                    help="two boxes (ours: server + relay) with BIRD behind an ECMP upstream, two clients of ours "
+                         "and a Miredo client; the daemons start at once")
     down = sub.add_parser(
         "down", help="remove the labs named, or every recorded lab whose owner is gone (crashed or exited)"
     )
@@ -74,22 +80,27 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         box=args.box,
         hostile=args.hostile,
         upnp=args.upnp,
+        client3=args.client3,
+        hairpin=args.hairpin,
     )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    daemons = any(getattr(args, r) for r in ("server", "relay", "client", "client2", "server2"))
+    daemons = any(getattr(args, r) for r in ("server", "relay", "client", "client2", "server2", "client3"))
     scenario = _scenario(args)
-    lab = Lab(scenario.options, prefix=args.prefix, rundir=args.rundir)
+    options = replace(scenario.options, anycast=True) if getattr(args, "anycast", False) else scenario.options
+    lab = Lab(options, prefix=args.prefix, rundir=args.rundir)
     lab.up()
     try:
-        if daemons:
+        if options.anycast:
+            anycast.start(lab)  # BIRD everywhere, ours on both boxes, two clients of ours and Miredo
+        elif daemons:
             start(lab, scenario)
     except LabError:
         lab.down()
         raise
     print(f"lab {lab.prefix} is up; run directory {lab.rundir}")
-    for node in topology.nodes(scenario.options):
+    for node in anycast.NODES if options.anycast else topology.nodes(options):
         print(f"  {node:8} ip netns exec {lab.ns(node)} ...")
     for name, daemon in lab.daemons.items():
         print(f"  daemon {name} ({daemon.impl}) in {lab.ns(daemon.node)}: config {daemon.config}, log {daemon.log}")
@@ -126,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         box=scenario.box,
         hostile=scenario.hostile,
         upnp=scenario.upnp,
+        client3=scenario.client3,
+        hairpin=scenario.hairpin,
         prefix=args.prefix,
         rundir=args.rundir,
         echo=lambda line: print(line, flush=True),

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from teredo_appliance.lab import topology
-from teredo_appliance.lab.lab import POLL, Lab, LabError
+from teredo_lab import topology
+from teredo_lab.lab import POLL, Lab, LabError
 
 QUALIFY_TIMEOUT = 10.0  # check 1: both clients qualified within 10 s
 PING_TIMEOUT = 10  # seconds, whole-number for ping -w

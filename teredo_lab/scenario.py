@@ -7,7 +7,6 @@ server for failover, editing a daemon's yaml for reload).
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
-
-ROLE_CLASSES = {"server": "ServerService", "relay": "RelayService", "client": "ClientService"}
+from teredo_appliance.plugin import role_plugins
+from teredo_lab import checks, topology
+from teredo_lab.lab import IMPLS, MIREDO, OURS, Lab, LabError
 
 
 @dataclass(frozen=True)
@@ -41,9 +39,11 @@ class Scenario:
     wrap_ours: tuple[str, ...] = ()  # command prefix for our daemons (lab/confine.py)
     hostile: bool = False  # a hostile host on the lab's Internet (topology.Options.hostile)
     upnp: bool = False  # NAT 2 runs a UPnP IGD (needs nat2="symmetric")
+    client3: str | None = None  # a third client on NAT 1's LAN, beside client 1, or none
+    hairpin: bool = False  # NAT 1 hairpins (topology.Options.hairpin)
 
     def __post_init__(self) -> None:
-        for role in ("server", "relay", "client", "client2", "server2"):
+        for role in ("server", "relay", "client", "client2", "server2", "client3"):
             impl = getattr(self, role)
             if impl is not None and impl not in IMPLS:
                 raise ValueError(f"{role}: implementation must be one of {', '.join(IMPLS)}, not {impl!r}")
@@ -51,7 +51,8 @@ class Scenario:
     @property
     def options(self) -> topology.Options:
         return topology.Options(
-            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile, upnp=self.upnp
+            second_server=self.server2 is not None, box=self.box, nat2=self.nat2, hostile=self.hostile, upnp=self.upnp,
+            client3=self.client3 is not None, hairpin=self.hairpin,
         )
 
     def describe(self) -> str:
@@ -62,6 +63,8 @@ class Scenario:
         parts += ["box"] if self.box else []
         parts += ["hostile"] if self.hostile else []
         parts += ["upnp"] if self.upnp else []
+        parts += [f"client3={self.client3}"] if self.client3 else []
+        parts += ["hairpin"] if self.hairpin else []
         return " ".join(parts)
 
     def infrastructure(self) -> list[DaemonSpec]:
@@ -80,16 +83,19 @@ class Scenario:
     def clients(self) -> list[DaemonSpec]:
         section = client_section(fallback=self.server2 is not None)
         client2 = self.client2 or self.client
-        # Behind NAT 2's IGD, our client 2 uses it (RFC 6081 §3.2); Miredo cannot.
+        # Behind NAT 2's IGD, our client 2 uses it (RFC 6081 §5.3); Miredo cannot.
         section2 = {**section, "extensions": {"upnp": True}} if self.upnp and client2 == OURS else section
-        return [
+        specs = [
             DaemonSpec("client1", self.client, "client1", {"client": section}),
             DaemonSpec("client2", client2, "client2", {"client": section2}),
         ]
+        if self.client3:
+            specs.append(DaemonSpec("client3", self.client3, "client3", {"client": section}))
+        return specs
 
     def ours_roles(self) -> set[str]:
         roles = {role for role in ("server", "relay", "client") if getattr(self, role) == OURS}
-        roles |= {"client"} if self.client2 == OURS else set()
+        roles |= {"client"} if OURS in (self.client2, self.client3) else set()
         return roles | ({"server"} if self.server2 == OURS else set())
 
 
@@ -118,14 +124,14 @@ def client_section(fallback: bool = False) -> dict[str, Any]:
 
 def ours_missing(roles: set[str]) -> str | None:
     """Why our implementation of these roles cannot run yet, or None if it can."""
+    plugins = role_plugins()
     for role in sorted(roles):
-        module = f"teredo_appliance.roles.{role}"
+        if role not in plugins:
+            return f"no role plugin provides {role!r}"
         try:
-            found = getattr(importlib.import_module(module), ROLE_CLASSES[role], None)
-        except ImportError as e:
-            return f"{module} cannot be imported ({e})"
-        if found is None:
-            return f"{module} has no {ROLE_CLASSES[role]} yet"
+            plugins[role].load()
+        except (ImportError, AttributeError) as e:
+            return f"the {role} role's service cannot be loaded ({e})"
     return None
 
 
@@ -167,6 +173,8 @@ def run_scenario(
     box: bool = False,
     hostile: bool = False,
     upnp: bool = False,
+    client3: str | None = None,
+    hairpin: bool = False,
     prefix: str | None = None,
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
@@ -179,7 +187,7 @@ def run_scenario(
     """
     say = echo or (lambda line: None)
     scenario = Scenario(server=server, relay=relay, client=client, client2=client2, server2=server2, nat2=nat2,
-                        box=box, hostile=hostile, upnp=upnp)
+                        box=box, hostile=hostile, upnp=upnp, client3=client3, hairpin=hairpin)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
     try:

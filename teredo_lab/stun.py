@@ -6,7 +6,7 @@ what its public address is and believes the answer: this responder, on the route
 external address, answers with the address the request came from (XOR-MAPPED-ADDRESS, and
 MAPPED-ADDRESS for old clients). It ignores CHANGE-REQUEST, so the router looks unfiltered.
 
-Run: `python -m teredo_appliance.lab.stun ADDRESS PORT` (in the router's namespace).
+Run: `python -m teredo_lab.stun ADDRESS PORT` (in the router's namespace).
 """
 
 from __future__ import annotations

@@ -14,12 +14,11 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
+from teredo_appliance.wire.constants import IFNAMSIZ, TEREDO_PORT
 
 INTERNET = ipaddress.IPv4Network("198.18.0.0/24")
 IPV6_NET = ipaddress.IPv6Network("2001:db8:1::/64")
 TEREDO_PREFIX = ipaddress.IPv6Network("2001::/32")
-TEREDO_PORT = 3544  # RFC 4380 §2.7: where Teredo servers wait for packets
 
 SERVER_ADDRESS = "198.18.0.1"
 SERVER_ADDRESS2 = "198.18.0.2"
@@ -37,6 +36,7 @@ NAT1_LAN = ipaddress.IPv4Network("198.19.0.0/24")
 NAT2_LAN = ipaddress.IPv4Network("198.19.1.0/24")
 CLIENT1_ADDRESS = "198.19.0.2"
 CLIENT2_ADDRESS = "198.19.1.2"
+CLIENT3_ADDRESS = "198.19.0.3"  # a third client beside client 1, on NAT 1's LAN
 # The hostile host on the lab's Internet: a global address to attack from, a second one
 # that plays silent Teredo hosts (nothing listens there), and a link-local one, which no
 # Teredo node may ever accept as a mapping or send to (RFC 4380 §5.2.9, §5.3.1 rule 3).
@@ -56,6 +56,12 @@ IGD_POSTROUTING_CHAIN = "MINIUPNPD-POSTROUTING"
 
 # What a node's uplink is called inside its own namespace, after the prefix.
 WAN, LAN, ETH, BRIDGE = "wan", "lan", "eth", "br"
+# NAT 1's hairpin loop: a veth pair inside its namespace, with fixed MACs so that the
+# route into one end needs no ARP (see _plan_hairpin).
+HAIRPIN_OUT, HAIRPIN_IN = "hpo", "hpi"
+HAIRPIN_OUT_MAC, HAIRPIN_IN_MAC = "02:00:c6:12:00:01", "02:00:c6:12:00:02"
+HAIRPIN_TABLE = 100
+LOCAL_RULE_PREF = 1000  # the kernel's `lookup local` rule, moved behind the hairpin rule
 
 
 def teredo_network(server: str, prefix: ipaddress.IPv6Network = TEREDO_PREFIX) -> ipaddress.IPv6Network:
@@ -73,6 +79,9 @@ class Options:
     nat2: str = "cone"  # "symmetric": NAT 2 maps every destination to a new port
     hostile: bool = False  # a hostile host on the Internet bridge (198.18.0.66/.67, 169.254.0.66)
     upnp: bool = False  # NAT 2 runs a UPnP IGD (miniupnpd); only on a symmetric NAT 2
+    client3: bool = False  # a third client on NAT 1's LAN (198.19.0.3), beside client 1
+    hairpin: bool = False  # NAT 1 hairpins: LAN -> its public address comes back in as from outside
+    anycast: bool = False  # two boxes behind an upstream router running BIRD (see lab/anycast.py)
 
     def __post_init__(self) -> None:
         if self.nat2 not in NAT_TYPES:
@@ -106,11 +115,14 @@ def nodes(options: Options) -> list[str]:
     core = ["box"] if options.box else ["server", "relay"]
     extra = ["server2"] if options.second_server else []
     extra += ["hostile"] if options.hostile else []
-    return ["inet", *core, *extra, "v6host", "nat1", "nat2", "client1", "client2"]
+    clients = ["client1", "client2", "client3"] if options.client3 else ["client1", "client2"]
+    return ["inet", *core, *extra, "v6host", "nat1", "nat2", *clients]
 
 
-def _nat_rules(wan: str, symmetric: bool, upnp: bool = False) -> str:
-    """NAT and filter rules; with `upnp`, the chains miniupnpd fills hooked in first."""
+def _nat_rules(wan: str, symmetric: bool, upnp: bool = False, hairpin: tuple[str, str, str] | None = None) -> str:
+    """NAT and filter rules; with `upnp`, the chains miniupnpd fills hooked in first; with
+    `hairpin` (the loop's out and in ends, the public address), what goes round the loop leaves with the public
+    address, and what comes back in matches a mapping or is dropped unconfirmed."""
     masquerade = "-j MASQUERADE --random-fully" if symmetric else "-j MASQUERADE"
     # miniupnpd adds a DNAT per mapping to nat MINIUPNPD, an ACCEPT to filter MINIUPNPD, and
     # a port-keeping MASQUERADE to MINIUPNPD-POSTROUTING, which must come before ours.
@@ -122,14 +134,18 @@ def _nat_rules(wan: str, symmetric: bool, upnp: bool = False) -> str:
     filter_hook = f"-A FORWARD -i {wan} ! -o {wan} -j {IGD_CHAIN}\n" if upnp else ""
     # The INPUT drop is what home routers do; without it, conntrack confirms an entry for
     # a peer's early bubble and then remaps the client's port, which breaks hole punching.
+    loop_out = "" if hairpin is None else f"-A POSTROUTING -o {hairpin[0]} -j SNAT --to-source {hairpin[2]}\n"
+    loop_in = "" if hairpin is None else f"-A INPUT -i {hairpin[1]} -m conntrack --ctstate NEW -j DROP\n"
     return (
         "*nat\n"
         f"{nat_chains}{nat_hooks}"
         f"-A POSTROUTING -o {wan} {masquerade}\n"
+        f"{loop_out}"
         "COMMIT\n"
         "*filter\n"
         f"{filter_chain}"
         f"-A INPUT -i {wan} -m conntrack --ctstate NEW -j DROP\n"
+        f"{loop_in}"
         f"{filter_hook}"
         "COMMIT\n"
     )
@@ -167,8 +183,8 @@ def build_plan(prefix: str, options: Options) -> Plan:
 
     def ifname(tag: str) -> str:
         name = f"{prefix}-{tag}"
-        if len(name) > IFNAMSIZ:
-            raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ} bytes")
+        if len(name) >= IFNAMSIZ:
+            raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
         return name
 
     for node in nodes(options):
@@ -209,24 +225,64 @@ def build_plan(prefix: str, options: Options) -> Plan:
     if options.hostile:
         _plan_hostile(plan, ns, plug, eth)
 
-    for nat, client, wan_address, lan_net, client_address, symmetric, upnp in (
-        ("nat1", "client1", NAT1_WAN, NAT1_LAN, CLIENT1_ADDRESS, False, False),
-        ("nat2", "client2", NAT2_WAN, NAT2_LAN, CLIENT2_ADDRESS, options.nat2 == "symmetric", options.upnp),
+    nat1_hosts = [("client1", "h1", CLIENT1_ADDRESS)]
+    nat1_hosts += [("client3", "h3", CLIENT3_ADDRESS)] if options.client3 else []
+    for nat, hosts, wan_address, lan_net, symmetric, upnp in (
+        ("nat1", nat1_hosts, NAT1_WAN, NAT1_LAN, False, False),
+        ("nat2", [("client2", None, CLIENT2_ADDRESS)], NAT2_WAN, NAT2_LAN, options.nat2 == "symmetric", options.upnp),
     ):
         wan, lan = ifname(WAN), ifname(LAN)
         plug(nat, nat, wan, (wan_address,), ())
         router = next(lan_net.hosts())
-        plan.links[ns(nat)] += [
-            f"link add {lan} type veth peer name {eth} netns {ns(client)}",
-            f"link set {lan} up",
-            f"addr add {router}/{lan_net.prefixlen} dev {lan}",
-        ]
-        plan.links[ns(client)] += [
-            f"link set {eth} up",
-            f"addr add {client_address}/{lan_net.prefixlen} dev {eth}",
-            f"route add default via {router}",
-        ]
+        if nat == "nat1":
+            # A bridge with a veth per host, so the hosts share one link: multicast
+            # (local discovery, RFC 4380 §5.2.8) reaches them all.
+            plan.links[ns(nat)].append(f"link add {lan} type bridge mcast_snooping 0")
+        for client, tag, client_address in hosts:
+            if tag is None:
+                plan.links[ns(nat)].append(f"link add {lan} type veth peer name {eth} netns {ns(client)}")
+            else:
+                port = ifname(tag)
+                plan.links[ns(nat)] += [
+                    f"link add {port} type veth peer name {eth} netns {ns(client)}",
+                    f"link set {port} master {lan} up",
+                ]
+            plan.links[ns(client)] += [
+                f"link set {eth} up",
+                f"addr add {client_address}/{lan_net.prefixlen} dev {eth}",
+                f"route add default via {router}",
+            ]
+        plan.links[ns(nat)] += [f"link set {lan} up", f"addr add {router}/{lan_net.prefixlen} dev {lan}"]
         plan.sysctls[ns(nat)] += ["net.ipv4.ip_forward=1", f"net.ipv6.conf.{wan}.disable_ipv6=1"]
+        hairpin = _plan_hairpin(plan, ns(nat), ifname, lan, wan_address) if nat == "nat1" and options.hairpin else None
         rules = plan.iptables_legacy if upnp else plan.iptables
-        rules[ns(nat)] = _nat_rules(wan, symmetric, upnp)
+        rules[ns(nat)] = _nat_rules(wan, symmetric, upnp, hairpin)
     return plan
+
+
+def _plan_hairpin(plan: Plan, nat: str, ifname: Callable[[str], str], lan: str, public: str) -> tuple[str, str, str]:
+    """A NAT that hairpins, as LAB-NOTES describes: LAN traffic to the NAT's own public
+    address is routed into a veth loop instead of delivered locally, leaves the loop's
+    out end with the public address as its source (SNAT, ports kept), and comes back in
+    at the other end as if from outside, where conntrack finds the mapping of the LAN
+    peer it is for (one that has sent to this sender's public mapping: as on real NATs).
+    Returns (out end, in end, public address) for the NAT rules."""
+    out, into = ifname(HAIRPIN_OUT), ifname(HAIRPIN_IN)
+    plan.links[nat] += [
+        f"link add {out} address {HAIRPIN_OUT_MAC} type veth peer name {into} address {HAIRPIN_IN_MAC}",
+        f"link set {out} up",
+        f"link set {into} up",
+        f"rule add pref {LOCAL_RULE_PREF} lookup local",
+        "rule del pref 0 lookup local",
+        f"rule add pref {HAIRPIN_TABLE} iif {lan} to {public}/32 lookup {HAIRPIN_TABLE}",
+        f"route add {public}/32 dev {out} table {HAIRPIN_TABLE}",
+        f"neigh add {public} lladdr {HAIRPIN_IN_MAC} dev {out} nud permanent",
+    ]
+    # Back in at the loop's far end with a local address as source: accept it (a martian
+    # otherwise), and without a reverse-path check (the route back is the LAN, not the loop).
+    plan.sysctls[nat] += [
+        "net.ipv4.conf.all.rp_filter=0",
+        f"net.ipv4.conf.{into}.rp_filter=0",
+        f"net.ipv4.conf.{into}.accept_local=1",
+    ]
+    return out, into, public

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from teredo_appliance.lab import checks, topology
-from teredo_appliance.lab.lab import OURS, Lab, LabError
-from teredo_appliance.lab.scenario import Scenario, start
-from teredo_appliance.lab.sshconsole import ConsoleAccess, missing_tools, status_blocks
+from teredo_lab import checks, topology
+from teredo_lab.lab import OURS, Lab, LabError
+from teredo_lab.scenario import Scenario, start
+from teredo_lab.sshconsole import ConsoleAccess, missing_tools, status_blocks
 
 SCENARIO = Scenario(server=OURS, relay=OURS, client=OURS, box=True)
 LOG_LINES = 40  # of each daemon's log, shown when something failed

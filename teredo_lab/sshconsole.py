@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from teredo_appliance.console import RULE
-from teredo_appliance.lab.lab import POLL, READY_TIMEOUT, Lab, LabError
+from teredo_lab.lab import POLL, READY_TIMEOUT, Lab, LabError
 
 CONSOLE_HOST = "127.0.0.1"  # the manhole's default: loopback (of the daemon's namespace)
 CONSOLE_PORT = 2222

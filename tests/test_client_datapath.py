@@ -1,4 +1,4 @@
-"""roles/client_peers.py: bubbles, relay trust by echo, held and queued packets, bounds."""
+"""roles/client_datapath.py: bubbles, relay trust by echo, held and queued packets, bounds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
-from teredo_appliance.roles.client_peers import ICMP_ERRORS_PER_SECOND, ClientPeers
+from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
+from teredo_appliance.roles.client_datapath import ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -320,13 +321,40 @@ class IncomingTests(SynchronousTestCase):
         self.assertEqual(h.counters.drops(), {"held-from-other-relay": 1})
         self.assertEqual(h.peers.table.get(V6HOST).mapping, RELAY)  # type: ignore[union-attr]
 
-    def test_trusted_peer_at_another_mapping_is_dropped(self) -> None:
+    def test_a_trusted_native_peer_through_a_new_relay_rechecks_it_in_one_round_trip(self) -> None:
+        # An anycast relay died: the host's packets now arrive through another relay box.
         h = Harness()
         h.peers.from_tun(data(), h.now)
         h.reply_to(h.echo_test())
+        h.take()
+        incoming = data(ME, source=V6HOST)
+        h.peers.from_udp(incoming, *OTHER_RELAY, h.now)
+        self.assertEqual(h.tun, [])  # held, not dropped
+        echo = h.echo_test()  # re-checked through our server at once
+        h.peers.from_tun(data(), h.now)
+        self.assertEqual(h.take()[-1][1], RELAY)  # our packets keep the trusted relay meanwhile
+        h.reply_to(echo, via=OTHER_RELAY)
+        self.assertEqual(h.tun, [incoming])  # one round trip later: delivered ...
+        h.peers.from_tun(data(), h.now)
+        self.assertEqual(h.take()[-1][1], OTHER_RELAY)  # ... and the new relay carries ours
+        self.assertEqual(h.counters.drops(), {})
+        self.assertEqual(h.counters["client.relay_recheck"], 1)
+
+    def test_a_forged_packet_through_another_mapping_never_moves_the_trust(self) -> None:
+        h = Harness()
+        h.peers.from_tun(data(), h.now)
+        h.reply_to(h.echo_test())
+        h.take()
         h.peers.from_udp(data(ME, source=V6HOST), *OTHER_RELAY, h.now)
+        h.reply_to(h.echo_test(), via=RELAY)  # the host really answers through its relay
         self.assertEqual(h.tun, [])
-        self.assertEqual(h.counters.drops(), {"wrong-mapping": 1})
+        self.assertEqual(h.counters.drops(), {"held-from-other-relay": 1})
+        self.assertEqual(h.peers.table.get(V6HOST).mapping, RELAY)  # type: ignore[union-attr]
+        h.take()
+        for _ in range(10):  # a flood through the forger's mapping: paced echo tests, bounded hold
+            h.peers.from_udp(data(ME, source=V6HOST, size=600), *OTHER_RELAY, h.now)
+        self.assertLessEqual(len([p for p, to in h.take() if to != RELAY]), 1)
+        self.assertLessEqual(h.peers.table.stats()["queued_bytes"], QUEUE_BYTES)
 
     def test_not_for_us(self) -> None:
         h = Harness()
@@ -374,6 +402,7 @@ class IcmpRateTests(SynchronousTestCase):
             h.peers.from_tun(data(destination), h.now)
         h.advance(8)
         self.assertEqual(len(h.tun), ICMP_ERRORS_PER_SECOND)
+        self.assertEqual((h.counters["icmp.sent"], h.counters["icmp.rate-limited"]), (ICMP_ERRORS_PER_SECOND, 10))
 
 
 class RobustnessTests(SynchronousTestCase):

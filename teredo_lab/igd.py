@@ -11,16 +11,30 @@ with `ip netns exec` and recorded, so `down` (or `teredo-lab down`) stops them b
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from teredo_appliance.lab import stun, topology
+from teredo_lab import stun, topology
+from teredo_lab.errors import LabError
 
-if TYPE_CHECKING:
-    from teredo_appliance.lab.lab import Lab
+
+class Lab(Protocol):
+    """What the IGD needs of teredo_lab.lab.Lab (which imports this module)."""
+
+    prefix: str | None
+    rundir: Path | None
+
+    def ns(self, node: str) -> str: ...
+
+    def run(self, node: str, argv: list[str]) -> subprocess.CompletedProcess[str]: ...
+
+    def start_service(self, name: str, node: str, argv: list[str]) -> Path: ...
+
+    def is_running(self, name: str) -> bool: ...
 
 NODE = "nat2"
 DAEMON, STUN = "miniupnpd", "stun"
@@ -52,13 +66,14 @@ def miniupnpd_conf(prefix: str, lease_file: Path, device_uuid: str) -> str:
 
 def start(lab: Lab) -> None:
     """Start the STUN responder and miniupnpd in NAT 2; LabError unless forwarding is enabled."""
-    from teredo_appliance.lab.lab import LabError
 
     assert lab.prefix is not None and lab.rundir is not None
     lab.start_service(STUN, NODE, [sys.executable, stun.__file__, topology.NAT2_WAN, str(topology.STUN_PORT)])
     conf = lab.rundir / "miniupnpd.conf"
     conf.write_text(miniupnpd_conf(lab.prefix, lab.rundir / "miniupnpd.leases", str(uuid.uuid4())))
-    log = lab.start_service(DAEMON, NODE, ["miniupnpd", "-d", "-f", str(conf)])
+    # A pid file of its own: the default /var/run/miniupnpd.pid would make a second lab's
+    # miniupnpd (or the host's) refuse to start with "already running".
+    log = lab.start_service(DAEMON, NODE, ["miniupnpd", "-d", "-f", str(conf), "-P", str(lab.rundir / "miniupnpd.pid")])
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         text = log.read_text(errors="replace")

@@ -22,8 +22,16 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
   reply to our echo test when the server is the relay (RFC 4380 §5.4.3);
 - a native source arriving through a relay we do not trust yet is held (bounded, as the
   outgoing queue) while the echo test runs towards it (§5.2.3 case 6), and delivered only
-  if the echo reply comes back through that same relay. Everything else is dropped and
-  counted.
+  if the echo reply comes back through that same relay. The same holds for a native peer
+  we trust at one relay whose packets now arrive through another (an anycast relay died
+  or was drained): the relay is re-checked, as Miredo does, so a relay change costs one
+  round trip; the trusted relay keeps carrying our packets until the reply names the new
+  one.
+- a Teredo client behind our own NAT at a local address `client_local` vouches for
+  (RFC 4380 §5.2.3 case 5, RFC 6081 §5.6 hairpinning);
+- a Teredo client behind a symmetric NAT, at the mapping its NAT chose for us, when its
+  direct bubble carries the nonce its indirect one did (RFC 6081 §5.2, `client_symmetric`).
+Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -33,9 +41,12 @@ from collections.abc import Callable
 from typing import Any
 
 from teredo_appliance.peers import Mapping, Peer, PeerTable
-from teredo_appliance.ratelimit import PerSecond
+from teredo_appliance.ratelimit import IcmpErrorBudget
+from teredo_appliance.roles.client_local import LocalPeers
+from teredo_appliance.roles.client_symmetric import SymmetricNat
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import int_to_ipv4, ipv4_to_int, is_global_ipv4, teredo_mapping, teredo_server
+from teredo_appliance.wire.constants import LINK_LOCAL, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import (
     HEADER_LENGTH,
@@ -45,18 +56,14 @@ from teredo_appliance.wire.ipv6 import (
     UNREACHABLE_ADDRESS,
     build_echo,
     build_unreachable,
-    error_allowed,
     parse_echo,
     parse_header,
     quoted_packet,
 )
-from teredo_appliance.wire.nd import RS_SOURCE, TEREDO_PORT
 from teredo_appliance.wire.teredo import build_bubble, parse_datagram
 
-LINK_LOCAL = RS_SOURCE  # fe80::ffff:ffff:ffff, as Miredo's client (its LLADDRESS)
 MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
 ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
-ICMP_ERRORS_PER_SECOND = 10  # to the local stack, as Miredo
 TOUCH_GRANULARITY = 1.0  # refresh a busy peer's reception time at most once a second
 
 
@@ -72,25 +79,34 @@ class ClientPeers:
         max_peers: int = MAX_PEERS,
         rng: random.Random | None = None,
         heard_server: Callable[[float], None] = lambda now: None,
+        local: LocalPeers | None = None,
+        symmetric_nat: bool = True,
     ) -> None:
         self._send = send
+        self.local = local  # peers behind our own NAT (local discovery, hairpinning); None: off
         self._heard_server = heard_server  # a well-formed packet from our server arrived at `now`
         self._write_tun = write_tun
         self.counters = counters
         self._max_peers = max_peers
         self._rng = rng or random.SystemRandom()
+        self.symmetric = SymmetricNat(self._rng) if symmetric_nat else None  # RFC 6081 §5.2; None: off
         self.table = PeerTable(max_peers)
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
         self._server: Mapping = ("", 0)
-        self._icmp_rate = PerSecond(ICMP_ERRORS_PER_SECOND)
+        self._icmp = IcmpErrorBudget(self.counters)
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
-    def attach(self, address: bytes | None, server_ip: int = 0) -> None:
-        """Use a new Teredo address (None: offline). Trust was bound to the old one: start afresh."""
+    def attach(self, address: bytes | None, server_ip: int = 0, *, behind_symmetric: bool = False) -> None:
+        """Use a new Teredo address (None: offline). Trust was bound to the old one: start afresh.
+        `behind_symmetric`: our NAT is symmetric, so our bubbles carry nonces (RFC 6081 §5.2)."""
+        if self.symmetric is not None and self.symmetric.sending != behind_symmetric:
+            self.symmetric.reset(behind_symmetric)
         if address == self.address and (address is None or self._server[0] == int_to_ipv4(server_ip)):
             return
+        if self.symmetric is not None:
+            self.symmetric.reset(behind_symmetric)
         self.address = address
         self._prefix = b"" if address is None else address[:4]
         self._server = ("", 0) if address is None else (int_to_ipv4(server_ip), TEREDO_PORT)
@@ -127,22 +143,27 @@ class ClientPeers:
         if not self.table.enqueue(peer, packet):
             self.counters.drop("queue-full")
         if self.table.try_bubble(peer, now):
-            self._discover(peer)
+            self._discover(peer, now)
         elif peer.attempts == 0:
             self._unreachable(self.table.give_up(peer), now)  # budget spent: refuse at once
         return True
 
-    def _discover(self, peer: Peer) -> None:
-        """One round of discovery: bubbles for a Teredo peer, the echo test for a native one."""
+    def _discover(self, peer: Peer, now: float) -> None:
+        """One round of discovery: bubbles for a Teredo peer (at its local addresses too, if
+        it is behind our NAT), the echo test for a native one."""
         address = self.address
         assert address is not None
         destination = peer.addr
         if destination[:4] == self._prefix:
-            bubble = build_bubble(address, destination)
+            bubble = build_bubble(address, destination) + self._nonce_trailer(destination, now)
+            if self.local is not None:
+                bubble += self.local.trailer  # RFC 6081 §4.3: in direct and indirect bubbles only
             assert peer.mapping is not None
             self.counters["client.bubble"] += 2
             self._send(bubble, peer.mapping)
             self._send(bubble, (int_to_ipv4(teredo_server(destination)), TEREDO_PORT))
+            if self.local is not None:
+                self.local.probe(destination, bubble, (), now)
             return
         if peer.nonce is None:
             peer.nonce = self._rng.getrandbits(8 * ECHO_NONCE_LENGTH).to_bytes(ECHO_NONCE_LENGTH, "big")
@@ -162,7 +183,8 @@ class ClientPeers:
                 return False
             packet = data if end == len(data) else data[:end]
             peer = self.table.get(packet[8:24])
-            if peer is not None and peer.trusted and peer.mapping == (host, port) and packet[24:40] == self.address:
+            if (peer is not None and peer.trusted and peer.mapping == (host, port) and peer.candidate is None
+                    and packet[24:40] == self.address):
                 if now - peer.last_rx >= TOUCH_GRANULARITY:
                     self.table.touch_rx(peer, now)
                 if end == HEADER_LENGTH and packet[6] == NEXT_HEADER_NONE:
@@ -171,18 +193,18 @@ class ClientPeers:
                     self.rx_packets += 1
                     self._write_tun(packet)
                 return False
-            origin = None
+            origin, trailer = None, data[end:]
         else:
             try:
                 datagram = parse_datagram(data)
             except ParseError as error:
                 self.counters.drop(error.reason)
                 return False
-            packet, origin = datagram.packet, datagram.origin
-        self._slow_in(packet, origin, host, port, now)
+            packet, origin, trailer = datagram.packet, datagram.origin, datagram.trailer
+        self._slow_in(packet, origin, host, port, now, trailer)
         return True
 
-    def _slow_in(self, packet: bytes, origin: Any, host: str, port: int, now: float) -> None:
+    def _slow_in(self, packet: bytes, origin: Any, host: str, port: int, now: float, trailer: bytes = b"") -> None:
         address = self.address
         if address is None:
             self.counters.drop("offline")
@@ -201,7 +223,7 @@ class ClientPeers:
             # Our server relays bubbles to us; it may also be a relay (RFC 4380 §5.4.3) and so
             # answer our echo test itself. Only such a packet shows the mapping is alive.
             if bubble and origin is not None:
-                if self._answer_indirect_bubble(source, origin.ip, origin.port, now):
+                if self._answer_indirect_bubble(source, origin.ip, origin.port, now, trailer):
                     self._heard_server(now)
             elif not bubble and self._relay_answer(packet, header, host, port, now):
                 self._heard_server(now)
@@ -212,7 +234,10 @@ class ClientPeers:
             # RFC 4380 §5.2.3 case 3: a Teredo source vouches for itself by its mapping.
             ip = ipv4_to_int(host)
             if teredo_mapping(source) != (ip, port):
-                self.counters.drop("teredo-mapping-mismatch")
+                if bubble and self._follow_symmetric_peer(source, host, port, now, trailer):
+                    return
+                if not self._from_local_peer(packet, source, bubble, host, port, now, trailer):
+                    self.counters.drop("teredo-mapping-mismatch")
                 return
             if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(source))):
                 self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
@@ -226,22 +251,87 @@ class ClientPeers:
             return
         if self._relay_answer(packet, header, host, port, now):
             return
+        peer = self.table.get(source)
+        if peer is not None and peer.trusted and peer.mapping == (host, port):
+            # Its trusted relay, while another is re-checked (the hot path leaves these here).
+            self.table.touch_rx(peer, now)
+            if bubble:
+                self.counters["client.bubble_in"] += 1
+            else:
+                self.rx_packets += 1
+                self._write_tun(packet)
+            return
         if bubble or source[0] in (0xFF, 0xFE) or source == bytes(16):
             self.counters.drop("untrusted-source")
             return
         peer = self.table.get_or_create(source, (host, port), now)
+        # §5.2.3 case 6: a native host through a relay we do not know (or not for this host).
+        # Hold the packet and run the echo test towards that host; deliver only if the reply
+        # comes this way. A trusted peer keeps its relay meanwhile: a forged packet through
+        # another mapping costs a paced echo test, never the trust.
         if peer.trusted:
-            self.counters.drop("wrong-mapping")  # trusted through another relay
-            return
-        # §5.2.3 case 6: a native host through a relay we do not know. Hold the packet and
-        # run the echo test towards that host; deliver only if the reply comes this way.
-        peer.mapping = (host, port)
+            peer.candidate = (host, port)
+            self.counters["client.relay_recheck"] += 1
+        else:
+            peer.mapping = (host, port)
         if not self.table.enqueue(peer, packet):
             self.counters.drop("queue-full")
         if self.table.try_bubble(peer, now):
-            self._discover(peer)
+            self._discover(peer, now)
 
-    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float) -> bool:
+    def _follow_symmetric_peer(self, source: bytes, host: str, port: int, now: float, trailer: bytes) -> bool:
+        """RFC 6081 §5.2: a direct bubble from a peer behind a symmetric NAT, at the mapping
+        its NAT chose towards us, with the nonce its bubble through our server carried:
+        reach it there, and answer so that its NAT lets our packets in. False: not vouched."""
+        symmetric = self.symmetric
+        if symmetric is None or not symmetric.vouches(source, trailer, now):
+            return False
+        if not (is_global_ipv4(ipv4_to_int(host)) and is_global_ipv4(teredo_server(source))):
+            self.counters.drop("non-global-peer")
+            return True
+        peer = self.table.get(source)
+        known = peer is not None and peer.trusted and peer.mapping == (host, port)
+        self._trust(source, (host, port), now)
+        self.counters["client.bubble_in"] += 1
+        if not known:
+            self.counters["client.symmetric_peer_followed"] += 1
+            if self.table.try_reply_bubble((host, port), now):
+                assert self.address is not None
+                self._send(build_bubble(self.address, source) + self._nonce_trailer(source, now), (host, port))
+        return True
+
+    def _nonce_trailer(self, peer: bytes, now: float) -> bytes:
+        return b"" if self.symmetric is None else self.symmetric.trailer_for(peer, now)
+
+    def _from_local_peer(
+        self, packet: bytes, source: bytes, bubble: bool, host: str, port: int, now: float, trailer: bytes
+    ) -> bool:
+        """RFC 4380 §5.2.3 case 5 and RFC 6081 §5.6 hairpinning: a Teredo client behind our NAT,
+        at a local address it is known (or, while we look for it, offers itself) to use.
+        False: not such a peer (the caller counts the drop)."""
+        local = self.local
+        if local is None:
+            return False
+        offered = local.alternates(trailer, source)
+        if offered is None:
+            return True  # malformed trailer: counted
+        peer = self.table.get(source)
+        mapping = (host, port)
+        if not local.vouches(source, mapping, offered, peer is not None and not peer.trusted, now):
+            return False
+        known = peer is not None and peer.trusted and peer.mapping == mapping
+        self._trust(source, mapping, now)
+        if not bubble:
+            self.rx_packets += 1
+            self._write_tun(packet)
+        elif not known and self.table.try_reply_bubble(mapping, now):
+            # Newly trusted by its bubble: answer, so that it trusts us at our local address too.
+            self.counters["client.local_bubble"] += 1
+            assert self.address is not None
+            self._send(build_bubble(self.address, source) + local.trailer, mapping)
+        return True
+
+    def _answer_indirect_bubble(self, source: bytes, ip: int, port: int, now: float, trailer: bytes = b"") -> bool:
         """A peer (relay or client) bubbled us through our server: open our NAT towards it.
 
         Anyone can make our server relay a bubble with an origin of their choosing, so
@@ -252,12 +342,27 @@ class ClientPeers:
         if not is_global_ipv4(ip):
             self.counters.drop("origin-non-global")
             return False
+        offered = () if self.local is None else self.local.alternates(trailer, source)
+        if offered is None:
+            return False  # malformed trailer: counted
+        if self.symmetric is not None:
+            self.symmetric.heard_relayed(source, trailer, now)
         if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
             self.counters.drop("bubble-reply-paced")
             return True
         assert self.address is not None
         self.counters["client.bubble_reply"] += 1
-        self._send(build_bubble(self.address, source), (int_to_ipv4(ip), port))
+        bubble = build_bubble(self.address, source) + self._nonce_trailer(source, now)
+        if self.local is not None:
+            bubble += self.local.trailer
+        self._send(bubble, (int_to_ipv4(ip), port))
+        if self.symmetric is not None and self.symmetric.sending and source[:4] == self._prefix:
+            # RFC 6081 §5.2 (§6.1, packets 4 and 6): our direct bubble leaves from a port the
+            # peer has not heard of; the same nonce through its server lets it follow us there.
+            self.counters["client.bubble"] += 1
+            self._send(bubble, (int_to_ipv4(teredo_server(source)), TEREDO_PORT))
+        if self.local is not None:
+            self.local.probe(source, bubble, offered, now)  # a peer behind our NAT: over the LAN too
         return True
 
     def _relay_answer(self, packet: bytes, header: Any, host: str, port: int, now: float) -> bool:
@@ -294,7 +399,7 @@ class ClientPeers:
         arrived through this very mapping.
         """
         peer = self.table.get(addr)
-        held_from = None if peer is None or peer.trusted else peer.mapping
+        held_from = None if peer is None else peer.candidate if peer.trusted else peer.mapping
         address = self.address
         for packet in self.table.trust(addr, mapping, now):
             if packet[8:24] == address:
@@ -309,14 +414,17 @@ class ClientPeers:
     # -- timers ----------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self.table.next_deadline()
+        deadlines = (self.table.next_deadline(), None if self.local is None else self.local.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
 
     def on_timer(self, now: float) -> None:
         """Expire idle peers; repeat discovery for the unanswered, or give up on them."""
+        if self.local is not None:
+            self.local.on_timer(now)
         self.table.expire(now)
         for peer in self.table.due_for_retry(now):
             if self.table.retry_wanted(peer) and self.address is not None and self.table.try_bubble(peer, now):
-                self._discover(peer)
+                self._discover(peer, now)
             else:
                 self.counters["client.peer_unreachable"] += 1
                 peer.nonce = None
@@ -339,8 +447,9 @@ class ClientPeers:
             header = parse_header(newest)
         except ParseError:
             return
-        if error_allowed(newest, header) and self._icmp_rate.allow(now):
+        if self._icmp.allow(newest, header, now):
             self._write_tun(build_unreachable(LINK_LOCAL, newest, header.source, UNREACHABLE_ADDRESS))
 
     def stats(self) -> dict[str, int]:
-        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats()}
+        symmetric = {} if self.symmetric is None else self.symmetric.stats()
+        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats(), **symmetric}

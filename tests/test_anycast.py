@@ -1,0 +1,259 @@
+"""Anycast: the drain state, its grace, the route and addresses the roles own for a routing
+daemon, health withdrawal, and drain through the appliance and before a stop."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv6Network
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from teredo_appliance.announcement import ANNOUNCED, DRAINED, DRAINING, WITHDRAWN, Announcement
+from teredo_appliance.config import parse_config
+from teredo_appliance.config_model import RelayConfig, ServerConfig
+from teredo_appliance.roles.relay import RelayService
+from teredo_appliance.roles.server import ServerService
+from tests.fakes import FakeLink, QuietWatch, UDPReactor, memory_tun_system
+
+PREFIX = IPv6Network("2001::/32")
+
+
+class AnnouncementTests(unittest.SynchronousTestCase):
+    def test_drain_withdraws_at_once_and_is_drained_after_the_grace(self) -> None:
+        state = Announcement()
+        self.assertEqual((state.state(0.0), state.wanted), (ANNOUNCED, True))
+        self.assertEqual(state.drain(10.0, 5.0), 15.0)
+        self.assertEqual((state.state(10.0), state.wanted, state.grace_left(12.0)), (DRAINING, False, 3.0))
+        self.assertEqual(state.state(15.0), DRAINED)
+        state.undrain()
+        self.assertEqual((state.state(16.0), state.wanted), (ANNOUNCED, True))
+
+    def test_a_second_drain_never_extends_the_first(self) -> None:
+        state = Announcement()
+        state.drain(0.0, 60.0)  # an operator's long drain, then a stop with a short grace
+        self.assertEqual(state.drain(1.0, 3.0), 4.0)
+        self.assertEqual(state.drain(2.0, 60.0), 4.0)
+
+    def test_a_health_problem_withdraws_until_it_is_gone(self) -> None:
+        state = Announcement()
+        state.problem = "TUN teredo-relay missing"
+        self.assertEqual((state.state(0.0), state.wanted), (WITHDRAWN, False))
+        state.problem = None
+        self.assertTrue(state.wanted)
+        state.drain(0.0, 1.0)
+        state.problem = "TUN teredo-relay down"
+        self.assertEqual(state.state(2.0), DRAINED)  # a drain is reported over a health problem
+
+
+class RelayAnycastTests(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        self.system = memory_tun_system()
+        self.reactor = UDPReactor()
+        self.calls: list[tuple] = []
+        self.failing: set[str] = set()
+        self.links: list[FakeLink] = []
+        self.watches: list[QuietWatch] = []
+        self.make(RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"),
+                              route_protocol=201, route_metric=100))
+
+    def make(self, config: RelayConfig) -> None:
+        self.service = RelayService(config, reactor=self.reactor, tun_system=self.system, link_factory=self.link,
+                                    link_watch=self.watch, error_source=lambda destination: b"\0" * 16)
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls, self.failing))
+        return self.links[-1]
+
+    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
+        self.watches.append(QuietWatch(on_change, reactor, **settings))
+        return self.watches[-1]
+
+    def start(self) -> None:
+        self.service.privilegedStartService()
+        self.service.startService()
+
+    def anycast(self) -> dict[str, Any]:
+        return self.service.status()["anycast"]
+
+    def test_route_carries_the_configured_protocol_and_metric(self) -> None:
+        self.start()
+        self.assertIn(("add_route", PREFIX, 100, 201), self.calls)
+        self.assertEqual(self.anycast(), {"state": ANNOUNCED, "announced": True, "grace_left": 0.0,
+                                          "what": "route 2001::/32 proto 201 metric 100"})
+
+    def test_drain_withdraws_the_route_serves_on_and_reports_drained_after_the_grace(self) -> None:
+        self.start()
+        self.calls.clear()
+        d = self.service.drain(5.0)
+        self.assertEqual(self.calls, [("remove_route", PREFIX, 100, 201)])
+        self.assertNotIn(PREFIX, self.links[-1].routes)
+        self.assertEqual((self.anycast()["state"], self.anycast()["announced"]), (DRAINING, False))
+        self.assertNoResult(d)
+        self.assertTrue(self.service.running)  # existing peers are still served
+        self.reactor.advance(5.0)
+        self.assertEqual(self.successResultOf(d)["state"], DRAINED)
+        self.assertEqual(self.service.undrain()["state"], ANNOUNCED)
+        self.assertEqual(self.calls[-1], ("add_route", PREFIX, 100, 201))
+        self.assertIn(PREFIX, self.links[-1].routes)
+
+    def test_a_drained_relay_is_not_re_announced_by_a_tun_repair(self) -> None:
+        self.start()
+        self.service.drain(0.0)
+        self.calls.clear()
+        self.links[-1].up_now = False  # ip link set trelay down
+        self.watches[-1].on_change()
+        self.assertEqual(self.service.status()["health"], "ok")  # repaired ...
+        self.assertNotIn(PREFIX, self.links[-1].routes)  # ... and still withdrawn
+        self.assertEqual(self.calls, [("up", 1280)])
+
+    def test_a_broken_tun_withdraws_the_route_until_repaired(self) -> None:
+        self.start()
+        link = self.links[-1]
+        link.addresses.clear()  # the device keeps its route, but not its link-local address
+        self.failing.add("add_address")  # and the repair is refused for now
+        self.watches[-1].on_change()
+        self.assertNotIn(PREFIX, link.routes)
+        self.assertEqual((self.anycast()["state"], self.anycast()["announced"]), (WITHDRAWN, False))
+        self.failing.discard("add_address")
+        self.reactor.advance(10.0)  # REPAIR_RETRY
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertIn(PREFIX, link.routes)
+        self.assertEqual(self.anycast()["state"], ANNOUNCED)
+
+    def test_a_refused_announcement_is_the_relays_health_and_is_retried(self) -> None:
+        self.start()
+        self.service.drain(0.0)
+        self.failing.add("add_route")
+        self.service.undrain()
+        self.assertIn("cannot announce route 2001::/32 proto 201 metric 100", self.service.status()["health"])
+        self.failing.discard("add_route")
+        self.reactor.advance(10.0)
+        self.assertEqual((self.service.status()["health"], self.anycast()["state"]), ("ok", ANNOUNCED))
+
+
+    def test_an_anycast_relay_puts_its_shared_address_on_the_tun_with_the_route(self) -> None:
+        self.make(RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.5.10"), anycast=True,
+                              route_protocol=201, route_metric=100))
+        self.start()
+        shared = IPv4Interface("198.18.5.10/32")
+        link = self.links[-1]
+        self.assertIn(shared, link.addresses)
+        self.assertIn(PREFIX, link.routes)
+        self.assertIn("anycast 198.18.5.10/32 on trelay", self.anycast()["what"])
+        self.service.drain(0.0)
+        self.assertNotIn(shared, link.addresses)  # clients' packets go to the other boxes
+        self.assertNotIn(PREFIX, link.routes)
+        self.service.undrain()
+        self.assertEqual(([shared in link.addresses], self.anycast()["state"]), ([True], ANNOUNCED))
+
+    def test_a_unicast_relay_leaves_its_address_alone(self) -> None:
+        self.start()
+        self.assertFalse(any(isinstance(a, IPv4Interface) for a in self.links[-1].addresses))
+
+
+class ServerAnycastTests(unittest.SynchronousTestCase):
+    CONFIG = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), anycast=True)
+    SLASH_32S = [IPv4Interface("198.18.0.1/32"), IPv4Interface("198.18.0.2/32")]
+
+    def setUp(self) -> None:
+        self.calls: list[tuple] = []
+        self.failing: set[str] = set()
+        self.clock = Clock()
+
+    def link(self, name: str) -> FakeLink:
+        self.assertEqual(name, "lo")
+        return FakeLink(name, self.calls, self.failing)
+
+    def test_drain_removes_the_anycast_addresses_from_lo_and_undrain_puts_them_back(self) -> None:
+        service = ServerService(self.CONFIG, self.clock, link_factory=self.link)
+        service.announcer.reconcile()  # what privilegedStartService does before binding
+        self.assertEqual(self.calls, [("add_address", a) for a in self.SLASH_32S])
+        d = service.drain(2.0)
+        self.assertEqual(self.calls[2:], [("remove_address", a) for a in self.SLASH_32S])
+        self.clock.advance(2.0)
+        self.assertEqual(self.successResultOf(d)["state"], DRAINED)
+        self.assertEqual(service.undrain()["state"], ANNOUNCED)
+        self.assertEqual(self.calls[4:], [("add_address", a) for a in self.SLASH_32S])
+
+    def test_an_address_left_on_lo_by_a_crash_is_taken_over(self) -> None:
+        self.failing.add("add_address")  # FakeLink says "File exists"
+        service = ServerService(self.CONFIG, self.clock, link_factory=self.link)
+        self.assertIsNone(service.announcer.reconcile())
+        self.assertTrue(service.status()["anycast"]["announced"])
+
+    def test_without_anycast_nothing_on_lo_is_touched(self) -> None:
+        service = ServerService(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")), self.clock,
+                                link_factory=self.link)
+        self.assertEqual(self.successResultOf(service.drain(5.0))["state"], "not anycast")
+        self.assertNotIn("anycast", service.status())
+        self.assertEqual(self.calls, [])
+
+
+class ConfigTests(unittest.SynchronousTestCase):
+    def test_keys_are_read_and_bad_values_named_with_file_and_line(self) -> None:
+        config = parse_config("roles:\n  relay:\n    bind_port: 3545\n    route_protocol: 201\n"
+                              "    route_metric: 10\n    drain_grace: 0.5\n"
+                              "  server:\n    bind_address: 198.18.0.1\n    anycast: true\n", "t.yaml")
+        self.assertEqual((config.roles.relay.route_protocol, config.roles.relay.route_metric,
+                          config.roles.relay.drain_grace, config.roles.server.anycast), (201, 10, 0.5, True))
+        from teredo_appliance.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("roles:\n  relay:\n    bind_port: 3545\n    route_protocol: 2\n    drain_grace: 61\n"
+                         "  server:\n    bind_address: 198.18.0.1\n    anycast: maybe\n", "t.yaml")
+        errors = caught.exception.errors
+        self.assertIn("t.yaml:4: roles.relay.route_protocol: 2 is out of range 3..255", errors)
+        self.assertIn("t.yaml:5: roles.relay.drain_grace: 61 is out of range 0..60 seconds", errors)
+        self.assertTrue(any(e.startswith("t.yaml:8: roles.server.anycast:") for e in errors), errors)
+
+    def test_an_anycast_relay_needs_a_specific_address(self) -> None:
+        from teredo_appliance.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("roles:\n  relay:\n    anycast: true\n", "t.yaml")
+        self.assertEqual(caught.exception.errors, ["t.yaml:3: roles.relay.anycast: an anycast relay needs a "
+                                                   "specific bind_address (the address the boxes share)"])
+        config = parse_config("roles:\n  relay:\n    bind_address: 198.18.5.10\n    anycast: true\n", "t.yaml")
+        self.assertTrue(config.roles.relay.anycast)
+
+
+class ApplianceDrainTests(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        from teredo_appliance.appliance import Appliance
+        from teredo_appliance.config_model import Config, RolesConfig
+
+        relay = RelayAnycastTests("test_route_carries_the_configured_protocol_and_metric")
+        relay.setUp()
+        self.relay = relay
+        config = Config(RolesConfig(relay=RelayConfig(interface="trelay", drain_grace=3.0)))
+        self.appliance = Appliance("teredo.yaml", config, relay.reactor, {"relay": self.build})
+
+    def build(self, section: RelayConfig, reactor: Any) -> RelayService:
+        self.relay.make(section)
+        return self.relay.service
+
+    def test_stop_withdraws_first_and_stops_only_after_the_drain_grace(self) -> None:
+        service = self.relay.service
+        self.appliance.privilegedStartService()
+        self.appliance.startService()
+        stopped = self.appliance.stopService()
+        self.assertNotIn(PREFIX, self.relay.links[-1].routes)  # withdrawn at once ...
+        self.assertTrue(service.running)  # ... while still serving
+        self.relay.reactor.advance(2.9)
+        self.assertTrue(service.running)
+        self.relay.reactor.advance(0.1)
+        self.assertFalse(service.running)
+        self.relay.reactor.advance(0)  # the TUN closes
+        self.successResultOf(stopped)
+
+    def test_drain_and_undrain_by_role_name(self) -> None:
+        self.appliance.privilegedStartService()
+        self.appliance.startService()
+        d = self.appliance.drain("relay", 1.0)
+        self.relay.reactor.advance(1.0)
+        self.assertEqual(self.successResultOf(d)["state"], DRAINED)
+        self.assertEqual(self.appliance.status()["relay"]["anycast"]["state"], DRAINED)
+        self.assertEqual(self.appliance.undrain("relay")["state"], ANNOUNCED)
+        self.assertRaises(LookupError, self.appliance.drain, "client")
+        self.assertRaises(LookupError, self.appliance.drain, "server")  # not running
