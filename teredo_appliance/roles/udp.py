@@ -184,11 +184,14 @@ class BatchedPort(udp.Port):
             protocol.release()
 
     def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)  # the protocol sends what it held first
+        # Before Port's own: it fires stopListening's Deferred, and the Sender's duplicate
+        # descriptor would keep the address bound for whoever rebinds it then (a reload).
+        self.protocol.release()
         for closing in (self.receiver, self.sender):
             if closing is not None:
                 closing.close()
         self.receiver = self.sender = None
+        super().connectionLost(reason)
 
 
 def _batchable(reactor: Any) -> bool:
