@@ -34,7 +34,7 @@ from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import ManholeConfig
 from teredo_appliance.console import ConsoleManhole, ConsoleTerminal
 from teredo_appliance.consolefiles import MALFORMED_KEY, KeysRefused, read_host_key, vet_authorized_keys
-from teredo_appliance.endpoints import listen_at_once
+from teredo_appliance.endpoints import listen_at_once, listening_address
 from teredo_appliance.privileges import privileges_dropped
 from teredo_appliance.sshserver import MAX_SESSIONS, ConsoleSSHFactory, fingerprint
 
@@ -247,10 +247,7 @@ class ManholeService(Service):
 
     def address(self) -> str | None:
         """host:port (or the socket path) the console listens on; None while stopped."""
-        if self._port is None:
-            return None
-        host = self._port.getHost()
-        return f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)
+        return listening_address(self._port)
 
     def status(self) -> dict[str, Any]:
         return {

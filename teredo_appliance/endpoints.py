@@ -24,3 +24,11 @@ def listen_at_once(endpoint: Any, factory: Any, label: str, description: str) ->
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
     return outcome[0]
+
+
+def listening_address(port: Any) -> str | None:
+    """host:port (or the socket path) a listening port is bound to; None when there is none."""
+    if port is None:
+        return None
+    host = port.getHost()
+    return f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)

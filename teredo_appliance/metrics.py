@@ -23,7 +23,7 @@ from twisted.web.server import Site
 import teredo_appliance
 from teredo_appliance.config import ConfigError
 from teredo_appliance.config_model import MetricsConfig
-from teredo_appliance.endpoints import listen_at_once
+from teredo_appliance.endpoints import listen_at_once, listening_address
 from teredo_appliance.plugin import role_names
 
 if TYPE_CHECKING:
@@ -144,10 +144,7 @@ class MetricsService(Service):
         return None if port is None else port.stopListening()
 
     def address(self) -> str | None:
-        if self._port is None:
-            return None
-        host = self._port.getHost()
-        return f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)
+        return listening_address(self._port)
 
     def status(self) -> dict[str, Any]:
         return {"role": "metrics", "running": bool(self.running), "listen": self.config.listen,
