@@ -243,11 +243,7 @@ class ClientPeers:
                 self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
                 return
             self._trust(source, (host, port), now)
-            if bubble:
-                self.counters["client.bubble_in"] += 1
-            else:
-                self.rx_packets += 1
-                self._write_tun(packet)
+            self._deliver(packet, bubble)
             return
         if self._relay_answer(packet, header, host, port, now):
             return
@@ -255,11 +251,7 @@ class ClientPeers:
         if peer is not None and peer.trusted and peer.mapping == (host, port):
             # Its trusted relay, while another is re-checked (the hot path leaves these here).
             self.table.touch_rx(peer, now)
-            if bubble:
-                self.counters["client.bubble_in"] += 1
-            else:
-                self.rx_packets += 1
-                self._write_tun(packet)
+            self._deliver(packet, bubble)
             return
         if bubble or source[0] in (0xFF, 0xFE) or source == bytes(16):
             self.counters.drop("untrusted-source")
@@ -364,6 +356,14 @@ class ClientPeers:
         if self.local is not None:
             self.local.probe(source, bubble, offered, now)  # a peer behind our NAT: over the LAN too
         return True
+
+    def _deliver(self, packet: bytes, bubble: bool) -> None:
+        """What a trusted peer sent: a bubble is only counted, anything else goes to the TUN."""
+        if bubble:
+            self.counters["client.bubble_in"] += 1
+        else:
+            self.rx_packets += 1
+            self._write_tun(packet)
 
     def _relay_answer(self, packet: bytes, header: Any, host: str, port: int, now: float) -> bool:
         """Our echo test's reply, or an ICMPv6 error quoting our echo: trust that relay."""
