@@ -1,4 +1,4 @@
-"""Relay memory: RSS cost per peer, and RSS under a flood towards distinct Teredo destinations.
+"""Relay memory: RSS and CPU per 10,000 peers up to --peers, and RSS under a flood towards distinct destinations.
 
 Run: .venv/bin/python benchmarks/relay_memory.py [--peers 100000] [--flood 1000000]
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.testing import MemoryReactorClock, _FakePort
 from twisted.pair import testing
+from twisted.pair.tuntap import TuntapPort
 
 from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.roles.relay import RelayService
@@ -103,7 +104,8 @@ class Relay:
         self.service.startService()
         [fd] = system._openFiles
         self.device = system._openFiles[fd]
-        [self.tun_port] = self.reactor.getReaders()
+        # The TUN's reader (the netlink watch of the device is another).
+        [self.tun_port] = [reader for reader in self.reactor.getReaders() if isinstance(reader, TuntapPort)]
 
     def from_kernel(self, packets: Iterator[bytes]) -> None:
         """One TUN read burst, then drop whatever the relay wrote back (ICMPv6 errors)."""
@@ -124,21 +126,30 @@ def peer_address(n: int) -> tuple[bytes, tuple[str, int]]:
     return address, (str(IPv4Address(ip)), port)
 
 
-def per_peer(count: int) -> None:
-    """RSS growth for `count` trusted peers, each learned from its bubble on the UDP socket."""
+def per_peer(count: int, steps: int = 10) -> None:
+    """RSS growth for `count` trusted peers, each learned from its bubble on the UDP socket,
+    with RSS and CPU per step of count/steps peers (the scale curve: 10,000 at a time)."""
     relay = Relay(max_peers=count)
     before = rss_kib()
-    start = time.perf_counter()
     receive = relay.service.udp.datagramReceived
-    for n in range(count):
-        address, mapping = peer_address(n)
-        receive(build_bubble(address, RELAY_LINK_LOCAL), mapping)
-    elapsed = time.perf_counter() - start
+    step = max(1, count // steps)
+    print(f"{'peers':>9} {'RSS +MiB':>9} {'bytes/peer':>10} {'CPU ms/step':>11}")
+    cpu_total = 0.0
+    for first in range(0, count, step):
+        cpu = time.process_time()
+        for n in range(first, min(first + step, count)):
+            address, mapping = peer_address(n)
+            receive(build_bubble(address, RELAY_LINK_LOCAL), mapping)
+        used = time.process_time() - cpu
+        cpu_total += used
+        done = min(first + step, count)
+        grown = (rss_kib() - before) * 1024
+        print(f"{done:>9,} {grown / 2**20:>9.1f} {grown / done:>10.0f} {used * 1000:>11.0f}")
     grown = (rss_kib() - before) * 1024
     stats = relay.service.status()["peers"]
     print(
         f"{stats['count']:,} trusted peers: RSS +{grown / 2**20:.1f} MiB = {grown / count:.0f} bytes/peer "
-        f"(target <= 1024), {elapsed / count * 1e6:.1f} us per new peer"
+        f"(target <= 1024), {cpu_total / count * 1e6:.1f} us CPU per new peer"
     )
 
 

@@ -77,7 +77,22 @@ class _IPv6Packets(AbstractDatagramProtocol):
 
 class _TunPort(TuntapPort):
     """TuntapPort that closes /dev/net/tun again when TUNSETIFF fails (Twisted leaks the
-    descriptor: every failed open, e.g. a reload naming an existing non-TUN device, cost one)."""
+    descriptor: every failed open, e.g. a reload naming an existing non-TUN device, cost one),
+    and that brackets each wake-up's reads with `batch` = (hold, release), so what the
+    packets make the role send leaves in batches."""
+
+    batch: tuple[Callable[[], None], Callable[[], None]] | None = None
+
+    def doRead(self) -> None:
+        if self.batch is None:
+            super().doRead()
+            return
+        hold, release = self.batch
+        hold()
+        try:
+            super().doRead()
+        finally:
+            release()
 
     def _openTunnel(self, name: bytes, mode: Any) -> Any:
         system = self._system
@@ -97,7 +112,8 @@ class Tunnel:
     whole IPv6 header, version 6; anything else is counted as drop "tun.short" or
     "tun.not_ipv6"). `counters` is shared with the role if given. `reactor` and `system` are
     passed to TuntapPort (tests use twisted.pair.testing.MemoryIOSystem as `system`);
-    `link_factory(ifname)` returns the netlink configurator (tests pass a fake).
+    `link_factory(ifname)` returns the netlink configurator (tests pass a fake). `batch`:
+    (hold, release) called around each wake-up's reads (the role's batched UDP sends).
 
     The tunnel remembers the addresses and routes it added, so close() removes exactly those
     even on a persistent device; a non-persistent TUN (the usual case) vanishes when its
@@ -116,8 +132,10 @@ class Tunnel:
         reactor: Any = None,
         system: Any = None,
         link_factory: Callable[[str], Link] = Link,
+        batch: tuple[Callable[[], None], Callable[[], None]] | None = None,
     ) -> None:
         self.name = name
+        self._batch = batch
         self._requested_name = name  # `name` becomes the kernel's (a pattern like "teredo%d" expands)
         self.mtu = mtu
         self.counters = Counters() if counters is None else counters
@@ -151,6 +169,7 @@ class Tunnel:
             reactor=self._reactor,
             system=self._system,
         )
+        port.batch = self._batch
         try:
             port.startListening()
         except CannotListenError as e:

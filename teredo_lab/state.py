@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ def _me() -> ProcessRecord:
     found = process_start(pid)
     return ProcessRecord(pid, found[0] if found else 0, "", [])
 
+_SAVING = threading.Lock()
+
 
 @dataclass
 class LabRecord:
@@ -52,11 +55,15 @@ class LabRecord:
         return STATE_ROOT / self.prefix
 
     def save(self) -> None:
-        """Atomically replace the state file (a crash leaves the old or the new one)."""
+        """Atomically replace the state file (a crash leaves the old or the new one).
+
+        Thread-safe: concurrent helpers (the benchmark's parallel streams) save at once.
+        """
         path = self.directory / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        with _SAVING:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+            os.replace(tmp, path)
 
     @classmethod
     def load(cls, prefix: str) -> LabRecord:

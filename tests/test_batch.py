@@ -15,7 +15,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from teredo_appliance import mmsg
+from teredo_appliance import batchio
 from teredo_appliance.config_model import ServerConfig
 from teredo_appliance.roles.server import ServerService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, SECONDARY
@@ -48,7 +48,7 @@ class SameVerdictTests(SynchronousTestCase):
         batched, batched_out = _service()
         for data, (ip, port) in batch:
             plain.protocols[which].datagramReceived(data, (int_to_ipv4(ip), port))
-        batched.protocols[which].batchReceived([(data, ip, port) for data, (ip, port) in batch])
+        batched.protocols[which].batchReceived([(data, (int_to_ipv4(ip), port)) for data, (ip, port) in batch])
         self.assertEqual(batched.counters - plain.counters, {})
         self.assertEqual(plain.counters - batched.counters, {})
         for key in (PRIMARY, SECONDARY):
@@ -56,8 +56,7 @@ class SameVerdictTests(SynchronousTestCase):
 
     def test_rate_limit_holds_within_one_batch(self) -> None:
         service, out = _service()
-        source = ipv4_to_int("198.18.0.100")
-        service.protocols[PRIMARY].batchReceived([(rs(), source, 4000 + i) for i in range(10)])
+        service.protocols[PRIMARY].batchReceived([(rs(), ("198.18.0.100", 4000 + i)) for i in range(10)])
         self.assertEqual(service.counters[ANSWERED_RS], 3)  # rs_burst
         self.assertEqual(service.counters["drop.rs-rate-limited"], 7)
         self.assertEqual(len(out[PRIMARY].written), 3)
@@ -67,7 +66,7 @@ class BatchSocketTests(SynchronousTestCase):
     """The ctypes layer on real loopback sockets: exact bytes and sources, refusals counted."""
 
     def setUp(self) -> None:
-        if not mmsg.available():
+        if not batchio.available():
             raise SkipTest("no recvmmsg/sendmmsg here")
         self.a = self.udp("127.0.0.1")
         self.b = self.udp("127.0.0.2")
@@ -80,24 +79,34 @@ class BatchSocketTests(SynchronousTestCase):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         return sock
 
+    def sender(self, sock: socket.socket) -> batchio.Sender:
+        sender = batchio.Sender(sock.fileno())
+        self.addCleanup(sender.close)
+        return sender
+
+    def receiver(self, sock: socket.socket) -> batchio.Receiver:
+        receiver = batchio.Receiver(sock.fileno())
+        self.addCleanup(receiver.close)
+        return receiver
+
     def test_round_trip_of_more_than_one_batch(self) -> None:
-        to_a = ipv4_to_int("127.0.0.1"), self.a.getsockname()[1]
+        to_a = self.a.getsockname()
         payloads = [bytes([i]) * i for i in range(100)] + [b"\xff" * 65507]  # empty to the largest
-        refused = mmsg.BatchSocket(self.b.fileno()).send([(p, *to_a) for p in payloads])
+        refused = self.sender(self.b).send([(p, to_a) for p in payloads])
         self.assertEqual(refused, [])
-        receiver = mmsg.BatchSocket(self.a.fileno())
-        got: list[mmsg.Datagram] = []
-        while batch := receiver.recv():
-            self.assertLessEqual(len(batch), mmsg.BATCH)
+        receiver = self.receiver(self.a)
+        got: list[batchio.Datagram] = []
+        while batch := receiver.receive():
+            self.assertLessEqual(len(batch), batchio.BATCH)
             got += batch
-        source = ipv4_to_int("127.0.0.2"), self.b.getsockname()[1]
-        self.assertEqual(got, [(p, *source) for p in payloads])
+        source = self.b.getsockname()
+        self.assertEqual(got, [(p, source) for p in payloads])
 
     def test_a_refused_datagram_does_not_stop_the_others(self) -> None:
-        to_a = ipv4_to_int("127.0.0.1"), self.a.getsockname()[1]
-        datagrams = [(b"one", *to_a), (b"bad", to_a[0], 0), (b"two", *to_a)]
-        self.assertEqual(mmsg.BatchSocket(self.b.fileno()).send(datagrams), [(1, errno.EINVAL)])
-        self.assertEqual([d for d, _, _ in mmsg.BatchSocket(self.a.fileno()).recv()], [b"one", b"two"])
+        to_a = self.a.getsockname()
+        datagrams = [(b"one", to_a), (b"bad", (to_a[0], 0)), (b"two", to_a)]
+        self.assertEqual(self.sender(self.b).send(datagrams), [(1, errno.EINVAL)])
+        self.assertEqual([d for d, _ in self.receiver(self.a).receive()], [b"one", b"two"])
 
 
 class BatchedServiceSmokeTests(TestCase):
@@ -105,7 +114,7 @@ class BatchedServiceSmokeTests(TestCase):
 
     @inlineCallbacks
     def test_burst_of_rs_answered_through_batched_ports(self) -> Any:
-        if not mmsg.available():
+        if not batchio.available():
             raise SkipTest("no recvmmsg/sendmmsg here")
         require_raw_socket()
         config = ServerConfig(IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2"), rs_burst=1000)

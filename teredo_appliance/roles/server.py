@@ -14,13 +14,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
 from teredo_appliance.config_model import ServerConfig
-from teredo_appliance.mmsg import Datagram
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.rawsock import RawIPv6Sender
 from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
-from teredo_appliance.roles.udp import TeredoUDP, adopt_udp, listen_udp
+from teredo_appliance.roles.udp import Datagram, TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.wire.address import is_global_ipv4
 from teredo_appliance.wire.constants import TEREDO_PORT
 
@@ -153,9 +152,9 @@ class ServerService(RoleService):
             now = seconds()
             guard = protocols[which].guarded()
             outgoing: dict[str, tuple[list[Datagram], list[str]]] = {PRIMARY: ([], []), SECONDARY: ([], [])}
-            for data, ip, port in batch:
+            for data, source in batch:
                 try:
-                    output = handle(data, ip, port, which, now)
+                    output = handle(data, from_bytes(aton(source[0]), "big"), source[1], which, now)
                     if output is None:
                         continue
                     key, payload, destination, sent = output
@@ -163,10 +162,8 @@ class ServerService(RoleService):
                         if raw_send(payload, destination[0]):  # type: ignore[index]
                             counters[sent] += 1
                         continue
-                    if destination is not None:
-                        ip, port = from_bytes(aton(destination[0]), "big"), destination[1]
                     datagrams, events = outgoing[key]
-                    datagrams.append((payload, ip, port))
+                    datagrams.append((payload, destination or source))
                     events.append(sent)
                 except Exception:
                     guard.failed()

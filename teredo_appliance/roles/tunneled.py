@@ -58,7 +58,7 @@ class TunneledRole(RoleService):
         self.udp = TeredoUDP(self._on_datagram, self.counters, self.role)
         self.tunnel = Tunnel(
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
-            system=tun_system, link_factory=link_factory,
+            system=tun_system, link_factory=link_factory, batch=(self.udp.hold, self.udp.release),
         )
         self._port: Any = None
         self._timer: IDelayedCall | None = None
@@ -99,7 +99,8 @@ class TunneledRole(RoleService):
         self.tunnel.open()
         try:
             self._configure_link()
-            self._port = listen_udp(self.reactor, self.udp, str(self.config.bind_address), self.config.bind_port)
+            self._port = listen_udp(self.reactor, self.udp, str(self.config.bind_address), self.config.bind_port,
+                                    batched=True)
         except Exception:
             self.tunnel.close()
             raise

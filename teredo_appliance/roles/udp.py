@@ -1,7 +1,9 @@
 """The UDP glue every role shares: bind without DF, send without raising, contain bad packets.
 
 A full socket buffer or a hostile datagram must cost a counted drop, never a
-traceback per packet or a dead role.
+traceback per packet or a dead role. A port bound with `batched=True` reads up to
+`batchio.BATCH` datagrams per system call, and sends made while its protocol is held
+(during a read batch, or a TUN batch: see `hold`) leave in one sendmmsg at the end.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import udp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 
-from teredo_appliance import mmsg
+from teredo_appliance import batchio
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.stats import UDP_IN, UDP_OUT, Counters
 
@@ -25,8 +28,10 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # absorb bursts: a relay or server is a p
 
 BATCHES_PER_WAKEUP = 4  # then other sockets get their turn, as Twisted's maxThroughput does
 
-Deliver = Callable[[bytes, tuple[str, int]], None]
-DeliverBatch = Callable[[list[mmsg.Datagram]], None]
+Address = batchio.Address
+Datagram = batchio.Datagram
+Deliver = Callable[[bytes, Address], None]
+DeliverBatch = Callable[[list[Datagram]], None]
 
 
 class TeredoUDP(DatagramProtocol):
@@ -49,8 +54,9 @@ class TeredoUDP(DatagramProtocol):
         self.counters = counters
         self.label = label
         self._guard = PacketGuard(counters, label)
-        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
-        self._batch: mmsg.BatchSocket | None = None
+        self._sendto: Callable[[bytes, Address], Any] | None = None
+        self._sender: batchio.Sender | None = None
+        self._held: list[Datagram] | None = None  # sends waiting for release()
 
     def startProtocol(self) -> None:
         sock = getattr(self.transport, "socket", None)
@@ -59,7 +65,7 @@ class TeredoUDP(DatagramProtocol):
             return
         self._sendto = sock.sendto
         if isinstance(self.transport, BatchedPort):
-            self._batch = self.transport.batch
+            self._sender = self.transport.sender
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             # Capped by net.core.[rw]mem_max; the kernel default still works.
@@ -73,43 +79,66 @@ class TeredoUDP(DatagramProtocol):
         except Exception:
             self._guard.failed()
 
-    def batchReceived(self, batch: list[mmsg.Datagram]) -> None:
+    def batchReceived(self, batch: list[Datagram]) -> None:
         """Datagrams from one recvmmsg call: to `deliver_batch`, or one by one to `deliver`."""
-        self.counters[UDP_IN] += sum(len(data) for data, _, _ in batch)
-        if self.deliver_batch is not None:
-            self.deliver_batch(batch)
+        if self.deliver_batch is None:
+            for data, addr in batch:
+                self.datagramReceived(data, addr)
             return
-        for data, ip, port in batch:
-            try:
-                self.deliver(data, (socket.inet_ntoa(ip.to_bytes(4, "big")), port))
-            except Exception:
-                self._guard.failed()
+        self.counters[UDP_IN] += sum(len(data) for data, _ in batch)
+        self.deliver_batch(batch)
 
     def guarded(self) -> PacketGuard:
         """The guard a batch handler reports a per-datagram failure to."""
         return self._guard
 
     def stopProtocol(self) -> None:
+        self.release()
         self._sendto = None
-        self._batch = None
+        self._sender = None  # the port closes it
 
-    def send_batch(self, datagrams: list[mmsg.Datagram]) -> set[int]:
-        """Send (payload, IPv4 int, port) datagrams, batched when the port can; the indices
-        refused are counted as drops (as `send` would) and returned."""
-        if self._batch is None:
-            return {
-                i for i, (data, ip, port) in enumerate(datagrams)
-                if not self.send(data, (socket.inet_ntoa(ip.to_bytes(4, "big")), port))
-            }
-        failed = self._batch.send(datagrams)
+    def hold(self) -> None:
+        """Keep the following sends until release(), to send them in batches (if batched)."""
+        if self._sender is not None and self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Send what was held, many datagrams per system call; refused ones are counted
+        drops exactly as send() counts them."""
+        held, self._held = self._held, None
+        if held:
+            self.send_batch(held)
+
+    def send_batch(self, datagrams: list[Datagram]) -> set[int]:
+        """Send datagrams in order, batched when the port can (after any held ones); the
+        indices refused are counted as drops (as `send` would) and returned."""
+        sender = self._sender
+        if sender is None:
+            return {i for i, (data, addr) in enumerate(datagrams) if not self.send(data, addr)}
+        self.release()
+        counters = self.counters
+        segmented = sender.segmented
+        failed = sender.send(datagrams)
+        if sender.segmented != segmented:
+            counters["udp.gso_sends"] += sender.segmented - segmented
         for _, code in failed:
-            self.counters.drop("send-" + errno.errorcode.get(code, "error").lower())
+            counters.drop("send-" + errno.errorcode.get(code, "error").lower())
         refused = {i for i, _ in failed}
-        self.counters[UDP_OUT] += sum(len(data) for i, (data, _, _) in enumerate(datagrams) if i not in refused)
+        counters[UDP_OUT] += sum(len(data) for data, _ in datagrams) - sum(len(datagrams[i][0]) for i in refused)
         return refused
 
-    def send(self, payload: bytes, addr: tuple[str, int]) -> bool:
-        """Send one datagram; a full buffer or unreachable network is a counted drop."""
+    def send(self, payload: bytes, addr: Address) -> bool:
+        """Send one datagram; a full buffer or unreachable network is a counted drop.
+
+        While held, the datagram is queued and True only means accepted for sending.
+        """
+        held = self._held
+        if held is not None:
+            held.append((payload, addr))
+            if len(held) >= batchio.BATCH:
+                self.release()
+                self.hold()
+            return True
         if self._sendto is None:
             self.counters.drop("socket-closed")
             return False
@@ -123,31 +152,56 @@ class TeredoUDP(DatagramProtocol):
 
 
 class BatchedPort(udp.Port):
-    """A Twisted UDP port that reads with recvmmsg and hands its protocol whole batches."""
+    """A Twisted UDP port that reads with recvmmsg, hands its TeredoUDP whole batches and
+    holds the protocol's sends while it does, so they leave batched (sendmmsg, UDP GSO)."""
 
-    batch: mmsg.BatchSocket
+    receiver: batchio.Receiver | None = None
+    sender: batchio.Sender | None = None
 
     def _bindSocket(self) -> None:
-        super()._bindSocket()
-        self.batch = mmsg.BatchSocket(self.socket.fileno())
+        super()._bindSocket()  # also takes an inherited socket (_fromListeningDescriptor)
+        fileno = self.socket.fileno()
+        self.receiver = batchio.Receiver(fileno)
+        self.sender = batchio.Sender(fileno)
 
     def doRead(self) -> None:
-        protocol = self.protocol
-        for _ in range(BATCHES_PER_WAKEUP):
-            try:
-                batch = self.batch.recv()
-            except OSError as error:  # e.g. ECONNREFUSED from an earlier send's ICMP error
-                protocol.counters.drop("recv-" + errno.errorcode.get(error.errno or 0, "error").lower())
-                continue
-            if batch:
-                protocol.batchReceived(batch)
-            if len(batch) < self.batch.batch:
-                return
+        protocol, receiver = self.protocol, self.receiver
+        assert receiver is not None
+        protocol.hold()
+        try:
+            for _ in range(BATCHES_PER_WAKEUP):
+                try:
+                    batch = receiver.receive()
+                except OSError as error:  # e.g. ECONNREFUSED from an earlier send's ICMP error
+                    protocol.counters.drop("recv-" + errno.errorcode.get(error.errno or 0, "error").lower())
+                    continue
+                if batch:
+                    protocol.counters["udp.batches"] += 1
+                    protocol.batchReceived(batch)  # contained: TeredoUDP never raises
+                if len(batch) < batchio.BATCH:
+                    return
+        finally:
+            protocol.release()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # Before Port's own: it fires stopListening's Deferred, and the Sender's duplicate
+        # descriptor would keep the address bound for whoever rebinds it then (a reload).
+        self.protocol.release()
+        for closing in (self.receiver, self.sender):
+            if closing is not None:
+                closing.close()
+        self.receiver = self.sender = None
+        super().connectionLost(reason)
+
+
+def _batchable(reactor: Any) -> bool:
+    """Batched ports need batchio and a real reactor (unit tests' memory reactors get plain ones)."""
+    return batchio.available() and isinstance(reactor, PosixReactorBase)
 
 
 def adopt_udp(reactor: Any, protocol: TeredoUDP, fd: int, *, batched: bool = False) -> Any:
-    """Serve `protocol` on the bound UDP socket `fd` (inherited from a privileged parent)."""
-    if batched and mmsg.available():
+    """Serve `protocol` on the bound IPv4 UDP socket `fd` (inherited from a privileged parent)."""
+    if batched and _batchable(reactor):
         listening = BatchedPort._fromListeningDescriptor(reactor, fd, socket.AF_INET, protocol, 65535)
         listening.startListening()
         return listening
@@ -155,9 +209,12 @@ def adopt_udp(reactor: Any, protocol: TeredoUDP, fd: int, *, batched: bool = Fal
 
 
 def listen_udp(reactor: Any, protocol: TeredoUDP, address: str, port: int, *, batched: bool = False) -> Any:
-    """Bind `protocol` on address:port (port 0: the kernel picks) and return the IListeningPort;
-    `batched` reads and writes with recvmmsg/sendmmsg where the platform has them."""
-    if batched and mmsg.available() and hasattr(reactor, "addReader"):
+    """Bind `protocol` on address:port (port 0: the kernel picks) and return the IListeningPort.
+
+    `batched`: read and send in batches (BatchedPort) where batchio works, on a real
+    reactor with an IPv4 address (batchio's); otherwise the plain port.
+    """
+    if batched and _batchable(reactor) and ":" not in address:
         listening = BatchedPort(port, protocol, interface=address, maxPacketSize=65535, reactor=reactor)
         listening.startListening()
         return listening
