@@ -80,15 +80,20 @@ class Pacing:
         self.bubbles = 0  # bubbles sent without a reply
         self.bubble_at = 0.0  # time of the last of them
 
+    def ready(self, now: float) -> bool:
+        """Whether a bubble may go now, without counting one."""
+        if not self.bubbles:
+            return True
+        if now < self.bubble_at + BUBBLE_INTERVAL:
+            return False
+        return self.bubbles < BUBBLE_LIMIT or now >= self.bubble_at + BUBBLE_WINDOW
+
     def allow(self, now: float) -> bool:
         """Whether a bubble may go now; if so, it is counted."""
-        if self.bubbles:
-            if now < self.bubble_at + BUBBLE_INTERVAL:
-                return False
-            if self.bubbles >= BUBBLE_LIMIT:
-                if now < self.bubble_at + BUBBLE_WINDOW:
-                    return False
-                self.bubbles = 0
+        if not self.ready(now):
+            return False
+        if self.bubbles >= BUBBLE_LIMIT:
+            self.bubbles = 0
         self.bubbles += 1
         self.bubble_at = now
         return True

@@ -6,10 +6,13 @@
     client2 (ours) ── nat2 ─┘              │                                      │
                                            └─ box2: ours (server + relay) + BIRD ─┘
 
-Every box serves the same anycast addresses: the server /32s on lo, the relay's shared
-IPv4 address on its TUN (roles.relay.anycast) and its route to 2001::/32; each box's BIRD
-announces them to the upstream over BGP with BFD, and the upstream spreads flows over the
-boxes by an address-only hash. Addresses: 198.18.0.0/15 and 2001:db8::/32 only.
+Every box serves the same anycast server /32s on lo and routes 2001::/32 to its relay;
+each box's BIRD announces them to the upstream over BGP with BFD, and the upstream spreads
+flows over the boxes by an address-only hash. Each relay's IPv4 side is the box's own
+unicast address: the native host's ECMP path picks the relay, that relay answers the
+client's echo test, and the client sends to that very relay (RFC 4380 §5.2.9), so both
+directions of a flow and the relay's bubble handshake stay on one box. Addresses:
+198.18.0.0/15 and 2001:db8::/32 only.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ class Lab(Protocol):
 
 UPSTREAM_INET = "198.18.0.254"  # the upstream on the lab's Internet: the NATs' default router
 SERVER_ANYCAST = ("198.18.5.1", "198.18.5.2")
-RELAY_ANYCAST = "198.18.5.10"
 # Per box: its link to the upstream (the upstream is .1 / ::1, the box .2 / ::2).
 BOX_LINKS = {
     "box1": (ipaddress.IPv4Network("198.18.1.0/24"), ipaddress.IPv6Network("2001:db8:11::/64")),
@@ -150,11 +152,17 @@ def build_plan(prefix: str, options: topology.Options) -> topology.Plan:
     return plan
 
 
-def box_roles() -> dict[str, dict[str, Any]]:
-    """Ours on a box: the anycast server and the anycast relay, announced for BIRD."""
+def relay_address(box: str) -> str:
+    """The box's own unicast address, where its relay listens."""
+    return _host(BOX_LINKS[box][0], 2)
+
+
+def box_roles(box: str) -> dict[str, dict[str, Any]]:
+    """Ours on a box: the anycast server, and the relay on the box's unicast address with
+    its route to 2001::/32 announced for BIRD."""
     return {
         "server": {"bind_address": SERVER_ANYCAST[0], "bind_address2": SERVER_ANYCAST[1], "anycast": True},
-        "relay": {"interface": topology.RELAY_INTERFACE, "bind_address": RELAY_ANYCAST, "anycast": True,
+        "relay": {"interface": topology.RELAY_INTERFACE, "bind_address": relay_address(box),
                   "route_protocol": bird.ROUTE_PROTOCOL},
     }
 
@@ -180,8 +188,7 @@ def start_bird(lab: Lab, node: str) -> None:
         conf.write_text(bird.upstream_conf(UPSTREAM_INET, boxes))
     else:
         net4, net6 = BOX_LINKS[node]
-        conf.write_text(bird.box_conf(_host(net4, 2), _host(net4, 1), _host(net6, 1),
-                                      (*SERVER_ANYCAST, RELAY_ANYCAST), topology.RELAY_INTERFACE))
+        conf.write_text(bird.box_conf(_host(net4, 2), _host(net4, 1), _host(net6, 1), SERVER_ANYCAST))
     argv = ["bird", "-f", "-c", str(conf), "-s", str(bird_socket(lab, node)), "-P", str(rundir / f"bird-{node}.pid")]
     lab.start_service(f"bird-{node}", node, argv)
 
@@ -195,7 +202,7 @@ def start(lab: Lab) -> None:
     for node in ("upstream", *BOXES):
         start_bird(lab, node)
     for box in BOXES:
-        lab.start_daemon(box, "ours", box, box_roles())
+        lab.start_daemon(box, "ours", box, box_roles(box))
     for box in BOXES:
         lab.wait_ready(box)
     wait_paths(lab, len(BOXES))
@@ -207,7 +214,7 @@ def start(lab: Lab) -> None:
 def paths(lab: Lab) -> dict[str, int]:
     """How many boxes the upstream routes each anycast destination to."""
     found = {}
-    for family, destination in (("-4", RELAY_ANYCAST), ("-4", SERVER_ANYCAST[0]), ("-6", "2001::/32")):
+    for family, destination in (("-4", SERVER_ANYCAST[0]), ("-6", "2001::/32")):
         text = lab.run("upstream", ["ip", family, "route", "show", destination], check=False).stdout
         found[destination] = text.count("nexthop") or (1 if text.strip() else 0)
     return found
@@ -271,16 +278,17 @@ def ping_seqs(output: str) -> set[int]:
             for word in line.split() if word.startswith("icmp_seq=")}
 
 
-def measure(lab: Lab, client: str, client_address: str, native: str, seconds: float,
+def measure(lab: Lab, client: str, client_address: str, native: str, one_way: str, seconds: float,
             event: Any, at: float = 2.0) -> dict[str, tuple[int, float]]:
     """Probe every 0.1 s for `seconds` while `event()` runs `at` seconds in: a ping each way
-    and a UDP stream that only the client sends on. Returns {flow: (lost, longest gap s)}."""
+    with `native`, and a UDP stream to `one_way` (another of the host's addresses, which
+    never sends to the client). Returns {flow: (lost, longest gap s)}."""
     import sys
 
     count = int(seconds / PROBE_INTERVAL)
     ping = ["ping", "-6", "-n", "-i", str(PROBE_INTERVAL), "-W", "1", "-c", str(count)]
-    receive = [sys.executable, "-c", UDP_RECEIVE, native, "9000", "3"]
-    send = [sys.executable, "-c", UDP_SEND, native, "9000", str(count), str(PROBE_INTERVAL)]
+    receive = [sys.executable, "-c", UDP_RECEIVE, one_way, "9000", "3"]
+    send = [sys.executable, "-c", UDP_SEND, one_way, "9000", str(count), str(PROBE_INTERVAL)]
     with lab.background("v6host", receive) as sink:
         assert sink.stdout is not None
         if sink.stdout.readline().strip() != "ready":

@@ -1,9 +1,9 @@
 """BIRD 2 configurations for the anycast lab (see etc/bird-box.conf, etc/bird-upstream.conf).
 
 Pure text: each box announces what the appliance owns in the kernel (the relay's route,
-matched on its protocol number; the server /32s on lo and the relay's shared /32 on its
-TUN, through `direct`) and keeps an unannounced guard route; the upstream installs every
-path (ECMP) and detects a silent box with BFD.
+matched on its protocol number; the server /32s on lo, through `direct`) and keeps an
+unannounced guard route; the upstream installs every path (ECMP) and detects a silent box
+with BFD.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ BFD = """protocol bfd {
 """
 
 
-def box_conf(router_id: str, neighbor4: str, neighbor6: str, anycast: tuple[str, ...], relay_interface: str) -> str:
+def box_conf(router_id: str, neighbor4: str, neighbor6: str, anycast: tuple[str, ...]) -> str:
     """A box: learn the relay's route, export it and the anycast /32s to the upstream."""
     nets = ", ".join(f"{a}/32" for a in anycast)
     return f"""router id {router_id};
@@ -44,7 +44,7 @@ protocol kernel kernel6 {{
 }}
 protocol direct anycast {{
     ipv4 {{ import where net ~ [ {nets} ]; }};
-    interface "lo", "{relay_interface}";
+    interface "lo";
 }}
 {BFD}template bgp upstream {{
     local as {BOX_AS};

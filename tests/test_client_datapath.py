@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
 from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
-from teredo_appliance.roles.client_datapath import ClientPeers
+from teredo_appliance.roles.client_datapath import RELAY_RECHECKS_PER_SECOND, RELAY_SILENCE, ClientPeers
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -339,6 +339,77 @@ class IncomingTests(SynchronousTestCase):
         self.assertEqual(h.take()[-1][1], OTHER_RELAY)  # ... and the new relay carries ours
         self.assertEqual(h.counters.drops(), {})
         self.assertEqual(h.counters["client.relay_recheck"], 1)
+
+    def test_a_silent_relay_of_a_flow_only_we_send_on_is_rechecked_and_replaced(self) -> None:
+        # An anycast box died or was drained: its relay's unicast address swallows what we
+        # send, and the native host never answers (a one-way stream), so nothing would
+        # move us before the entry expires. The echo test names the surviving relay.
+        h = Harness()
+        h.peers.from_tun(data(), h.now)
+        h.reply_to(h.echo_test())
+        h.take()
+        h.advance(RELAY_SILENCE - 0.1)
+        h.peers.from_tun(data(), h.now)
+        self.assertEqual([to for _, to in h.take()], [RELAY])  # heard from recently enough
+        h.advance(0.1)
+        h.peers.from_tun(data(), h.now)
+        sent = h.take()
+        self.assertEqual([to for _, to in sent], [RELAY, SERVER])  # still sent, and re-checked
+        h.sent = sent[1:]
+        echo = h.echo_test()
+        h.peers.from_tun(data(), h.now)
+        self.assertEqual(h.take()[-1][1], RELAY)  # one probe at a time; the trusted relay meanwhile
+        h.reply_to(echo, via=OTHER_RELAY)
+        h.peers.from_tun(data(), h.now)
+        self.assertEqual(h.take(), [(data(), OTHER_RELAY)])
+        self.assertEqual(h.tun, [])  # our probe's reply is not the kernel's business
+        self.assertEqual(h.counters["client.relay_silent_recheck"], 1)
+        self.assertEqual(h.counters.drops(), {})
+
+    def test_a_silent_relay_that_still_answers_keeps_the_peer_and_the_fast_path(self) -> None:
+        h = Harness()
+        h.peers.from_tun(data(), h.now)
+        h.reply_to(h.echo_test())
+        h.advance(RELAY_SILENCE)
+        h.peers.from_tun(data(), h.now)
+        h.reply_to(h.echo_test(), via=RELAY)
+        peer = h.peers.table.get(V6HOST)
+        assert peer is not None
+        self.assertEqual((peer.mapping, peer.candidate, peer.last_rx), (RELAY, None, h.now))
+        self.assertEqual(h.tun, [])
+        incoming = data(ME, source=V6HOST)
+        self.assertFalse(h.peers.from_udp(incoming, *RELAY, h.now))  # the fast path again
+        self.assertEqual(h.tun, [incoming])
+
+    def test_silent_relay_rechecks_are_paced_per_peer_and_bounded_in_all(self) -> None:
+        h = Harness()
+        hosts = [IPv6Address(f"2001:db8:2::{n:x}").packed for n in range(1, 2 * RELAY_RECHECKS_PER_SECOND + 1)]
+        for host in hosts:
+            h.peers.from_tun(data(host), h.now)
+            h.reply_to(h.echo_test())
+        h.take()
+        h.advance(RELAY_SILENCE)
+        for _ in range(100):  # a one-way stream to every host, the relay silent
+            for host in hosts:
+                h.peers.from_tun(data(host), h.now)
+        probes = [p for p, to in h.take() if to == SERVER]
+        self.assertEqual(len(probes), RELAY_RECHECKS_PER_SECOND)
+        h.advance(1.0)  # the global budget renews, but each probed peer waits 2 s (§5.2.6)
+        for host in hosts:
+            h.peers.from_tun(data(host), h.now)
+        self.assertEqual(len([p for p, to in h.take() if to == SERVER]), RELAY_RECHECKS_PER_SECOND)
+        for _ in range(10):  # unanswered: 4 probes per peer, then nothing for 300 s
+            h.advance(2.0)
+            for host in hosts[:1]:
+                h.peers.from_tun(data(host), h.now)
+        self.assertLessEqual(len([p for p, to in h.take() if to == SERVER]), 3)
+
+    def test_a_teredo_peer_is_never_echo_probed(self) -> None:
+        h = Harness()
+        h.peers.from_udp(build_bubble(PEER, ME), *PEER_MAPPING, h.now)
+        h.advance(RELAY_SILENCE * 3)
+        h.peers.from_tun(data(PEER), h.now)
+        self.assertEqual(h.take(), [(data(PEER), PEER_MAPPING)])
 
     def test_a_forged_packet_through_another_mapping_never_moves_the_trust(self) -> None:
         h = Harness()

@@ -11,7 +11,10 @@ Out (TUN -> UDP):
   traffic arrives from the mapping in its address;
 - native IPv6: queue, send an ICMPv6 echo with an unguessable payload through our server
   (§5.2.9); the relay nearest the peer returns the reply, and its mapping becomes trusted.
-  An ICMPv6 error quoting our echo identifies that relay as well.
+  An ICMPv6 error quoting our echo identifies that relay as well. A trusted native peer
+  we keep sending to but have not heard from for `RELAY_SILENCE` gets the echo test again
+  (paced as bubbles, and `RELAY_RECHECKS_PER_SECOND` in all): a flow only we send on
+  would otherwise follow a dead or drained relay until the entry expires, 30 s later.
 Unanswered after the retries: the queue is answered with ICMPv6 address unreachable.
 
 In (UDP -> TUN), only packets for our Teredo address, and only:
@@ -41,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from teredo_appliance.peers import Mapping, Peer, PeerTable
-from teredo_appliance.ratelimit import IcmpErrorBudget
+from teredo_appliance.ratelimit import IcmpErrorBudget, PerSecond
 from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.roles.client_symmetric import SymmetricNat
 from teredo_appliance.stats import Counters
@@ -65,6 +68,11 @@ from teredo_appliance.wire.teredo import build_bubble, parse_datagram
 MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
 ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
 TOUCH_GRANULARITY = 1.0  # refresh a busy peer's reception time at most once a second
+# A trusted native peer silent this long while we send to it has its relay re-checked by
+# the echo test (§5.2.9). Twice the touch granularity, so a peer that answers even once a
+# second is never probed; the RFC's bubble pacing (§5.2.6) spaces the probes 2 s apart.
+RELAY_SILENCE = 2 * TOUCH_GRANULARITY
+RELAY_RECHECKS_PER_SECOND = 20  # all peers together: what a busy client adds to its server's load
 
 
 class ClientPeers:
@@ -95,6 +103,7 @@ class ClientPeers:
         self._prefix = b""
         self._server: Mapping = ("", 0)
         self._icmp = IcmpErrorBudget(self.counters)
+        self._rechecks = PerSecond(RELAY_RECHECKS_PER_SECOND)
         # Hot-path tallies as plain ints (cheaper than Counter updates); see stats().
         self.tx_packets = self.rx_packets = 0
 
@@ -120,7 +129,7 @@ class ClientPeers:
         if peer is not None and peer.trusted:
             self.tx_packets += 1
             self._send(packet, peer.mapping)  # type: ignore[arg-type]  # trusted => mapped
-            return False
+            return now - peer.last_rx >= RELAY_SILENCE and self._recheck_silent_relay(peer, now)
         address = self.address
         if address is None:
             self.counters.drop("tun.offline")
@@ -146,6 +155,23 @@ class ClientPeers:
             self._discover(peer, now)
         elif peer.attempts == 0:
             self._unreachable(self.table.give_up(peer), now)  # budget spent: refuse at once
+        return True
+
+    def _recheck_silent_relay(self, peer: Peer, now: float) -> bool:
+        """Run the echo test again for a native peer whose relay has been silent; True if it went.
+
+        The reply names the relay nearest the peer now: the same one (renewing the entry)
+        or another (which takes over, as in `_relay_answer`). Until then our packets keep
+        the trusted relay, and the peer's packets through it are still delivered: marking
+        that relay as the candidate only keeps our probe's reply off the fast path.
+        """
+        if peer.addr[:4] == self._prefix or peer.candidate is not None or self.address is None:
+            return False  # a Teredo peer has no relay; a re-check is already running
+        if not (peer.ready(now) and self._rechecks.allow(now) and self.table.try_bubble(peer, now)):
+            return False  # paced per peer first, so a busy stream spends none of the shared budget
+        self.counters["client.relay_silent_recheck"] += 1
+        peer.candidate = peer.mapping
+        self._discover(peer, now)
         return True
 
     def _discover(self, peer: Peer, now: float) -> None:
