@@ -179,8 +179,10 @@ def run_scenario(
     rundir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
     keep: bool = False,
+    extra: tuple[int, ...] = (),
 ) -> list[checks.CheckResult]:
-    """Build the lab, start the daemons, run the six checks, tear down (unless `keep`).
+    """Build the lab, start the daemons, run the six checks (and the `extra` ones of
+    checks.EXTRA_TITLES, in the same lab), tear down (unless `keep`).
 
     `echo` receives one line per check as it completes and, if any check failed, every
     daemon's log. A daemon that does not come up fails all six checks with the reason.
@@ -190,6 +192,7 @@ def run_scenario(
                         box=box, hostile=hostile, upnp=upnp, client3=client3, hairpin=hairpin)
     lab = Lab(scenario.options, prefix=prefix, rundir=rundir)
     started = time.monotonic()
+    numbers = (*checks.TITLES, *extra)
     try:
         lab.up()
         say(f"lab {lab.prefix} up ({scenario.describe()}), run directory {lab.rundir}")
@@ -197,12 +200,12 @@ def run_scenario(
             start(lab, scenario)
         except LabError as e:
             reason = str(e).splitlines()[0]  # the logs follow below
-            results = [checks.CheckResult(n, checks.TITLES[n], False, f"not run: {reason}", 0.0) for n in checks.TITLES]
+            results = [checks.CheckResult(n, checks.title(n), False, f"not run: {reason}", 0.0) for n in numbers]
             for result in results:
                 say(result.line())
         else:
             runner, results = checks.Checks(lab), []
-            for number in checks.TITLES:
+            for number in numbers:
                 (result,) = runner.run((number,))
                 say(result.line())
                 results.append(result)
