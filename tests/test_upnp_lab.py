@@ -155,6 +155,16 @@ class OursBehindSymmetricNATWithUPnP(UPnPScenario, unittest.TestCase):
 
     scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)
 
+    def test_client1_without_an_igd_qualified_promptly_and_said_so_once(self) -> None:
+        """Client 1 runs the defaults (extensions.upnp on) behind NAT 1, which has no IGD:
+        its search finds nothing, and qualification waits the search window, not the 5 s
+        an HTTP exchange may take."""
+        results, _ = self.outcome()
+        self.assertLess(results[1].seconds, 5.0, results[1].line())
+        client1 = (self.rundir() / "client1.log").read_text()
+        self.assertEqual(client1.count("no UPnP IGD answered"), 1, client1[-3000:])
+        self.assertNotIn("UPnP map failed", client1)
+
 
 class MiredoClientWithOursBehindSymmetricNATWithUPnP(UPnPScenario, unittest.TestCase):
     """Backward compatibility: client 1 is Miredo behind NAT 1, which knows none of the
