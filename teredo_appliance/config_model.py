@@ -62,7 +62,7 @@ class RelayConfig:
 class ClientExtensions:
     """RFC 6081 extensions the client may use; each stays compatible with RFC 4380 peers such as Miredo."""
 
-    upnp: bool = False  # RFC 6081 §5.3: a port mapping from the LAN's UPnP IGD before qualifying
+    upnp: bool = True  # RFC 6081 §5.3: a port mapping from the LAN's UPnP IGD before qualifying
     symmetric_nat: bool = True  # RFC 6081 §5.2: an address behind a symmetric NAT all the same
     hairpinning: bool = True  # RFC 6081 Hairpinning Extension: Alternate Address trailers, tried behind one NAT
 

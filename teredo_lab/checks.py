@@ -34,6 +34,12 @@ TITLES = {
     5: "client 2 pings client 1",
     6: "10 MB TCP from client 1 to the IPv6 host, same SHA-256",
 }
+# Checks a scenario may add to the six, for a client 2 whose own reach is the point
+# (behind the symmetric NAT 2, with or without its IGD).
+EXTRA_TITLES = {
+    7: "client 2 pings the IPv6 host",
+    8: "the IPv6 host pings client 2",
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,10 @@ def _result(done: subprocess.CompletedProcess[str], side: str) -> dict:
     return result
 
 
+def title(number: int) -> str:
+    return TITLES.get(number) or EXTRA_TITLES[number]
+
+
 class Checks:
     """Runs the checks in order, remembering the clients' addresses between them."""
 
@@ -144,6 +154,8 @@ class Checks:
             4: lambda: ping(self.lab, "client1", self.address("client2")),
             5: lambda: ping(self.lab, "client2", self.address("client1")),
             6: self.transfer,
+            7: lambda: ping(self.lab, "client2", topology.IPV6_HOST),
+            8: lambda: ping(self.lab, "v6host", self.address("client2")),
         }
         results = []
         for number in numbers:
@@ -152,7 +164,7 @@ class Checks:
                 ok, detail = steps[number]()
             except LabError as e:
                 ok, detail = False, str(e)
-            results.append(CheckResult(number, TITLES[number], ok, detail, time.monotonic() - started))
+            results.append(CheckResult(number, title(number), ok, detail, time.monotonic() - started))
         return results
 
     def address(self, client: str) -> ipaddress.IPv6Address:

@@ -47,13 +47,18 @@ def scenario_skip_reason(scenario: Scenario) -> str | None:
 
 
 class ScenarioChecks:
-    """Mixin for a twisted.trial TestCase: set `scenario`; get test_check_1 .. test_check_6."""
+    """Mixin for a twisted.trial TestCase: set `scenario`; get test_check_1 .. test_check_6.
+
+    `extra_checks` (numbers of checks.EXTRA_TITLES) run in the same lab after the six.
+    """
 
     scenario: ClassVar[Scenario]
-    _outcomes: ClassVar[dict[Scenario, tuple[dict[int, checks.CheckResult], str]]] = {}
+    extra_checks: ClassVar[tuple[int, ...]] = ()
+    _outcomes: ClassVar[dict[tuple[Scenario, tuple[int, ...]], tuple[dict[int, checks.CheckResult], str]]] = {}
 
     def outcome(self) -> tuple[dict[int, checks.CheckResult], str]:
-        if self.scenario not in self._outcomes:
+        key = (self.scenario, self.extra_checks)
+        if key not in self._outcomes:
             skip_unless_lab(scenario_skip_reason(self.scenario))
             lines: list[str] = []
             rundir = os.path.abspath(f"lab-{self.scenario.describe().replace(' ', '_').replace('=', '-')}")
@@ -68,9 +73,10 @@ class ScenarioChecks:
                 upnp=self.scenario.upnp,
                 rundir=rundir,
                 echo=lines.append,
+                extra=self.extra_checks,
             )
-            self._outcomes[self.scenario] = ({r.number: r for r in results}, "\n".join(lines))
-        return self._outcomes[self.scenario]
+            self._outcomes[key] = ({r.number: r for r in results}, "\n".join(lines))
+        return self._outcomes[key]
 
     def assertCheck(self, number: int) -> None:
         results, report = self.outcome()
@@ -95,3 +101,15 @@ class ScenarioChecks:
 
     def test_check_6_tcp_transfer(self) -> None:
         self.assertCheck(6)
+
+
+class Client2ReachesIPv6Host(ScenarioChecks):
+    """The six checks, then client 2 <-> the native IPv6 host both ways, in the same lab."""
+
+    extra_checks: ClassVar[tuple[int, ...]] = (7, 8)
+
+    def test_check_7_client2_pings_ipv6_host(self) -> None:
+        self.assertCheck(7)
+
+    def test_check_8_ipv6_host_pings_client2(self) -> None:
+        self.assertCheck(8)

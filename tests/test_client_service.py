@@ -14,7 +14,7 @@ from twisted.pair import testing
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.clock import monotonic_reactor
-from teredo_appliance.config_model import ClientConfig
+from teredo_appliance.config_model import ClientConfig, ClientExtensions
 from teredo_appliance.console import render_status
 from teredo_appliance.roles.client import DEFAULT_ROUTE_METRIC, ClientService
 from teredo_appliance.roles.client_machine import QUALIFICATION_TIMEOUT
@@ -61,9 +61,10 @@ class ClientServiceTests(SynchronousTestCase):
         self.links: list[FakeLink] = []
 
     def service(self, **settings: Any) -> ClientService:
-        # Local discovery off unless asked: its multicast bubble would join every list of sends.
+        # Local discovery off unless asked: its multicast bubble would join every list of sends;
+        # UPnP off: its search would hold qualification for the SSDP window (tests.test_client_upnp).
         config = ClientConfig(**{"server_address": SERVER, "interface": "tclient", "local_discovery": False,
-                                 **settings})
+                                 "extensions": ClientExtensions(upnp=False), **settings})
 
         def watch(on_change: Any, reactor: Any) -> QuietWatch:
             self.watchers.append(QuietWatch(on_change, reactor))

@@ -505,8 +505,9 @@ class ValueTests(SynchronousTestCase):
 
     def test_client_extensions(self) -> None:
         base = "roles:\n  client:\n    server_address: 198.18.0.1\n"
-        self.assertEqual(parse(base).roles.client.extensions, ClientExtensions(upnp=False))
-        self.assertEqual(parse(base + "    extensions: {upnp: true}\n").roles.client.extensions, ClientExtensions(True))
+        self.assertEqual(parse(base).roles.client.extensions, ClientExtensions(upnp=True))
+        off = parse(base + "    extensions: {upnp: false}\n").roles.client.extensions
+        self.assertEqual(off, ClientExtensions(upnp=False))
         self.assertEqual(parse(base + "    extensions:\n").roles.client.extensions, ClientExtensions())
 
     def test_client_extensions_errors_name_their_lines(self) -> None:

@@ -241,7 +241,7 @@ class PortMapperTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stop_without_mapping_deletes_nothing(self) -> None:
         self.igd.answer_search = False
-        self.mapper.client.timeout = 0.2
+        self.mapper.client.search_window = 0.2
         self.mapper.startService()
         yield self.mapper.settled()
         self.assertEqual(self.mapper.counters["upnp.error.no-igd"], 1)

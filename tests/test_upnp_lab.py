@@ -20,9 +20,9 @@ from typing import Any
 from twisted.trial import unittest
 
 from teredo_lab import igd, state, stun, topology
-from teredo_lab.lab import OURS, Lab
+from teredo_lab.lab import MIREDO, OURS, Lab
 from teredo_lab.scenario import Scenario
-from tests.labsupport import ScenarioChecks, lab_skip_reason, skip_unless_lab
+from tests.labsupport import Client2ReachesIPv6Host, lab_skip_reason, skip_unless_lab
 
 DRIVER = str(Path(__file__).with_name("upnp_driver.py"))
 INTERNAL_PORT, EXTERNAL_PORT = 40000, 40001
@@ -120,14 +120,11 @@ class UPnPOnSymmetricNAT(unittest.TestCase):
         self.assertIn("#DeletePortMapping", log)
 
 
-class OursBehindSymmetricNATWithUPnP(ScenarioChecks, unittest.TestCase):
-    """Every role ours, client 2 behind the symmetric NAT 2 with extensions.upnp: the six checks.
+class UPnPScenario(Client2ReachesIPv6Host):
+    """The six checks and client 2 <-> the native IPv6 host, with client 2 (ours) behind the
+    symmetric NAT 2 and its IGD; then what client 2 logged and miniupnpd did."""
 
-    Without the IGD, client 2 reports a symmetric NAT and reaches only what that NAT lets
-    in (tests.test_client_lab); with it, it qualifies through its mapping.
-    """
-
-    scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)
+    scenario: Scenario
     timeout = 240
 
     def setUp(self) -> None:
@@ -146,6 +143,35 @@ class OursBehindSymmetricNATWithUPnP(ScenarioChecks, unittest.TestCase):
         actions = (rundir / "miniupnpd.log").read_text()
         self.assertIn("#AddPortMapping", actions)
         self.assertIn("#DeletePortMapping", actions)
+
+
+class OursBehindSymmetricNATWithUPnP(UPnPScenario, unittest.TestCase):
+    """Every role ours, client 2 behind the symmetric NAT 2 with extensions.upnp.
+
+    Without the IGD, client 2 reports a symmetric NAT and reaches only what that NAT lets
+    in (tests.test_client_lab); with it, it qualifies through its mapping and reaches
+    client 1 (checks 4, 5) and the native IPv6 host (checks 7, 8), both ways.
+    """
+
+    scenario = Scenario(server=OURS, relay=OURS, client=OURS, nat2="symmetric", upnp=True)
+
+    def test_client1_without_an_igd_qualified_promptly_and_said_so_once(self) -> None:
+        """Client 1 runs the defaults (extensions.upnp on) behind NAT 1, which has no IGD:
+        its search finds nothing, and qualification waits the search window, not the 5 s
+        an HTTP exchange may take."""
+        results, _ = self.outcome()
+        self.assertLess(results[1].seconds, 5.0, results[1].line())
+        client1 = (self.rundir() / "client1.log").read_text()
+        self.assertEqual(client1.count("no UPnP IGD answered"), 1, client1[-3000:])
+        self.assertNotIn("UPnP map failed", client1)
+
+
+class MiredoClientWithOursBehindSymmetricNATWithUPnP(UPnPScenario, unittest.TestCase):
+    """Backward compatibility: client 1 is Miredo behind NAT 1, which knows none of the
+    RFC 6081 extensions; client 2 is ours behind the symmetric NAT 2 with its IGD. Checks 4
+    and 5 are Miredo -> ours and ours -> Miredo."""
+
+    scenario = Scenario(server=OURS, relay=OURS, client=MIREDO, client2=OURS, nat2="symmetric", upnp=True)
 
 
 class IGDPlanTests(unittest.SynchronousTestCase):

@@ -252,7 +252,8 @@ class ClientService(TunneledRole):
         )
         if self.config.extensions.upnp and self.bound_port is not None:
             # RFC 6081 §5.3: map the port first, so that the server already sees the mapped
-            # port; qualification waits for the IGD's answer (or its timeout), not longer.
+            # port. With no IGD on the LAN, qualification waits the SSDP search window
+            # (upnp.client.SEARCH_WINDOW), no longer; with one, the IGD's answers.
             self.upnp = self._port_mapper(self.bound_port, self.counters)
             self.upnp.startService()
             self.upnp.settled().addCallback(lambda _: self._start_qualifying())

@@ -31,10 +31,15 @@ from teredo_appliance.upnp import messages
 from teredo_appliance.upnp.lease import LeaseSchedule
 from teredo_appliance.upnp.messages import Service, UPnPError
 
-TIMEOUT = 5.0  # seconds for discovery, and for each HTTP exchange
+TIMEOUT = 5.0  # seconds for each HTTP exchange
+# Seconds an SSDP search waits for an answer: an IGD answers within MX seconds (UDA 1.1
+# §1.3.2), on a LAN in milliseconds more. With no IGD, the client's qualification waits
+# this long, no longer; an IGD that answers late is found by the next attempt.
+SEARCH_WINDOW = messages.SSDP_MX + 0.5
 MAX_BODY = 65536  # bytes of a description or SOAP answer; an IGD's are a few KiB
 DEFAULT_LEASE = 3600  # seconds; 0 would mean "forever" and outlive us after a crash
 DESCRIPTION = "teredo-appliance"
+NO_IGD = "no-igd"  # the reason (and counter suffix) when no IGD answered the search
 
 log = Logger()
 
@@ -50,7 +55,10 @@ class _Search(DatagramProtocol):
         self.counters = counters
 
     def startProtocol(self) -> None:
-        self.transport.write(messages.m_search(), self.target)
+        try:
+            self.transport.write(messages.m_search(), self.target)
+        except OSError as e:  # no multicast route (no default route, the LAN down): no IGD to find
+            self.found.errback(UPnPError("no-route", f"SSDP: {e}"))
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if self.found.called:
@@ -107,11 +115,13 @@ class IGDClient:
         *,
         ssdp_target: tuple[str, int] = (messages.SSDP_ADDRESS, messages.SSDP_PORT),
         timeout: float = TIMEOUT,
+        search_window: float = SEARCH_WINDOW,
         counters: Counters | None = None,
     ) -> None:
         self.reactor = reactor
         self.ssdp_target = ssdp_target
         self.timeout = timeout
+        self.search_window = search_window
         self.counters = counters if counters is not None else Counters()
         self.service: Service | None = None
         self.internal_client: str | None = None
@@ -122,7 +132,7 @@ class IGDClient:
         """Find the IGD (SSDP), read its description; fires with its Service, or UPnPError."""
         found: defer.Deferred[str] = defer.Deferred()
         port = self.reactor.listenUDP(0, _Search(self.ssdp_target, found, self.counters))
-        found.addTimeout(self.timeout, self.reactor, onTimeoutCancel=lambda *_: _raise(UPnPError("no-igd")))
+        found.addTimeout(self.search_window, self.reactor, onTimeoutCancel=lambda *_: _raise(UPnPError(NO_IGD)))
         try:
             location = yield found
         finally:
@@ -216,6 +226,7 @@ class PortMapper(service.Service):
         self.lease = lease
         self.external: str | None = None
         self.last_error: str | None = None
+        self.last_reason: str | None = None
         self.counters = client.counters
         self._timer: Any = None
         self._attempt: defer.Deferred[None] | None = None
@@ -260,7 +271,7 @@ class PortMapper(service.Service):
         else:
             renewal = self.schedule.expires_at is not None
             self.counters["upnp.renewed" if renewal else "upnp.mapped"] += 1
-            self.last_error = None
+            self.last_error = self.last_reason = None
             self.schedule.mapped(self.clock.seconds())
         if self.running:
             delay = max(0.0, self.schedule.next_at - self.clock.seconds())
@@ -280,9 +291,16 @@ class PortMapper(service.Service):
         self._attempt = self._map()
 
     def _failed(self, what: str, error: UPnPError) -> None:
+        """Counted every time; logged as a warning, except a LAN without an IGD (the usual
+        case, extensions.upnp being on by default): said once at info, then only counted."""
         self.counters[f"upnp.error.{error.reason}"] += 1
+        said_before, self.last_reason = self.last_reason == NO_IGD, error.reason
         self.last_error = str(error)
-        log.warn("UPnP {what} failed: {error}", what=what, error=str(error))
+        if error.reason != NO_IGD:
+            log.warn("UPnP {what} failed: {error}", what=what, error=str(error))
+        elif not said_before:
+            log.info("no UPnP IGD answered on the LAN: the client goes on without a port mapping "
+                     "and searches again from time to time")
 
     def status(self) -> dict[str, Any]:
         now = self.clock.seconds()

@@ -16,7 +16,9 @@ from xml.etree import ElementTree
 
 SSDP_ADDRESS = "239.255.255.250"  # UDA 1.1 §1.1.2
 SSDP_PORT = 1900
-SSDP_MX = 2  # seconds a device may wait before answering (UDA 1.1 §1.3.2: 1 to 5)
+# Seconds a device may wait before answering (UDA 1.1 §1.3.2: 1 to 5). The least, since a
+# client with no IGD on its LAN waits this long (and a little) before qualifying.
+SSDP_MX = 1
 IGD_DEVICE = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
 # Services that can map a port, the newer first (a :2 IGD also answers the :1 search).
 CONNECTION_SERVICES = (
