@@ -259,6 +259,21 @@ class ConfigTests(unittest.SynchronousTestCase):
         self.assertIn("t.yaml:5: roles.relay.drain_grace: 61 is out of range 0..60 seconds", errors)
         self.assertTrue(any(e.startswith("t.yaml:8: roles.server.anycast:") for e in errors), errors)
 
+    def test_the_anycast_tun_is_a_valid_name_of_its_own(self) -> None:
+        from teredo_appliance.config import ConfigError
+        head = "roles:\n  server:\n    bind_address: 198.18.0.1\n    anycast: true\n"
+        config = parse_config(head + "    anycast_interface: tany0\n", "t.yaml")
+        self.assertEqual(config.roles.server.anycast_interface, "tany0")
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(head + "    anycast_interface: sixteen-bytes-xx\n", "t.yaml")
+        self.assertTrue(caught.exception.errors[0].startswith("t.yaml:5: roles.server.anycast_interface:"),
+                        caught.exception.errors)
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(head + "  client:\n    server_address: 198.18.0.9\n    interface: teredo-anycast\n", "t.yaml")
+        self.assertEqual(caught.exception.errors, [
+            "t.yaml:7: roles.client.interface: 'teredo-anycast' is also roles.server.anycast_interface;"
+            " each role needs its own TUN device"])
+
     def test_an_anycast_relay_needs_a_specific_address(self) -> None:
         from teredo_appliance.config import ConfigError
 
