@@ -396,6 +396,7 @@ SERVER_SCHEMA = RoleSchema(ServerConfig, {
     "rs_rate": _rs_rate,
     "rs_burst": _int_in(1, 1_000_000),
     "anycast": _bool,
+    "anycast_interface": _interface,
     "drain_grace": _drain_grace,
     "workers": _int_in(1, MAX_SERVER_WORKERS),
 }, required=("bind_address",))
@@ -677,17 +678,22 @@ class _Reader:
                 self.error(manhole.line_of("host_key"), f"{manhole.path}.host_key", problem)
 
     def check_interfaces(self, sections: dict[str, _Section]) -> None:
-        if "relay" in sections and "client" in sections:
-            relay, client = sections["relay"], sections["client"]
-            if "interface" in relay.bad or "interface" in client.bad:
-                return
-            name = client.values.get("interface", ClientConfig.interface)
-            if name == relay.values.get("interface", RelayConfig.interface):
-                self.error(
-                    client.line_of("interface"),
-                    f"{client.path}.interface",
-                    f"{name!r} is also {relay.path}.interface; each role needs its own TUN device",
-                )
+        """Each TUN device a role creates (the relay's, the client's, an anycast server's) has a
+        name of its own: a second open of one name would take over the first role's device."""
+        seen: dict[str, str] = {}
+        for name, key, default in (("server", "anycast_interface", ServerConfig.anycast_interface),
+                                   ("relay", "interface", RelayConfig.interface),
+                                   ("client", "interface", ClientConfig.interface)):
+            section = sections.get(name)
+            if section is None or key in section.bad or (name == "server" and not section.values.get("anycast")):
+                continue
+            ifname = section.values.get(key, default)
+            path = f"{section.path}.{key}"
+            if ifname in seen:
+                self.error(section.line_of(key), path,
+                           f"{ifname!r} is also {seen[ifname]}; each role needs its own TUN device")
+            else:
+                seen[ifname] = path
 
 
 def _unknown_key(key: str, allowed: tuple[str, ...]) -> str:

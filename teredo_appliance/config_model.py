@@ -37,7 +37,8 @@ class ServerConfig:
     mtu: int = TEREDO_MTU
     rs_rate: float = DEFAULT_RS_RATE
     rs_burst: int = DEFAULT_RS_BURST
-    anycast: bool = False  # the appliance adds both addresses to lo as /32 (and withdraws them on drain)
+    anycast: bool = False  # both addresses as /32s on a TUN of the server's own (withdrawn on drain)
+    anycast_interface: str = "teredo-anycast"  # that TUN: the kernel deletes it when the process dies
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds served after withdrawing, on stop
     workers: int = 1  # processes serving the ports; 1: the appliance process itself
 

@@ -72,12 +72,20 @@ def raw_socket_refusal(name: str) -> str:
             "(needs CAP_NET_RAW)")
 
 
+def tun_name(section: Any) -> str | None:
+    """The TUN device a component creates: a relay's or client's `interface`, an anycast
+    server's `anycast_interface`; None if it creates none."""
+    if isinstance(section, ServerConfig):
+        return section.anycast_interface if section.anycast else None
+    return getattr(section, "interface", None)
+
+
 def preflight(name: str, section: Any) -> list[str]:
     """Why (re)starting this component cannot work now; empty while running as root."""
     if not privileges_dropped():
         return []
     problems = []
-    ifname = getattr(section, "interface", None)
+    ifname = tun_name(section)
     if ifname and not has_capability(CAP_NET_ADMIN) and not tun_owned_by_me(ifname):
         problems.append(tun_refusal(name, ifname))
     port = getattr(section, "bind_port", 0)
@@ -115,7 +123,7 @@ def describe_failure(name: str, section: Any, error: BaseException) -> str:
     if privileges_dropped() and _permission_denied(error):
         if listen is not None and isinstance(listen.port, int) and listen.port < FIRST_UNPRIVILEGED_PORT:
             return port_refusal(name, listen.port)
-        ifname = getattr(section, "interface", None)
+        ifname = tun_name(section)
         if ifname:
             return tun_refusal(name, ifname)
         return (f"{name}: permission denied after privileges were dropped ({error}); "

@@ -219,6 +219,15 @@ class Tunnel:
             self._routes.remove(route)
         self._open_link("remove a route").remove_route(prefix, metric, protocol)
 
+    @property
+    def addresses(self) -> tuple[IPv4Interface | IPv6Interface, ...]:
+        """The addresses we set (and have not removed)."""
+        return tuple(self._addresses)
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
     def has_route(self, prefix: IPv6Network) -> bool:
         """Whether we set a route to `prefix` (and have not removed it)."""
         return any(route[0] == prefix for route in self._routes)

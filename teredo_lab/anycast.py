@@ -6,7 +6,7 @@
     client2 (ours) ── nat2 ─┘              │                                      │
                                            └─ box2: ours (server + relay) + BIRD ─┘
 
-Every box serves the same anycast server /32s on lo and routes 2001::/32 to its relay;
+Every box serves the same anycast server /32s (on its server's anycast TUN) and routes 2001::/32 to its relay;
 each box's BIRD announces them to the upstream over BGP with BFD, and the upstream spreads
 flows over the boxes by an address-only hash. Each relay's IPv4 side is the box's own
 unicast address: the native host's ECMP path picks the relay, that relay answers the

@@ -1,12 +1,14 @@
 """BIRD 2 configurations for the anycast lab (see etc/bird-box.conf, etc/bird-upstream.conf).
 
 Pure text: each box announces what the appliance owns in the kernel (the relay's route,
-matched on its protocol number; the server /32s on lo, through `direct`) and keeps an
+matched on its protocol number; the server /32s on the server's anycast TUN, through `direct`) and keeps an
 unannounced guard route; the upstream installs every path (ECMP) and detects a silent box
 with BFD.
 """
 
 from __future__ import annotations
+
+from teredo_appliance.config_model import ServerConfig
 
 UPSTREAM_AS = 65000
 BOX_AS = 65002
@@ -44,7 +46,7 @@ protocol kernel kernel6 {{
 }}
 protocol direct anycast {{
     ipv4 {{ import where net ~ [ {nets} ]; }};
-    interface "lo";
+    interface "{ServerConfig.anycast_interface}";
 }}
 {BFD}template bgp upstream {{
     local as {BOX_AS};

@@ -6,7 +6,6 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv6Network
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from teredo_appliance.announcement import ANNOUNCED, DRAINED, DRAINING, WITHDRAWN, Announcement
@@ -153,41 +152,94 @@ class RelayAnycastTests(unittest.SynchronousTestCase):
 
 
 class ServerAnycastTests(unittest.SynchronousTestCase):
-    CONFIG = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), anycast=True)
+    CONFIG = ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), anycast=True,
+                          anycast_interface="tanycast")
     SLASH_32S = [IPv4Interface("198.18.0.1/32"), IPv4Interface("198.18.0.2/32")]
 
     def setUp(self) -> None:
         self.calls: list[tuple] = []
         self.failing: set[str] = set()
-        self.clock = Clock()
+        self.clock = UDPReactor()
+        self.system = memory_tun_system()
+        self.links: list[FakeLink] = []
 
     def link(self, name: str) -> FakeLink:
-        self.assertEqual(name, "lo")
-        return FakeLink(name, self.calls, self.failing)
+        self.links.append(FakeLink(name, self.calls, self.failing))
+        return self.links[-1]
 
-    def test_drain_removes_the_anycast_addresses_from_lo_and_undrain_puts_them_back(self) -> None:
-        service = ServerService(self.CONFIG, self.clock, link_factory=self.link)
-        service.announcer.reconcile()  # what privilegedStartService does before binding
-        self.assertEqual(self.calls, [("add_address", a) for a in self.SLASH_32S])
+    def make(self, config: ServerConfig = CONFIG) -> ServerService:
+        return ServerService(config, self.clock, link_factory=self.link, tun_system=self.system)
+
+    def start_anycast(self, service: ServerService) -> None:
+        """What privilegedStartService does before binding (the UDP and raw sockets aside)."""
+        service.anycast.open()
+        self.assertIsNone(service.announcer.reconcile())
+
+    def stop(self, service: ServerService) -> None:
+        stopped = service.stopService()
+        self.clock.advance(0)  # the TUN port closes on the next reactor turn
+        self.successResultOf(stopped)
+
+    def test_the_addresses_live_on_a_tun_of_the_servers_own_not_on_lo(self) -> None:
+        # A kill -9 closes the TUN's descriptor, so the kernel deletes the device and the
+        # addresses with it: the routing daemon stops announcing a box that no longer serves.
+        service = self.make()
+        self.start_anycast(service)
+        self.assertEqual([link.ifname.startswith("tanycast") for link in self.links], [True])
+        self.assertEqual(self.calls, [("prepare",), ("up", 1280), *(("add_address", a) for a in self.SLASH_32S)])
+        self.assertEqual(len(self.system._openFiles), 1)
+        self.assertIn("on tanycast", service.status()["anycast"]["what"])
+        self.assertTrue(service.status()["anycast"]["announced"])
+
+    def test_drain_removes_the_anycast_addresses_and_undrain_puts_them_back(self) -> None:
+        service = self.make()
+        self.start_anycast(service)
+        del self.calls[:]
         d = service.drain(2.0)
-        self.assertEqual(self.calls[2:], [("remove_address", a) for a in self.SLASH_32S])
+        self.assertEqual(self.calls, [("remove_address", a) for a in self.SLASH_32S])
+        self.assertEqual(self.links[0].addresses, set())
+        self.assertFalse(service.status()["anycast"]["announced"])
         self.clock.advance(2.0)
         self.assertEqual(self.successResultOf(d)["state"], DRAINED)
         self.assertEqual(service.undrain()["state"], ANNOUNCED)
-        self.assertEqual(self.calls[4:], [("add_address", a) for a in self.SLASH_32S])
+        self.assertEqual(self.links[0].addresses, set(self.SLASH_32S))
 
-    def test_an_address_left_on_lo_by_a_crash_is_taken_over(self) -> None:
-        self.failing.add("add_address")  # FakeLink says "File exists"
-        service = ServerService(self.CONFIG, self.clock, link_factory=self.link)
-        self.assertIsNone(service.announcer.reconcile())
-        self.assertTrue(service.status()["anycast"]["announced"])
+    def test_stop_removes_the_addresses_and_the_device(self) -> None:
+        service = self.make()
+        self.start_anycast(service)
+        self.stop(service)
+        self.assertEqual(self.links[0].addresses, set())
+        self.assertEqual(self.system._openFiles, {})  # the device is gone
+        self.assertFalse(service.status()["anycast"]["announced"])
 
-    def test_without_anycast_nothing_on_lo_is_touched(self) -> None:
-        service = ServerService(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")), self.clock,
-                                link_factory=self.link)
+    def test_a_failed_removal_is_reported_as_still_announced_and_closing_the_device_ends_it(self) -> None:
+        # After `twistd -u` netlink may refuse: the status must not claim a withdrawal.
+        service = self.make()
+        self.start_anycast(service)
+        self.failing.add("remove_address")
+        service.drain(1.0)
+        self.assertTrue(service.anycast.installed)
+        self.stop(service)
+        self.assertEqual(self.system._openFiles, {})
+
+    def test_undrain_of_a_stopped_server_is_a_problem_not_a_crash(self) -> None:
+        service = self.make()
+        self.assertIn("the server is stopped", service.announcer.reconcile() or "")
+
+    def test_a_packet_the_kernel_hands_the_anycast_tun_is_a_counted_drop(self) -> None:
+        service = self.make()
+        self.start_anycast(service)
+        [tunnel] = self.system._openFiles.values()
+        tunnel.readBuffer.append(b"\x60" + bytes(39))
+        service.anycast.tunnel._port.doRead()  # what the reactor does when the device is readable
+        self.assertEqual(service.counters.drops(), {"anycast.tun_packet": 1})
+
+    def test_without_anycast_no_device_is_created(self) -> None:
+        service = self.make(ServerConfig(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")))
         self.assertEqual(self.successResultOf(service.drain(5.0))["state"], "not anycast")
         self.assertNotIn("anycast", service.status())
-        self.assertEqual(self.calls, [])
+        self.stop(service)
+        self.assertEqual((self.calls, self.system._openFiles), ([], {}))
 
 
 class ConfigTests(unittest.SynchronousTestCase):
@@ -206,6 +258,21 @@ class ConfigTests(unittest.SynchronousTestCase):
         self.assertIn("t.yaml:4: roles.relay.route_protocol: 2 is out of range 3..255", errors)
         self.assertIn("t.yaml:5: roles.relay.drain_grace: 61 is out of range 0..60 seconds", errors)
         self.assertTrue(any(e.startswith("t.yaml:8: roles.server.anycast:") for e in errors), errors)
+
+    def test_the_anycast_tun_is_a_valid_name_of_its_own(self) -> None:
+        from teredo_appliance.config import ConfigError
+        head = "roles:\n  server:\n    bind_address: 198.18.0.1\n    anycast: true\n"
+        config = parse_config(head + "    anycast_interface: tany0\n", "t.yaml")
+        self.assertEqual(config.roles.server.anycast_interface, "tany0")
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(head + "    anycast_interface: sixteen-bytes-xx\n", "t.yaml")
+        self.assertTrue(caught.exception.errors[0].startswith("t.yaml:5: roles.server.anycast_interface:"),
+                        caught.exception.errors)
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(head + "  client:\n    server_address: 198.18.0.9\n    interface: teredo-anycast\n", "t.yaml")
+        self.assertEqual(caught.exception.errors, [
+            "t.yaml:7: roles.client.interface: 'teredo-anycast' is also roles.server.anycast_interface;"
+            " each role needs its own TUN device"])
 
     def test_an_anycast_relay_needs_a_specific_address(self) -> None:
         from teredo_appliance.config import ConfigError

@@ -668,6 +668,18 @@ class PrivilegeTests(SynchronousTestCase):
         self.dropped({privileges.CAP_NET_RAW})
         self.assertEqual(privileges.preflight("server", SERVER), [])
 
+    def test_an_anycast_server_needs_net_admin_for_its_tun(self) -> None:
+        anycast = dataclasses.replace(SERVER, anycast=True, anycast_interface="ta-test")
+        self.dropped({privileges.CAP_NET_RAW})
+        self.assertEqual(privileges.preflight("server", anycast), [privileges.tun_refusal("server", "ta-test")])
+        self.assertEqual(privileges.preflight("server", SERVER), [])  # without anycast it creates none
+        self.dropped({privileges.CAP_NET_RAW, privileges.CAP_NET_ADMIN})
+        self.assertEqual(privileges.preflight("server", anycast), [])
+        self.dropped()
+        denied = OSError(errno.EPERM, "Operation not permitted")
+        self.assertEqual(privileges.describe_failure("server", anycast, denied),
+                         privileges.tun_refusal("server", "ta-test"))
+
     def test_permission_errors_at_start_name_the_missing_right(self) -> None:
         self.dropped()
         tun = CannotListenError(None, "tr-test", OSError(errno.EPERM, "Operation not permitted"))

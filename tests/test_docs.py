@@ -90,7 +90,8 @@ class BirdSampleTests(SynchronousTestCase):
     def test_sample_bird_configs_parse_and_carry_what_scaling_out_needs(self) -> None:
         box = (ROOT / "etc" / "bird-box.conf").read_text()
         upstream = (ROOT / "etc" / "bird-upstream.conf").read_text()
-        for needed in ("krt_source = TEREDO_ROUTE_PROTOCOL", "unreachable", "bfd on", 'interface "lo"'):
+        for needed in ("krt_source = TEREDO_ROUTE_PROTOCOL", "unreachable", "bfd on",
+                       f'interface "{config_model.ServerConfig.anycast_interface}"'):  # the server's anycast TUN
             self.assertIn(needed, box)
         for needed in ("merge paths on", "bfd on", "fib_multipath_hash_policy=3", "fib_multipath_hash_fields=0x0003"):
             self.assertIn(needed, upstream)

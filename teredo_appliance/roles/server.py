@@ -20,49 +20,57 @@ from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.base import RoleService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
 from teredo_appliance.roles.udp import Datagram, TeredoUDP, adopt_udp, listen_udp
+from teredo_appliance.stats import Counters
+from teredo_appliance.tunnel import Tunnel
 from teredo_appliance.wire.address import is_global_ipv4
 from teredo_appliance.wire.constants import TEREDO_PORT
 
-LOOPBACK = "lo"  # where anycast service addresses live: local on every interface, announced by `direct`
+ANYCAST_STRAY_PACKET = "anycast.tun_packet"  # the anycast TUN carries no traffic: whatever comes is dropped
 
 
 class AnycastAddresses:
-    """The server's two addresses as /32s on lo, which the routing daemon announces (its
-    `direct` protocol). An address already there (left by a crashed appliance) is taken as ours."""
+    """The server's two addresses as /32s on a TUN device of its own, which the routing daemon
+    announces (its `direct` protocol on that device).
 
-    def __init__(self, config: ServerConfig, link_factory: Callable[[str], Link]) -> None:
+    The device carries no traffic (packets to a local address never enter it); it is only a home
+    for the addresses that the kernel deletes with the process, as it deletes the relay's TUN
+    and route: a server killed outright is withdrawn at once, not announced while nothing serves.
+    """
+
+    def __init__(self, config: ServerConfig, counters: Counters, *, reactor: Any,
+                 tun_system: Any, link_factory: Callable[[str], Link]) -> None:
         self.addresses = [IPv4Interface((config.bind_address, 32)), IPv4Interface((config.bind_address2, 32))]
-        self._link_factory = link_factory
-        self.installed = False
+        self.tunnel = Tunnel(config.anycast_interface, config.mtu, lambda _: counters.drop(ANYCAST_STRAY_PACKET),
+                             counters=counters, reactor=reactor, system=tun_system, link_factory=link_factory)
+
+    def open(self) -> None:
+        """Privileged: create the device (link up, no address yet)."""
+        self.tunnel.open()
 
     def add(self) -> None:
-        link = self._link_factory(LOOPBACK)
-        for address in self.addresses:
-            try:
-                link.add_address(address)
-            except LinkError as error:
-                if "File exists" not in str(error):
-                    raise
-        self.installed = True
+        if not self.tunnel.is_open:
+            raise LinkError(f"{self.tunnel.name}: cannot add the anycast addresses: the server is stopped")
+        self.tunnel.set_addresses(self.addresses)
 
     def remove(self) -> None:
-        self.installed = False
-        link = self._link_factory(LOOPBACK)
-        failures = []
-        for address in self.addresses:
-            try:
-                link.remove_address(address)
-            except LinkError as error:
-                failures.append(str(error))
-        if failures:
-            raise LinkError("; ".join(failures))
+        self.tunnel.set_addresses([])
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.tunnel.addresses)
+
+    def close(self) -> Deferred[None]:
+        """Remove the addresses and the device; fires once the device is gone (a restart
+        creates it anew). Without CAP_NET_ADMIN closing alone removes both."""
+        return self.tunnel.close()
 
 
 class ServerService(RoleService):
     """A stateless Teredo server (RFC 4380 §5.3) on `bind_address` and `bind_address2`.
 
-    With `anycast`, the service adds both addresses to lo before binding and removes them on
-    drain and stop, so a routing daemon announces them only while this box serves them.
+    With `anycast`, the service creates its anycast TUN and puts both addresses on it before
+    binding, and removes them on drain and stop, so a routing daemon announces them only while
+    this box serves them (and not after the process died: the kernel deletes the device).
     """
 
     role = "server"
@@ -75,18 +83,20 @@ class ServerService(RoleService):
         port: int = TEREDO_PORT,
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         link_factory: Callable[[str], Link] = Link,
+        tun_system: Any = None,
         batched: bool = True,
         inherited: tuple[int, int, int] | None = None,
     ) -> None:
         """`port` and `reachable_ipv4` exist for tests on loopback; the protocol fixes 3544.
-        `link_factory` configures lo (tests pass a fake).
+        `link_factory` configures the anycast TUN and `tun_system` opens it (tests pass fakes).
         `batched`: recvmmsg/sendmmsg where available (False: one syscall per datagram).
         `inherited`: descriptors of the bound primary and secondary UDP sockets and the raw
         IPv6 socket, opened by the appliance for a worker process (server_workers)."""
         super().__init__(config, reactor)
-        self.anycast = AnycastAddresses(config, link_factory)
+        self.anycast = AnycastAddresses(config, self.counters, reactor=self.reactor, tun_system=tun_system,
+                                        link_factory=link_factory)
         self.announcer = Announcer(
-            f"anycast {config.bind_address}/32 and {config.bind_address2}/32 on {LOOPBACK}",
+            f"anycast {config.bind_address}/32 and {config.bind_address2}/32 on {config.anycast_interface}",
             add=self.anycast.add, remove=self.anycast.remove,
             installed=lambda: self.anycast.installed, clock=self.reactor,
         )
@@ -185,8 +195,10 @@ class ServerService(RoleService):
             super().privilegedStartService()
             return
         try:
-            if self.config.anycast and self.announcer.state.wanted:
-                self.anycast.add()
+            if self.config.anycast:
+                self.anycast.open()
+                if self.announcer.state.wanted:  # a restart after a drain (a reload) stays drained
+                    self.anycast.add()
             self.raw.open()
             for which, address in ((PRIMARY, self.config.bind_address), (SECONDARY, self.config.bind_address2)):
                 self._ports.append(
@@ -221,12 +233,8 @@ class ServerService(RoleService):
     def _release(self) -> Deferred[Any]:
         ports, self._ports = self._ports, []
         self.raw.close()
-        if self.anycast.installed:
-            try:
-                self.anycast.remove()
-            except LinkError as error:  # e.g. after `twistd -u`: the operator removes them
-                self.log.warn("cannot remove the anycast addresses: {error}", error=str(error))
-        return DeferredList([maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+        closing = [maybeDeferred(port.stopListening) for port in ports]
+        return DeferredList([*closing, self.anycast.close()], consumeErrors=True)
 
     def status(self) -> dict[str, Any]:
         report = super().status()
