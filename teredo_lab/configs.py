@@ -1,7 +1,7 @@
 """Configuration files for the daemons the lab runs, from one description per role.
 
-A role is described once, as the section our teredo.yaml would carry (issue 2's YAML
-contract: roles.server / roles.relay / roles.client); Miredo's files are derived from the
+A role is described once, as the section our teredo.yaml would carry (teredo.yaml(5):
+roles.server / roles.relay / roles.client); Miredo's files are derived from the
 same section, so "ours" and "miredo" are always configured alike.
 """
 

@@ -1,4 +1,4 @@
-"""The YAML contract of issue 2 §2: defaults, every validation rule and its exact message."""
+"""The YAML contract of teredo.yaml(5): defaults, every validation rule and its exact message."""
 
 from __future__ import annotations
 
