@@ -157,6 +157,10 @@ class RelayService(TunneledRole):
     def health(self) -> str | None:
         return self._problem or self._native
 
+    def needs_restart(self) -> bool:
+        """Only the TUN half: a restart cannot bring an uplink back."""
+        return self._problem is not None
+
     # -- the native side: a route toward the served prefixes, other than through the TUN ----
 
     def _watch_relevant(self) -> Callable[[bytes], bool]:
