@@ -357,9 +357,8 @@ class Appliance(MultiService):
         return result
 
     def _degraded(self) -> set[str]:
-        """Roles running with a problem (see RoleService.health): a reload restarts them."""
-        return {name for name, service in self.namedServices.items()
-                if getattr(service, "health", lambda: None)() is not None}
+        """Roles running with a problem a restart may cure (RoleService.needs_restart; else health)."""
+        return {name for name, service in self.namedServices.items() if _needs_restart(service)}
 
     async def _stop(self, name: str, result: dict[str, list[str]]) -> None:
         try:
@@ -462,3 +461,10 @@ class Appliance(MultiService):
         if not hasattr(service, "peers"):
             raise LookupError(f"the {role} role keeps no peer table")
         return {"role": role, "total": service.peer_count(), "peers": service.peers(limit)}
+
+
+def _needs_restart(service: Any) -> bool:
+    needs_restart = getattr(service, "needs_restart", None)
+    if needs_restart is not None:
+        return bool(needs_restart())
+    return getattr(service, "health", lambda: None)() is not None

@@ -22,10 +22,13 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from teredo_appliance.native_health import Route
+
 # include/uapi/linux/if_link.h: enum in6_addr_gen_mode.
 IN6_ADDR_GEN_MODE_NONE = 1
 IFF_UP = 0x1  # include/uapi/linux/if.h
 RT_TABLE_MAIN = 254  # include/uapi/linux/rtnetlink.h
+RTN_UNICAST = 1  # include/uapi/linux/rtnetlink.h: a route that leads somewhere
 KERNEL_DROP_COUNTERS = ("tx_dropped", "rx_dropped")  # struct rtnl_link_stats64 fields we report
 
 
@@ -95,6 +98,16 @@ class Link:
         except OSError as e:
             raise LinkError(f"{self.ifname}: cannot inspect the device: {_strerror(e.errno)}") from e
         return LinkState(index, bool(flags & IFF_UP), addresses, routes)
+
+    def ipv6_routes(self) -> list[Route]:
+        """Every IPv6 route of the main table, through any device: what the relay's health
+        compares with its served prefixes (native_health)."""
+        with self._netlink("read the IPv6 routing table") as (ipr, _index):
+            return [
+                Route(IPv6Network((r.get_attr("RTA_DST") or "::", r["dst_len"])), r.get_attr("RTA_OIF"),
+                      r["type"] == RTN_UNICAST)
+                for r in ipr.get_routes(family=socket.AF_INET6, table=RT_TABLE_MAIN)
+            ]
 
     def drop_counts(self) -> dict[str, int]:
         """The kernel's drop counters of the device (as `ip -s link` shows them).

@@ -8,7 +8,9 @@ messages they act on:
   or a new default gateway, waiting for the next refresh (up to 30 s, then 12 s of
   retries) is needless downtime;
 - a role's own TUN device (`tun_watch`): deleted, set down, or stripped of an IPv6
-  address or route by another program, it is noticed at once and repaired.
+  address or route by another program, it is noticed at once and repaired;
+- the relay also re-reads the routing table on any IPv6 route change (`ipv6_route_change`):
+  its native side is healthy only while a route leads toward what it serves.
 
 One rtnetlink socket per watch sits in the reactor as a reader; bursts (an address and
 its routes arrive together) are coalesced into one call after DEBOUNCE. Only the
@@ -97,6 +99,17 @@ def tun_watch(ifindex: Callable[[], int | None]) -> Callable[[bytes], bool]:
         return False
 
     return touches_tun
+
+
+def ipv6_route_change(data: bytes) -> bool:
+    """Whether a batch adds or removes any IPv6 route (e.g. an uplink's, on link down)."""
+    return any(kind in (RTM_NEWROUTE, RTM_DELROUTE) and end - body >= RTMSG.size and data[body] == socket.AF_INET6
+               for kind, body, end in _messages(data))
+
+
+def either(*predicates: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+    """A predicate for NetWatch that holds when any of `predicates` does."""
+    return lambda data: any(relevant(data) for relevant in predicates)
 
 
 def is_relevant(data: bytes) -> bool:

@@ -36,6 +36,7 @@ from twisted.pair.tuntap import _TUN_KO_PATH, _TUNSETIFF, TuntapPort, _TunnelDes
 from zope.interface import implementer
 
 from teredo_appliance.guard import PacketGuard
+from teredo_appliance.native_health import Route
 from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
 from teredo_appliance.wire.constants import IFNAMSIZ, IPV6_HEADER_LENGTH
@@ -231,6 +232,10 @@ class Tunnel:
     def has_route(self, prefix: IPv6Network) -> bool:
         """Whether we set a route to `prefix` (and have not removed it)."""
         return any(route[0] == prefix for route in self._routes)
+
+    def host_routes(self) -> list[Route]:
+        """The kernel's main-table IPv6 routes, through any device (raises LinkError)."""
+        return self._open_link("read the routing table").ipv6_routes()
 
     def write(self, packet: bytes) -> None:
         """Hand one IPv6 packet to the kernel. Never raises: a packet the kernel refuses (queue

@@ -9,6 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import FakeDatagramTransport, MemoryReactorClock, _FakePort
 from twisted.pair import testing
 
+from teredo_appliance.native_health import Route
 from teredo_appliance.netlink import LinkError, LinkState
 
 
@@ -41,6 +42,8 @@ class FakeLink:
         self.gone = self.up_now = False
         self.addresses: set[IPv6Interface] = set()
         self.routes: set[IPv6Network] = set()
+        # The rest of the host's routing table (ipv6_routes): by default an uplink's default route.
+        self.host_routes: list[Route] = [Route(IPv6Network("::/0"), 1000)]
 
     def _do(self, *call: object) -> None:
         if call[0] in self.failing:
@@ -63,6 +66,11 @@ class FakeLink:
         if self.gone:
             return None
         return LinkState(self.index, self.up_now, frozenset(self.addresses), frozenset(self.routes))
+
+    def ipv6_routes(self) -> list[Route]:
+        if "ipv6_routes" in self.failing:
+            raise LinkError(f"{self.ifname}: cannot read the IPv6 routing table: Operation not permitted")
+        return [*self.host_routes, *(Route(route, self.index) for route in self.routes)]
 
     def prepare(self) -> None:
         self._do("prepare")

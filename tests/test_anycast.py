@@ -3,6 +3,7 @@ daemon, health withdrawal, and drain through the appliance and before a stop."""
 
 from __future__ import annotations
 
+import socket
 from ipaddress import IPv4Address, IPv4Interface, IPv6Network
 from typing import Any
 
@@ -11,11 +12,19 @@ from twisted.trial import unittest
 from teredo_appliance.announcement import ANNOUNCED, DRAINED, DRAINING, WITHDRAWN, Announcement
 from teredo_appliance.config import parse_config
 from teredo_appliance.config_model import RelayConfig, ServerConfig
-from teredo_appliance.roles.relay import RelayService
+from teredo_appliance.native_health import Route
+from teredo_appliance.netwatch import NLMSG_HEADER, RTM_DELROUTE, RTMSG
+from teredo_appliance.roles.relay import NATIVE_RECHECK, RelayService
 from teredo_appliance.roles.server import ServerService
 from tests.fakes import FakeLink, QuietWatch, UDPReactor, memory_tun_system
 
 PREFIX = IPv6Network("2001::/32")
+
+
+def route_message(family: int) -> bytes:
+    """An RTM_DELROUTE notification of `family` (rtmsg only, no attributes)."""
+    body = RTMSG.pack(family, 64, 0, 0, 254, 3, 0, 1, 0)
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_DELROUTE, 0, 0, 0) + body
 
 
 class AnnouncementTests(unittest.SynchronousTestCase):
@@ -53,6 +62,7 @@ class RelayAnycastTests(unittest.SynchronousTestCase):
         self.failing: set[str] = set()
         self.links: list[FakeLink] = []
         self.watches: list[QuietWatch] = []
+        self.host_routes: list[Route] | None = None  # the host's other routes; None: a default route
         self.make(RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"),
                               route_protocol=201, route_metric=100))
 
@@ -62,6 +72,8 @@ class RelayAnycastTests(unittest.SynchronousTestCase):
 
     def link(self, name: str) -> FakeLink:
         self.links.append(FakeLink(name, self.calls, self.failing))
+        if self.host_routes is not None:
+            self.links[-1].host_routes = self.host_routes
         return self.links[-1]
 
     def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
@@ -119,6 +131,60 @@ class RelayAnycastTests(unittest.SynchronousTestCase):
         self.assertEqual(self.service.status()["health"], "ok")
         self.assertIn(PREFIX, link.routes)
         self.assertEqual(self.anycast()["state"], ANNOUNCED)
+
+    def uplink_down(self) -> None:
+        self.links[-1].host_routes = [Route(IPv6Network("fe80::/64"), 1000)]  # only link-local is left
+
+    def test_a_lost_uplink_withdraws_the_route_until_a_route_is_back(self) -> None:
+        self.start()
+        self.uplink_down()
+        self.watches[-1].on_change()  # the netlink notification of the deleted routes
+        self.assertNotIn(PREFIX, self.links[-1].routes)
+        self.assertEqual((self.anycast()["state"], self.anycast()["announced"]), (WITHDRAWN, False))
+        self.assertEqual(self.service.status()["health"],
+                         "degraded: no IPv6 route toward 2000::/3 except through trelay")
+        self.links[-1].host_routes = [Route(IPv6Network("2001:db8:1::/64"), 1000)]
+        self.watches[-1].on_change()
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertIn(PREFIX, self.links[-1].routes)
+        self.assertEqual(self.anycast()["state"], ANNOUNCED)
+
+    def test_the_watch_wakes_on_any_ipv6_route_change(self) -> None:
+        self.start()
+        relevant = self.watches[-1].settings["relevant"]
+        self.assertTrue(relevant(route_message(socket.AF_INET6)))
+        self.assertFalse(relevant(route_message(socket.AF_INET)))
+
+    def test_a_missed_notification_is_caught_by_the_periodic_recheck(self) -> None:
+        self.start()
+        self.uplink_down()
+        self.reactor.advance(NATIVE_RECHECK)
+        self.assertEqual(self.anycast()["state"], WITHDRAWN)
+        self.assertNotIn(PREFIX, self.links[-1].routes)
+
+    def test_a_relay_started_without_an_uplink_never_announces(self) -> None:
+        self.host_routes = []
+        self.start()
+        self.assertNotIn(("add_route", PREFIX, 100, 201), self.calls)
+        self.assertEqual(self.anycast()["state"], WITHDRAWN)
+
+    def test_an_unreadable_routing_table_leaves_the_health_as_it_was(self) -> None:
+        self.failing.add("ipv6_routes")
+        self.start()
+        self.reactor.advance(NATIVE_RECHECK)
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertIn(PREFIX, self.links[-1].routes)
+
+    def test_a_drained_relay_stays_withdrawn_when_its_uplink_comes_back(self) -> None:
+        self.start()
+        self.service.drain(0.0)
+        self.uplink_down()
+        self.watches[-1].on_change()
+        self.links[-1].host_routes = [Route(IPv6Network("::/0"), 1000)]
+        self.watches[-1].on_change()
+        self.assertEqual(self.service.status()["health"], "ok")
+        self.assertNotIn(PREFIX, self.links[-1].routes)
+        self.assertEqual(self.anycast()["state"], DRAINED)
 
     def test_a_refused_announcement_is_the_relays_health_and_is_retried(self) -> None:
         self.start()

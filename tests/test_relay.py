@@ -27,7 +27,7 @@ from teredo_appliance.config_model import RelayConfig
 from teredo_appliance.netlink import LinkError
 from teredo_appliance.peers import ADDRESSES_PER_MAPPING, IDLE_TIMEOUT, QUEUE_BYTES
 from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
-from teredo_appliance.roles.relay import RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
+from teredo_appliance.roles.relay import NATIVE_RECHECK, RELAY_INTERFACE_ADDRESS, RelayService, kernel_error_source
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import REPAIR_RETRY
 from teredo_appliance.stats import Counters
@@ -738,12 +738,13 @@ class RelayServiceTests(unittest.SynchronousTestCase):
 
     def test_timer_follows_expiry_and_stops_when_table_empty(self) -> None:
         self.start()
+        recheck = list(self.reactor.getDelayedCalls())  # the native side's periodic re-check
         self.service.udp.datagramReceived(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING)
-        [call] = self.reactor.getDelayedCalls()
+        [call] = [c for c in self.reactor.getDelayedCalls() if c not in recheck]
         self.assertAlmostEqual(call.getTime(), IDLE_TIMEOUT)
         self.reactor.advance(IDLE_TIMEOUT)
         self.assertEqual(self.service.status()["peers"]["count"], 0)
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.getTime() % NATIVE_RECHECK], [])
 
     def test_status_and_peers(self) -> None:
         self.start()
@@ -796,6 +797,16 @@ def in_namespace(test: unittest.TestCase) -> Callable[..., str]:
     return run
 
 
+def add_uplink(run: Callable[..., str]) -> None:
+    """A veth pair inside the namespace as the relay's uplink: its 2001:db8:9::/64 route
+    overlaps 2000::/3, so the relay's native side is healthy (native_health)."""
+    run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+    run("ip", "link", "set", "up1", "up")
+    run("ip", "link", "set", "up0", "up")
+    run("sysctl", "-qw", "net.ipv6.conf.up0.keep_addr_on_down=1")  # as a configured uplink keeps it
+    run("ip", "-6", "addr", "add", "2001:db8:9::1/64", "dev", "up0", "nodad")
+
+
 # Runs inside the namespace: start the service on the real reactor, look, stop, look again.
 _LIFECYCLE = """
 import json, socket, subprocess
@@ -829,6 +840,7 @@ task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
 class RealTunnelLifecycleTests(unittest.TestCase):
     def test_start_creates_device_address_route_and_stop_removes_them(self) -> None:
         run = in_namespace(self)
+        add_uplink(run)
         report = json.loads(run(sys.executable, "-c", _LIFECYCLE))
         up, down = report["up"], report["down"]
         self.assertIn("mtu 1280", up["link"])
@@ -838,6 +850,47 @@ class RealTunnelLifecycleTests(unittest.TestCase):
         self.assertIn(f"127.0.0.1:{report['port']}", up["udp"])
         self.assertNotIn("trly0", down["link"])
         self.assertEqual(down["route"].strip(), "")
+
+
+# Runs inside the namespace: the uplink goes down, the relay withdraws; up again, it announces.
+_UPLINK = """
+import json, subprocess
+from ipaddress import IPv4Address
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from teredo_appliance.config_model import RelayConfig
+from teredo_appliance.roles.relay import RelayService
+
+def route():
+    return subprocess.run(["ip", "-6", "route", "show", "2001::/32"], capture_output=True, text=True).stdout.strip()
+
+async def main(reactor):
+    service = RelayService(RelayConfig(interface="trly0", bind_address=IPv4Address("127.0.0.1"), bind_port=0))
+    service.privilegedStartService()
+    service.startService()
+    seen = [(route(), service.health())]
+    for state in ("down", "up"):
+        subprocess.run(["ip", "link", "set", "up0", state], check=True)
+        await task.deferLater(reactor, 1.5, lambda: None)  # netwatch DEBOUNCE is 0.5 s
+        seen.append((route(), service.health()))
+    await service.stopService()
+    print(json.dumps(seen))
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+class RealNativeHealthTests(unittest.TestCase):
+    def test_uplink_down_withdraws_the_route_and_uplink_up_restores_it(self) -> None:
+        run = in_namespace(self)
+        add_uplink(run)
+        (up, healthy), (down, problem), (back, repaired) = json.loads(run(sys.executable, "-c", _UPLINK))
+        self.assertIn("2001::/32 dev trly0", up)
+        self.assertIsNone(healthy)
+        self.assertEqual(down, "")
+        self.assertEqual(problem, "no IPv6 route toward 2000::/3 except through trly0")
+        self.assertIn("2001::/32 dev trly0", back)
+        self.assertIsNone(repaired)
 
 
 class KernelDropCountTests(unittest.TestCase):

@@ -48,8 +48,12 @@ class RoleService(Service):
 
     def health(self) -> str | None:
         """What keeps a running role from working as configured (e.g. its TUN was deleted
-        from outside), or None. A reload restarts a role that has a problem."""
+        from outside), or None."""
         return None
+
+    def needs_restart(self) -> bool:
+        """Whether a reload should restart the role: by default, while it has a problem."""
+        return self.health() is not None
 
     def status(self) -> dict[str, Any]:
         """A JSON-friendly report: role, uptime, health, counters, drops by reason and bytes by

@@ -13,10 +13,12 @@ from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 
 from teredo_appliance.config_model import RelayConfig
-from teredo_appliance.netlink import Link
-from teredo_appliance.netwatch import NetWatch
+from teredo_appliance.native_health import native_problem
+from teredo_appliance.netlink import Link, LinkError
+from teredo_appliance.netwatch import NetWatch, either, ipv6_route_change
 from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL, RelayMachine
 from teredo_appliance.roles.tunneled import TunneledRole, kernel_source
@@ -25,6 +27,8 @@ from teredo_appliance.wire.ipv6 import is_link_local
 # The TUN's only address (RFC 4380 §5.4, as Miredo): link-local, so the kernel never
 # sources packets for the Internet from it.
 RELAY_INTERFACE_ADDRESS = IPv6Interface((RELAY_LINK_LOCAL, 64))
+# Route changes are watched over netlink; this slow re-read covers a notification missed.
+NATIVE_RECHECK = 10.0  # seconds
 
 
 def kernel_error_source(destination: bytes) -> bytes:
@@ -67,7 +71,10 @@ class RelayService(TunneledRole):
         link_watch: Callable[..., Any] = NetWatch,
         error_source: Callable[[bytes], bytes] = kernel_error_source,
     ) -> None:
+        self._native: str | None = None  # why the native side is broken (native_health), or None
         super().__init__(config, reactor, tun_system=tun_system, link_factory=link_factory, link_watch=link_watch)
+        self._native_recheck = LoopingCall(self._recheck_native)
+        self._native_recheck.clock = self.reactor
         self.machine = RelayMachine(
             config.prefix,
             config.mtu,
@@ -131,18 +138,59 @@ class RelayService(TunneledRole):
             self._wake(wake)
 
     def _configure_link(self) -> None:
+        self._update_native()  # a relay started without an uplink does not announce at all
+        self.announcer.state.problem = self._native
         if self.announcer.state.wanted:  # a restart after a drain (a reload) stays drained
             self._announce()
         else:
             self.tunnel.set_addresses(self._link_addresses(False))
 
     def _health_changed(self) -> None:
-        """Health withdrawal: a relay whose TUN is broken takes its route out (so the routing
-        daemon withdraws it) until it is repaired, then puts it back unless drained."""
-        problem = self.announcer.set_problem(self._problem)
+        """Health withdrawal: a relay whose TUN or native side is broken takes its route out
+        (so the routing daemon withdraws it) until it is repaired, then puts it back unless
+        drained."""
+        problem = self.announcer.set_problem(self.health())
         if problem is not None:
             self._problem = problem
             self._retry_repair()
+
+    def health(self) -> str | None:
+        return self._problem or self._native
+
+    def needs_restart(self) -> bool:
+        """Only the TUN half: a restart cannot bring an uplink back."""
+        return self._problem is not None
+
+    # -- the native side: a route toward the served prefixes, other than through the TUN ----
+
+    def _watch_relevant(self) -> Callable[[bytes], bool]:
+        return either(super()._watch_relevant(), ipv6_route_change)
+
+    def _check_link(self) -> None:
+        if self.running:
+            self._update_native()
+        super()._check_link()
+
+    def _recheck_native(self) -> None:
+        if self._update_native():
+            self._health_changed()
+
+    def _update_native(self) -> bool:
+        """Re-read the routing table; whether the native side's health changed (logged once)."""
+        try:
+            routes = self.tunnel.host_routes()
+        except LinkError as error:
+            self.log.warn("{error}: native IPv6 health unchanged", error=str(error))
+            return False
+        problem = native_problem(routes, self.config.served_prefixes, self.tunnel.index, self.config.interface)
+        if problem == self._native:
+            return False
+        if problem is None:
+            self.log.info("native IPv6 side is back: a route leads toward the served prefixes again")
+        else:
+            self.log.warn("{problem}: the relay withdraws until a route is back", problem=problem)
+        self._native = problem
+        return True
 
     # -- drain (teredoctl drain relay, the console's drain(), SIGTERM) ----------------------
 
@@ -160,6 +208,7 @@ class RelayService(TunneledRole):
 
     def startService(self) -> None:
         super().startService()
+        self._native_recheck.start(NATIVE_RECHECK, now=False)
         self.log.info(
             "Teredo relay on {address}:{port}, {prefix} routed to {interface} (MTU {mtu}), up to {peers} peers",
             address=str(self.config.bind_address),
@@ -169,6 +218,11 @@ class RelayService(TunneledRole):
             mtu=self.config.mtu,
             peers=self.config.max_peers,
         )
+
+    def stopService(self) -> Deferred[None]:
+        if self._native_recheck.running:
+            self._native_recheck.stop()
+        return super().stopService()
 
     def _stopped(self) -> None:
         counters = self.counters

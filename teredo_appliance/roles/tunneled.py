@@ -64,10 +64,14 @@ class TunneledRole(RoleService):
         self._timer: IDelayedCall | None = None
         # Another program may delete the TUN, set it down or remove its routes: notice, repair.
         self.link_watch = link_watch(self._check_link, self.reactor, groups=TUN_GROUPS,
-                                     relevant=tun_watch(lambda: self.tunnel.index))
+                                     relevant=self._watch_relevant())
         self._problem: str | None = None
         self._repairing = False
         self._recheck: IDelayedCall | None = None
+
+    def _watch_relevant(self) -> Callable[[bytes], bool]:
+        """Which netlink notifications call `_check_link`: those touching our TUN."""
+        return tun_watch(lambda: self.tunnel.index)
 
     def _on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         raise NotImplementedError
