@@ -541,20 +541,13 @@ class RealSSHTests(TestCase):
         return collect.done
 
     async def test_status_and_reload_over_ssh(self) -> None:
-        loud: list[dict] = []
-
-        def observe(event: dict) -> None:
-            if event["log_level"] >= LogLevel.warn:
-                loud.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        loud = capture_warnings(self)
         out, err, code = await self.run_ssh(b"status()\nreload()\n", "-tt", "-i", f"{self.files.dir}/admin",
                                             user="anyone")
         text = plain(out)
         self.assertEqual(code, 0, err + text)
         # An ordinary login and logout is not a warning or an error in the daemon's log.
-        self.assertEqual([formatEvent(event) for event in loud], [])
+        self.assertEqual(loud, [])
         self.assertIn("Role                     : server\nRunning                  : yes\n"
                       "NAT Type                 : cone\nCounters\n    rx.rs                : 3\n", text)
         self.assertIn("Role                     : manhole\n", text)
@@ -568,17 +561,10 @@ class RealSSHTests(TestCase):
         self.assertIn("relay: 3 peer(s)\naddress           trusted\n2001:0:c612:1::1  yes\n", plain(out))
 
     async def test_exec_request_is_refused_in_one_line_without_a_traceback(self) -> None:
-        loud: list[dict] = []
-
-        def observe(event: dict) -> None:
-            if event["log_level"] >= LogLevel.warn:
-                loud.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        loud = capture_warnings(self)
         out, err, code = await self.run_ssh(b"", "-i", f"{self.files.dir}/admin", "-T", command=("status",))
         self.assertEqual((out, err, code), (b"", EXEC_REFUSAL.decode(), 1))
-        self.assertEqual([formatEvent(event) for event in loud], [])
+        self.assertEqual(loud, [])
         # The console still takes interactive logins afterwards.
         out, _, code = await self.run_ssh(b"status()\n", "-tt", "-i", f"{self.files.dir}/admin")
         self.assertEqual(code, 0)
