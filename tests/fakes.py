@@ -168,3 +168,32 @@ class FakeLanEdge:
     def stop(self) -> None:
         self.detach()
         self.stopped = True
+
+
+class InMemoryRelayHost:
+    """Mixin for relay service tests: a memory TUN system, a UDP reactor, fake links that
+    record their calls, and quiet netlink watches. `host_routes` (None: a default route)
+    is what the host's other routes look like to every link made after it is set."""
+
+    def set_up_host(self) -> None:
+        self.system = memory_tun_system()
+        self.reactor = UDPReactor()
+        self.calls: list[tuple] = []
+        self.failing: set[str] = set()
+        self.links: list[FakeLink] = []
+        self.watches: list[QuietWatch] = []
+        self.host_routes: list[Route] | None = None
+
+    def link(self, name: str) -> FakeLink:
+        self.links.append(FakeLink(name, self.calls, self.failing))
+        if self.host_routes is not None:
+            self.links[-1].host_routes = self.host_routes
+        return self.links[-1]
+
+    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
+        self.watches.append(QuietWatch(on_change, reactor, **settings))
+        return self.watches[-1]
+
+    def start(self) -> None:
+        self.service.privilegedStartService()
+        self.service.startService()

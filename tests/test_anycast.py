@@ -16,7 +16,7 @@ from teredo_appliance.native_health import Route
 from teredo_appliance.netwatch import NLMSG_HEADER, RTM_DELROUTE, RTMSG
 from teredo_appliance.roles.relay import NATIVE_RECHECK, RelayService
 from teredo_appliance.roles.server import ServerService
-from tests.fakes import FakeLink, QuietWatch, UDPReactor, memory_tun_system
+from tests.fakes import FakeLink, InMemoryRelayHost, UDPReactor, memory_tun_system
 
 PREFIX = IPv6Network("2001::/32")
 
@@ -54,35 +54,15 @@ class AnnouncementTests(unittest.SynchronousTestCase):
         self.assertEqual(state.state(2.0), DRAINED)  # a drain is reported over a health problem
 
 
-class RelayAnycastTests(unittest.SynchronousTestCase):
+class RelayAnycastTests(InMemoryRelayHost, unittest.SynchronousTestCase):
     def setUp(self) -> None:
-        self.system = memory_tun_system()
-        self.reactor = UDPReactor()
-        self.calls: list[tuple] = []
-        self.failing: set[str] = set()
-        self.links: list[FakeLink] = []
-        self.watches: list[QuietWatch] = []
-        self.host_routes: list[Route] | None = None  # the host's other routes; None: a default route
+        self.set_up_host()
         self.make(RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"),
                               route_protocol=201, route_metric=100))
 
     def make(self, config: RelayConfig) -> None:
         self.service = RelayService(config, reactor=self.reactor, tun_system=self.system, link_factory=self.link,
                                     link_watch=self.watch, error_source=lambda destination: b"\0" * 16)
-
-    def link(self, name: str) -> FakeLink:
-        self.links.append(FakeLink(name, self.calls, self.failing))
-        if self.host_routes is not None:
-            self.links[-1].host_routes = self.host_routes
-        return self.links[-1]
-
-    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
-        self.watches.append(QuietWatch(on_change, reactor, **settings))
-        return self.watches[-1]
-
-    def start(self) -> None:
-        self.service.privilegedStartService()
-        self.service.startService()
 
     def anycast(self) -> dict[str, Any]:
         return self.service.status()["anycast"]

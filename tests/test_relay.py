@@ -44,7 +44,7 @@ from teredo_appliance.wire.ipv6 import (
 )
 from teredo_appliance.wire.teredo import build_bubble, is_bubble, origin_indication, parse_datagram
 from tests import vectors
-from tests.fakes import FakeLink, QuietWatch, UDPReactor, kernel_sends, memory_tun_system, tun_device
+from tests.fakes import InMemoryRelayHost, kernel_sends, tun_device
 
 PREFIX = IPv6Network("2001::/32")
 ROUTE_ADDED = ("add_route", PREFIX, 1024, 4)  # the default metric and protocol (static)
@@ -543,15 +543,10 @@ class NeverRaisesTests(MachineHarness):
 # -- the service, in memory ---------------------------------------------------------------
 
 
-class RelayServiceTests(unittest.SynchronousTestCase):
+class RelayServiceTests(InMemoryRelayHost, unittest.SynchronousTestCase):
     def setUp(self) -> None:
-        self.system = memory_tun_system()
-        self.reactor = UDPReactor()
-        self.calls: list[tuple] = []
-        self.failing: set[str] = set()
+        self.set_up_host()
         self.config = RelayConfig(interface="trelay", bind_address=IPv4Address("198.18.0.10"), bind_port=3544)
-        self.links: list[FakeLink] = []
-        self.watches: list[QuietWatch] = []
         self.service = RelayService(
             self.config,
             reactor=self.reactor,
@@ -560,18 +555,6 @@ class RelayServiceTests(unittest.SynchronousTestCase):
             link_watch=self.watch,
             error_source=lambda destination: ERROR_SOURCE,
         )
-
-    def link(self, name: str) -> FakeLink:
-        self.links.append(FakeLink(name, self.calls, self.failing))
-        return self.links[-1]
-
-    def watch(self, on_change: Any, reactor: Any, **settings: Any) -> QuietWatch:
-        self.watches.append(QuietWatch(on_change, reactor, **settings))
-        return self.watches[-1]
-
-    def start(self) -> None:
-        self.service.privilegedStartService()
-        self.service.startService()
 
     def device(self) -> testing.Tunnel:
         return tun_device(self.system)
