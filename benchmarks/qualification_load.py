@@ -157,7 +157,7 @@ def measure(impl: str, ns: str, rundir: Path, args: argparse.Namespace) -> dict[
         user_before, system_before = cpu_seconds(proc.pid)
         load = [sys.executable, str(HERE / "rs_loadgen.py"), PRIMARY, "--source", LOAD_SOURCE,
                 "--ports", str(args.ports), "--senders", str(args.senders), "--batch", str(args.batch),
-                "--warmup", str(args.warmup), "--duration", str(args.duration)]
+                "--warmup", str(args.warmup), "--duration", str(args.duration), *(["--gso"] if args.gso else [])]
         spy = None
         if args.flamegraphs and not impl.startswith("miredo"):
             svg = Path(args.flamegraphs) / f"{impl}-{time.strftime('%H%M%S')}.svg"
@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="profile ours with cProfile into this file (slows it down)")
     parser.add_argument("--flamegraphs", help="py-spy flame graphs of ours (SVG) into this directory")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
+    parser.add_argument("--plain-load", dest="gso", action="store_false",
+                        help="send the load with sendmmsg instead of UDP GSO (costlier: the load may become the limit)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.primary, args.secondary, args.profile)

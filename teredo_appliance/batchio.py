@@ -139,6 +139,8 @@ class _Slots:
 class Receiver:
     """recvmmsg on a non-blocking IPv4 UDP socket `fileno`."""
 
+    read = 0  # datagrams the last receive() read: BATCH means more may be waiting
+
     def __init__(self, fileno: int) -> None:
         self.fileno = fileno
         self._slots = _Slots()
@@ -151,6 +153,7 @@ class Receiver:
         slots = self._slots
         assert _LIBC is not None
         count = _LIBC.recvmmsg(self.fileno, slots.headers_address, BATCH, MSG_DONTWAIT, None)
+        self.read = max(count, 0)
         if count < 0:
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):

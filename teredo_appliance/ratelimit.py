@@ -22,7 +22,9 @@ burst it wins back.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Protocol
 
+from teredo_appliance import accel
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.ipv6 import IPv6Header, error_allowed
 
@@ -104,3 +106,20 @@ class KeyedRateLimit:
     def __len__(self) -> int:
         """Keys remembered (both generations; a key may be in both)."""
         return len(self._young) + len(self._old)
+
+
+class IPv4RateLimit(Protocol):
+    """What the server needs of a per-address limit: KeyedRateLimit or its C twin."""
+
+    def allow(self, key: int, now: float, /) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+
+def ipv4_rate_limit(rate: float, burst: int, capacity: int) -> IPv4RateLimit:
+    """A KeyedRateLimit for IPv4 address keys (ints): the C twin (`_rsfast.RateTable`, the same
+    algorithm) where it is built, so the server's C fast path and its Python rules spend from
+    one table."""
+    if accel.rsfast is not None:
+        return accel.rsfast.RateTable(rate, burst, capacity)  # type: ignore[no-any-return]
+    return KeyedRateLimit(rate, burst, capacity)

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from teredo_appliance import batchio
+from teredo_appliance import accel, batchio
 from teredo_appliance.config_model import ServerConfig
 from teredo_appliance.roles.server import ServerService
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, SECONDARY
@@ -123,6 +123,8 @@ class BatchedServiceSmokeTests(TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertTrue(all(isinstance(port, BatchedPort) for port in service._ports))
+        self.assertEqual(service.fast_path, accel.rsfast is not None)  # RSs answered in C where it is built
+        self.assertEqual(service.status()["fast_path"], service.fast_path)
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(client.close)
         client.bind(("127.0.0.1", 0))

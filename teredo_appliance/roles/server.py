@@ -18,6 +18,7 @@ from teredo_appliance.netlink import Link, LinkError
 from teredo_appliance.rawsock import RawIPv6Sender
 from teredo_appliance.roles.anycast import Announcer
 from teredo_appliance.roles.base import RoleService
+from teredo_appliance.roles.server_fastpath import answer_in_c
 from teredo_appliance.roles.server_machine import ANSWERED_RS, PRIMARY, RAW, SECONDARY, ServerMachine
 from teredo_appliance.roles.udp import Datagram, TeredoUDP, adopt_udp, listen_udp
 from teredo_appliance.stats import Counters
@@ -121,6 +122,7 @@ class ServerService(RoleService):
                 self._receiver(which), self.counters, "server-" + which, self._batch_receiver(which)
             )
         self._ports: list[Any] = []
+        self.fast_path = False  # whether the C fast path answers the canonical RSs (server_fastpath)
         self._failed_release: Deferred[Any] = succeed(None)  # a failed start's port closing
         self.prefix64 = str(IPv6Network((self.machine.prefix64, 64)))  # what every RA advertises
 
@@ -192,6 +194,7 @@ class ServerService(RoleService):
             self.raw.adopt(self.inherited[2])
             for which, fd in zip((PRIMARY, SECONDARY), self.inherited[:2], strict=True):
                 self._ports.append(adopt_udp(self.reactor, self.protocols[which], fd, batched=self.batched))
+            self._answer_in_c()
             super().privilegedStartService()
             return
         try:
@@ -207,17 +210,23 @@ class ServerService(RoleService):
         except Exception:
             self._failed_release = self._release()  # stopService waits for it: a reload may rebind
             raise
+        self._answer_in_c()
         super().privilegedStartService()
+
+    def _answer_in_c(self) -> None:
+        self.fast_path = answer_in_c(self.machine, self._ports, self.counters, self.reactor.seconds)
 
     def startService(self) -> None:
         super().startService()
         self.log.info(
-            "Teredo server on {primary}:{port} and {secondary}:{port}, prefix {prefix}, MTU {mtu}",
+            "Teredo server on {primary}:{port} and {secondary}:{port}, prefix {prefix}, MTU {mtu}"
+            " ({path} qualification path)",
             primary=str(self.config.bind_address),
             secondary=str(self.config.bind_address2),
             port=self.port,
             prefix=self.prefix64,
             mtu=self.config.mtu,
+            path="C" if self.fast_path else "Python",
         )
 
     def stopService(self) -> Deferred[None]:
@@ -247,6 +256,7 @@ class ServerService(RoleService):
                 },
                 "prefix": self.prefix64,
                 "mtu": self.config.mtu,
+                "fast_path": self.fast_path,
             }
         )
         if self.config.anycast:

@@ -19,10 +19,11 @@ import socket
 import struct
 from collections.abc import Callable
 
+from teredo_appliance import accel
 from teredo_appliance.config_model import DEFAULT_RS_BURST, DEFAULT_RS_RATE
-from teredo_appliance.ratelimit import KeyedRateLimit
+from teredo_appliance.ratelimit import ipv4_rate_limit
 from teredo_appliance.stats import Counters
-from teredo_appliance.wire.address import FLAG_CONE, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
+from teredo_appliance.wire.address import FLAG_CONE, NON_GLOBAL_IPV4_MASKED, TEREDO_PREFIX, int_to_ipv4, is_global_ipv4
 from teredo_appliance.wire.constants import MIN_MTU, TEREDO_PORT
 from teredo_appliance.wire.errors import ParseError
 from teredo_appliance.wire.ipv6 import NEXT_HEADER_ICMPV6, checksum_ok, is_echo, is_link_local
@@ -105,7 +106,8 @@ class ServerMachine:
         self.link_local = server_link_local(primary)
         self.prefix64 = teredo_prefix64(primary, prefix32)  # the /64 every RA advertises
         self._mtu = mtu
-        self._rs_allowed = KeyedRateLimit(rs_rate, rs_burst, RS_RATE_TABLE_SIZE).allow
+        rs_limit = ipv4_rate_limit(rs_rate, rs_burst, RS_RATE_TABLE_SIZE)
+        self._rs_allowed = rs_limit.allow
         self._own = frozenset((primary, secondary))
         self._our_clients = prefix32 + primary.to_bytes(4, "big")  # first 64 bits of our clients
         # The RA packet for each canonical RS source (RFC 4380 §5.2.1): built once.
@@ -117,6 +119,17 @@ class ServerMachine:
             router_solicitation(cone): (cone, self._ra_packet[RS_SOURCE_CONE if cone else RS_SOURCE])
             for cone in (False, True)
         }
+        # The same canonical-RS branch in C (accel.rsfast), None where it is not built: the
+        # service's batched sockets answer those RSs there and hand every other datagram here.
+        self.fast_path = None if accel.rsfast is None else accel.rsfast.FastPath(
+            own=(primary, secondary),
+            port=port,
+            rs=(router_solicitation(False), router_solicitation(True)),
+            ra=(self._ra_packet[RS_SOURCE], self._ra_packet[RS_SOURCE_CONE]),
+            limiter=rs_limit,
+            non_global=NON_GLOBAL_IPV4_MASKED if reachable_ipv4 is is_global_ipv4 else None,
+            reachable=self.reachable_ipv4,
+        )
 
     def handle(self, data: bytes, source_ip: int, source_port: int, which: str, now: float) -> Output | None:
         """What to send in answer to `data` received on socket `which` at `now`, or None (a counted drop)."""

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import udp
 from twisted.internet.posixbase import PosixReactorBase
@@ -151,11 +151,22 @@ class TeredoUDP(DatagramProtocol):
         return True
 
 
+class BatchReceiver(Protocol):
+    """What a BatchedPort reads with: batchio.Receiver, or a receiver that answers some
+    datagrams itself and returns only the others (the server's C fast path)."""
+
+    read: int  # datagrams the last receive() took from the socket
+
+    def receive(self) -> list[Datagram]: ...
+
+    def close(self) -> None: ...
+
+
 class BatchedPort(udp.Port):
     """A Twisted UDP port that reads with recvmmsg, hands its TeredoUDP whole batches and
     holds the protocol's sends while it does, so they leave batched (sendmmsg, UDP GSO)."""
 
-    receiver: batchio.Receiver | None = None
+    receiver: BatchReceiver | None = None
     sender: batchio.Sender | None = None
 
     def _bindSocket(self) -> None:
@@ -178,7 +189,7 @@ class BatchedPort(udp.Port):
                 if batch:
                     protocol.counters["udp.batches"] += 1
                     protocol.batchReceived(batch)  # contained: TeredoUDP never raises
-                if len(batch) < batchio.BATCH:
+                if receiver.read < batchio.BATCH:  # the socket is empty now
                     return
         finally:
             protocol.release()

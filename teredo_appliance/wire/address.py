@@ -41,12 +41,12 @@ _NON_GLOBAL_IPV4 = (
     (0xE0000000, 4),  # multicast
     (0xF0000000, 4),  # class E reserved, includes the limited broadcast 255.255.255.255
 )
-_NON_GLOBAL_MASKED = tuple((net, (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF) for net, bits in _NON_GLOBAL_IPV4)
+NON_GLOBAL_IPV4_MASKED = tuple((net, (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF) for net, bits in _NON_GLOBAL_IPV4)
 
 
 def is_global_ipv4(ip: int) -> bool:
     """True unless `ip` lies in a range that cannot be reached across the IPv4 Internet."""
-    return all(ip & mask != net for net, mask in _NON_GLOBAL_MASKED)
+    return all(ip & mask != net for net, mask in NON_GLOBAL_IPV4_MASKED)
 
 
 def random_flags(random_bits: int) -> int:
