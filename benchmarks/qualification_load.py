@@ -227,7 +227,11 @@ def report(rounds: dict[str, list[dict[str, Any]]]) -> None:
             print(f"ratio {impl}/miredo-server: RA/s {medians[impl] / medians['miredo']:.2f}, "
                   f"RA per CPU-second {per_cpu[impl] / max(per_cpu['miredo'], 1):.2f}")
     if medians.get("twistd") and medians.get("twistd-w2"):
-        print(f"scaling twistd workers 2/1: RA/s {medians['twistd-w2'] / medians['twistd']:.2f}")
+        # On two cores the load takes one: two workers share the other, so RA/s cannot double
+        # here. RA per CPU-second of the whole tree says what each worker's core yields: equal
+        # to one worker's (1.00) means N free cores give N times one worker.
+        print(f"scaling twistd workers 2/1: RA/s {medians['twistd-w2'] / medians['twistd']:.2f}, "
+              f"RA per CPU-second {per_cpu['twistd-w2'] / max(per_cpu['twistd'], 1):.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
     python3 python3-venv            # the runtime
+    gcc python3-dev                 # the optional C accelerators (without them the plain Python paths run)
     iproute2 iptables iputils-ping socat kmod   # the namespace lab: links, NAT, ping, TCP transfer
     miredo miredo-server            # the reference implementation we interoperate with
     openssh-client                  # the console tests log in with a real ssh
