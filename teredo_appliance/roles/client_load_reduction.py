@@ -38,9 +38,11 @@ from teredo_appliance.wire.trailers import (
 )
 
 MAX_KNOWN = 1024  # a client talks to few peers; a flood of advertisers only pushes the oldest out
-# How long an advertiser is worth a direct-only round: RFC 4787 REQ-5 recommends NATs keep a
-# UDP mapping 5 minutes, past which the peer's NAT has likely closed the way in anyway.
-KNOWN_LIFETIME = 300.0
+# How long after its advertisement (or its last answered rediscovery) a peer is worth a
+# direct-only round: RFC 4787 REQ-5 says a NAT keeps a UDP mapping at least two minutes
+# after the last packet. Some keep less (Linux conntrack: 30 s for a flow that ended within
+# 2 s of its start); the round then goes unanswered and the fallback costs one retry (2 s).
+KNOWN_LIFETIME = 120.0
 
 SOLICITATION = NeighborDiscoveryTrailer(ND_SOLICITATION).pack()
 ADVERTISEMENT = NeighborDiscoveryTrailer(ND_ADVERTISEMENT).pack()
