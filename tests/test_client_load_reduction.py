@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredo_appliance.config import parse_config
 from teredo_appliance.config_model import ClientExtensions
 from teredo_appliance.peers import IDLE_TIMEOUT
-from teredo_appliance.roles.client_datapath import ADVERTISEMENTS_PER_SECOND, ClientPeers
+from teredo_appliance.roles.client_datapath import ADVERTISEMENTS_PER_SECOND, TOUCH_GRANULARITY, ClientPeers
 from teredo_appliance.roles.client_load_reduction import (
     ADVERTISEMENT,
     KNOWN_LIFETIME,
@@ -24,7 +24,7 @@ from teredo_appliance.roles.client_load_reduction import (
 )
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
-from teredo_appliance.wire.ipv6 import build_packet
+from teredo_appliance.wire.ipv6 import build_echo, build_packet, parse_echo, parse_header
 from teredo_appliance.wire.teredo import build_bubble, origin_indication
 from teredo_appliance.wire.trailers import (
     ND_ADVERTISEMENT,
@@ -48,7 +48,8 @@ class ModuleTests(SynchronousTestCase):
         self.assertFalse(load.direct_only(PEER, PEER_MAPPING, 1.0))  # never advertised
         self.assertFalse(load.heard(PEER, PEER_MAPPING, ADVERTISE, 1.0))  # does not solicit
         self.assertTrue(load.direct_only(PEER, PEER_MAPPING, 50.0))
-        load.trusted(PEER, 51.0)
+        self.assertTrue(load.trusted(PEER, 51.0))
+        self.assertFalse(load.trusted(PEER, 52.0))  # once per round
         self.assertEqual((load.saved, load.fallbacks), (1, 0))
         self.assertTrue(load.direct_only(PEER, PEER_MAPPING, 100.0))  # still known after the answer
 
@@ -135,7 +136,7 @@ class DataPathTests(SynchronousTestCase):
         h.peer_bubble(ADVERTISEMENT)
         self.assertEqual(h.take(), [(packet, PEER_MAPPING)])
         self.assertEqual(h.peers.stats()["indirect_bubbles_saved"], 1)
-        self.assertEqual(h.counters["client.bubble_direct_only"], 1)
+        self.assertEqual((h.counters["client.bubble_direct_only"], h.counters["client.indirect_bubble_saved"]), (1, 1))
 
     def test_no_answer_falls_back_to_both_bubbles_within_the_usual_pacing(self) -> None:
         h = Harness()
@@ -188,6 +189,23 @@ class DataPathTests(SynchronousTestCase):
         self.assertEqual(h.counters.drops(), {"nd-option-trailer-length": 1, "nd-option-trailer-type": 1})
         self.assertIsNone(h.peers.table.get(PEER))
         self.assertEqual(h.take(), [])
+
+    def test_a_native_peers_bubble_through_its_relay_is_not_advertised_to(self) -> None:
+        h = Harness()
+        native = bytes.fromhex("20010db8000100000000000000000002")
+        relay = ("198.18.0.10", 3544)
+        h.peers.from_tun(build_packet(ME, native, 17, b"x"), h.now)
+        echo_packet = h.take()[-1][0]
+        echo = parse_echo(echo_packet, parse_header(echo_packet))
+        assert echo is not None
+        reply = build_echo(native, ME, echo.identifier, echo.sequence, echo.data, reply=True)
+        h.peers.from_udp(reply, *relay, h.now)  # the echo test's answer: trusted through the relay
+        self.assertTrue(h.peers.table.get(native).trusted)  # type: ignore[union-attr]
+        h.take()
+        h.now += TOUCH_GRANULARITY  # the bubble below takes the fast path's reception too
+        h.peers.from_udp(build_bubble(native, ME) + SOLICITATION, *relay, h.now)
+        self.assertEqual(h.take(), [])
+        self.assertEqual(h.counters["client.bubble_advertised"], 0)
 
     def test_an_unknown_trailer_type_is_skipped(self) -> None:
         h = Harness()

@@ -368,6 +368,8 @@ class ClientPeers:
         (paced per mapping as replies to indirect bubbles, and `ADVERTISEMENTS_PER_SECOND` in
         all; after the trust, which renews the per-mapping pacing, not before it)."""
         assert self.load is not None
+        if source[:4] != self._prefix:
+            return  # a native host's packets come through a relay: nothing to advertise to
         if self.load.heard(source, mapping, options, now):
             if self.table.try_reply_bubble(mapping, now) and self._advertisements.allow(now):
                 assert self.address is not None
@@ -498,8 +500,8 @@ class ClientPeers:
         """
         peer = self.table.get(addr)
         held_from = None if peer is None else peer.candidate if peer.trusted else peer.mapping
-        if self.load is not None:
-            self.load.trusted(addr, now)
+        if self.load is not None and self.load.trusted(addr, now):
+            self.counters["client.indirect_bubble_saved"] += 1
         address = self.address
         for packet in self.table.trust(addr, mapping, now):
             if packet[8:24] == address:

@@ -92,12 +92,14 @@ class ServerLoadReduction:
                 self._known.popitem(last=False)
         return solicits(options)
 
-    def trusted(self, peer: bytes, now: float) -> None:
-        """`peer` answered: a direct-only round towards it saved its indirect bubble."""
+    def trusted(self, peer: bytes, now: float) -> bool:
+        """`peer` answered; True when that ended a direct-only round: its indirect bubble was saved."""
         entry = self._known.get(peer)
-        if entry is not None and entry[2]:
-            self.saved += 1
-            self._known[peer] = (entry[0], now, False)
+        if entry is None or not entry[2]:
+            return False
+        self.saved += 1
+        self._known[peer] = (entry[0], now, False)
+        return True
 
     def stats(self) -> dict[str, int]:
         return {"load_reduction_known": len(self._known), "indirect_bubbles_saved": self.saved,
