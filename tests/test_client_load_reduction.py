@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance.config import parse_config
@@ -212,6 +214,18 @@ class DataPathTests(SynchronousTestCase):
         h.peer_bubble(b"\x77\x02ab" + SOLICITATION)
         self.assertEqual(h.take(), [(build_bubble(ME, PEER) + ADVERTISEMENT, PEER_MAPPING)])
         self.assertEqual(h.counters.drops(), {})
+
+    @given(st.binary(max_size=40), st.booleans())
+    def test_any_trailer_after_a_bubble_is_taken_or_a_counted_drop(self, trailer: bytes, trusted: bool) -> None:
+        h = Harness()
+        if trusted:
+            h.peer_bubble()  # the fast path for the second one
+        h.now += TOUCH_GRANULARITY
+        h.peer_bubble(trailer)
+        sent = h.take()
+        self.assertLessEqual(len(sent), 1)
+        accepted = h.counters["client.bubble_in"] == 1 + trusted
+        self.assertNotEqual(accepted, bool(h.counters.drops()), (trailer, h.counters.drops()))
 
     def test_off_it_neither_solicits_nor_answers_nor_skips_the_server(self) -> None:
         h = Harness(load_reduction=False)
