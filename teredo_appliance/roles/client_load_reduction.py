@@ -3,9 +3,9 @@ the two clients know they can reach each other directly.
 
 RFC 4380 §5.2.4 makes every discovery send a bubble through the peer's server, even to a
 peer we talked to seconds before its entry expired (30 s without reception). With this
-extension, as the extension summary in TEREDO-EXTENSIONS.md and the product brief read it
-(the text of RFC 6081 §5.7 and MS-TERE could not be reached from here; see
-wire/trailers.py):
+extension, as we read it (the text of RFC 6081 §5.7 and of MS-TERE could not be reached
+when this was written, so this is the extension's published summary made concrete; see
+wire/trailers.py for what was verified):
 
 - our discovery bubbles carry an ND Option trailer (§4.4) with TeredoDiscoverySolicitation;
 - a bubble carrying one, from a peer at the mapping its address embeds (or relayed by our

@@ -16,8 +16,8 @@ copies; the RFC 6081 text itself was reachable only as title pages and its §6 e
   Trailer", MSDN cc213597): type 0x03, length 8-26 in steps of 6, reserved 0x0000 ignored
   on receipt, ports never zero.
 - Nonce (0x01, length 4), Neighbor Discovery Option (0x04) and Random Port (0x05, length 2):
-  NOT verified against any text; the values are those of TEREDO-EXTENSIONS.md and of two
-  independent recollections of RFC 6081 §4.2, §4.4 and §4.5, which agree.
+  NOT verified against any text; the values are those of the project's extension notes and
+  of two independent recollections of RFC 6081 §4.2, §4.4 and §4.5, which agree.
 - The ND Option's length: recalled as 4 (DiscoveryType, then 3 bytes of padding sent as
   zero and ignored on receipt), which is what we send. Unverified, so on receipt we also
   take the 1-byte value (DiscoveryType alone) that this module used to build: either way a
