@@ -40,9 +40,10 @@ def describe_role(name: str, role: Any) -> str:
     secondary = role.server_address2 or "primary + 1"
     servers = ", ".join((f"{role.server_address} (secondary {secondary})", *role.fallback_servers))
     port = role.bind_port or "<any port>"
+    off = [f.name for f in fields(role.extensions) if not getattr(role.extensions, f.name)]
     return (
         f"client: servers {servers}, UDP {role.bind_address}:{port}, TUN {role.interface},"
-        f" refresh {role.refresh_interval:g}s, MTU {role.mtu}"
+        f" refresh {role.refresh_interval:g}s, MTU {role.mtu}" + (f", extensions off: {', '.join(off)}" if off else "")
     )
 
 

@@ -66,6 +66,7 @@ class ClientExtensions:
     upnp: bool = True  # RFC 6081 §5.3: a port mapping from the LAN's UPnP IGD before qualifying
     symmetric_nat: bool = True  # RFC 6081 §5.2: an address behind a symmetric NAT all the same
     hairpinning: bool = True  # RFC 6081 Hairpinning Extension: Alternate Address trailers, tried behind one NAT
+    server_load_reduction: bool = True  # RFC 6081 §5.7: a peer that advertised it is rediscovered directly first
 
 
 @dataclass(frozen=True)

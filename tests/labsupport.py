@@ -12,17 +12,30 @@ its own test, failing with every daemon's log attached.
 from __future__ import annotations
 
 import functools
+import json
 import os
-from typing import ClassVar
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
 
 from twisted.trial import unittest
 
+import teredo_appliance
 from teredo_lab import checks
-from teredo_lab.lab import MIREDO
+from teredo_lab.lab import MIREDO, Lab
 from teredo_lab.preflight import unavailable_reason
 from teredo_lab.scenario import Scenario, ours_missing, run_scenario
 
 REQUIRE_LAB = "TEREDO_REQUIRE_LAB"  # set by CI: a lab test that would skip fails instead
+ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
+
+
+def daemon_status(lab: Lab, name: str) -> dict[str, Any]:
+    """`teredoctl status --json` of our daemon `name`, asked in its namespace: every role's report."""
+    daemon = lab.daemons[name]
+    done = lab.run(daemon.node, ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_appliance.teredoctl",
+                                 "--socket", str(daemon.control), "status", "--json"])
+    return json.loads(done.stdout)
 
 
 @functools.cache

@@ -83,6 +83,20 @@ class CheckconfTests(SynchronousTestCase):
             ),
         )
 
+    def test_extensions_turned_off_are_named(self) -> None:
+        path = self.write(
+            """\
+            roles:
+              client:
+                server_address: 198.18.0.1
+                extensions: {server_load_reduction: false, upnp: false}
+            control: false
+            """
+        )
+        code, out, err = self.run_checkconf(path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.splitlines()[0].endswith(", MTU 1280, extensions off: upnp, server_load_reduction"), out)
+
     def test_console_section_and_files(self) -> None:
         keys = KeyFiles(self, public_line(), b"garbage", b"-----BEGIN OPENSSH PRIVATE KEY-----")
         not_a_directory = os.path.join(keys.dir, "file")

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredo_appliance.peers import BUBBLE_WINDOW, QUEUE_BYTES
 from teredo_appliance.ratelimit import ICMP_ERRORS_PER_SECOND
 from teredo_appliance.roles.client_datapath import RELAY_RECHECKS_PER_SECOND, RELAY_SILENCE, ClientPeers
+from teredo_appliance.roles.client_load_reduction import SOLICITATION
 from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import (
@@ -255,7 +256,7 @@ class TeredoPeerTests(SynchronousTestCase):
         packets = [data(PEER, size=n) for n in (1, 2, 3)]
         for packet in packets:
             h.peers.from_tun(packet, h.now)
-        bubble = build_bubble(ME, PEER)
+        bubble = build_bubble(ME, PEER) + SOLICITATION  # RFC 6081 §5.7, on by default
         self.assertEqual(h.take(), [(bubble, PEER_MAPPING), (bubble, SERVER)])
         h.peers.from_udp(build_bubble(PEER, ME), *PEER_MAPPING, h.now)
         self.assertEqual(h.take(), [(p, PEER_MAPPING) for p in packets])

@@ -7,20 +7,15 @@ NAT 1's LAN is a bridge with client 1 and client 3 on it; NAT 1 either does not 
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from twisted.trial import unittest
 
-import teredo_appliance
 from teredo_lab import checks, topology
 from teredo_lab.lab import MIREDO, OURS, Lab
 from teredo_lab.scenario import Scenario, scenario_lab
-from tests.labsupport import scenario_skip_reason, skip_unless_lab
+from tests.labsupport import daemon_status, scenario_skip_reason, skip_unless_lab
 
-ROOT = Path(teredo_appliance.__file__).resolve().parent.parent
 NETWORK = topology.teredo_network(topology.SERVER_ADDRESS)
 
 
@@ -44,10 +39,7 @@ class LocalLab(unittest.TestCase):
         return detail
 
     def status(self, node: str) -> dict[str, Any]:
-        control = str(self.lab.daemons[node].control)
-        done = self.lab.run(node, ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "teredo_appliance.teredoctl",
-                                   "--socket", control, "status", "--json"])
-        return json.loads(done.stdout)["client"]
+        return daemon_status(self.lab, node)["client"]
 
     def assertWithLogs(self, condition: bool, message: str) -> None:
         if not condition:

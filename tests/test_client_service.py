@@ -329,6 +329,9 @@ class ClientServiceTests(SynchronousTestCase):
         # netsh-style, in `teredoctl status`: the special behaviour on one line, the peer counted.
         self.assertEqual(status["nat_special"]["local_peers"], 1)
         self.assertIn("NAT Special Behaviour    : UPnP: no, PortPreserving: ", render_status({"client": status}))
-        self.assertTrue(status["nat_special_behaviour"].endswith("Hairpinning used: no, Local peers: 1"))
+        self.assertTrue(status["nat_special_behaviour"].endswith(
+            "Hairpinning used: no, Local peers: 1, Indirect bubbles saved: 0"))
+        self.assertEqual((status["nat_special"]["indirect_bubbles_saved"], status["peers"]["indirect_bubbles_saved"]),
+                         (0, 0))
         service.stopService()
         self.assertTrue(lan.stopped)

@@ -56,17 +56,19 @@ class Network:
     """Our two clients behind their NATs and the server between them, run packet by packet."""
 
     def __init__(self, nat_a: Nat, nat_b: Nat, *, a_symmetric_support: bool = True,
-                 b_symmetric_support: bool = True) -> None:
+                 b_symmetric_support: bool = True, load_reduction: tuple[bool, bool] = (True, True)) -> None:
         self.now = 100.0
         self.nats = {"a": nat_a, "b": nat_b}
         self.tun: dict[str, list[bytes]] = {"a": [], "b": []}
         self.queue: deque[tuple[str, bytes, Endpoint]] = deque()
         self.counters = {"a": Counters(), "b": Counters()}
         rng = random.Random(6081)
+        self.relayed = 0  # bubbles the server relayed: its load
         self.peers = {
             name: ClientPeers(lambda p, to, name=name: self.queue.append((name, p, to)), self.tun[name].append,
-                              self.counters[name], rng=rng, symmetric_nat=support)
-            for name, support in (("a", a_symmetric_support), ("b", b_symmetric_support))
+                              self.counters[name], rng=rng, symmetric_nat=support, server_load_reduction=reduce)
+            for name, support, reduce in (("a", a_symmetric_support, load_reduction[0]),
+                                          ("b", b_symmetric_support, load_reduction[1]))
         }
         self.addresses = {}
         for name, nat in self.nats.items():
@@ -95,6 +97,7 @@ class Network:
         if teredo_mapping(header.source) != (ipv4_to_int(source[0]), source[1]):
             return  # not the client it claims to be
         ip, port = teredo_mapping(header.destination)
+        self.relayed += 1
         relayed = origin_indication(ipv4_to_int(source[0]), source[1]) + datagram.packet + datagram.trailer
         self._deliver(relayed, SERVER, (int_to_ipv4(ip), port))
 
@@ -275,6 +278,7 @@ class DescribeTests(SynchronousTestCase):
         from teredo_appliance.roles.nat_behaviour import describe
 
         line = describe({"upnp": True, "upnp_mapping": "198.18.2.1:40000", "port_preserving": False,
-                         "sequential": None, "hairpinning": True, "local_peers": 2})
+                         "sequential": None, "hairpinning": True, "local_peers": 2, "indirect_bubbles_saved": 3})
         self.assertEqual(line, "UPnP: yes (198.18.2.1:40000), PortPreserving: no, Sequential: unknown, "
-                               "Hairpinning used: yes, Local peers: 2")
+                               "Hairpinning used: yes, Local peers: 2, Indirect bubbles saved: 3")
+        self.assertTrue(describe({"indirect_bubbles_saved": None}).endswith("Indirect bubbles saved: off"))

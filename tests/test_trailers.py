@@ -55,10 +55,14 @@ class TrailerBytesTests(SynchronousTestCase):
             self.assertEqual(packed[1], 2 + 6 * count)
             self.assertEqual(len(packed), 2 + packed[1])
 
-    def test_neighbor_discovery(self) -> None:
-        self.assertEqual(NeighborDiscoveryTrailer(trailers.ND_SOLICITATION).pack(), bytes.fromhex("040100"))
-        self.assertEqual(NeighborDiscoveryTrailer(trailers.ND_ADVERTISEMENT).pack(), bytes.fromhex("040101"))
-        self.assertEqual(parse_trailers(bytes.fromhex("040101")), [NeighborDiscoveryTrailer(1)])
+    def test_neighbor_discovery_is_sent_with_three_bytes_of_padding(self) -> None:
+        self.assertEqual(NeighborDiscoveryTrailer(trailers.ND_SOLICITATION).pack(), bytes.fromhex("040400000000"))
+        self.assertEqual(NeighborDiscoveryTrailer(trailers.ND_ADVERTISEMENT).pack(), bytes.fromhex("040401000000"))
+        self.assertEqual(parse_trailers(bytes.fromhex("040401000000")), [NeighborDiscoveryTrailer(1)])
+
+    def test_neighbor_discovery_padding_is_ignored_and_may_be_absent(self) -> None:
+        self.assertEqual(parse_trailers(bytes.fromhex("040401ffeedd")), [NeighborDiscoveryTrailer(1)])
+        self.assertEqual(parse_trailers(bytes.fromhex("040100")), [NeighborDiscoveryTrailer(0)])
 
     def test_random_port(self) -> None:
         self.assertEqual(RandomPortTrailer(0x1234).pack(), bytes.fromhex("05021234"))
@@ -96,7 +100,9 @@ class MalformedTrailerTests(SynchronousTestCase):
     def test_bad_length_for_a_known_type(self) -> None:
         self.assertEqual(self._reason(b"\x01\x03abc"), "nonce-trailer-length")
         self.assertEqual(self._reason(b"\x01\x05abcde"), "nonce-trailer-length")
+        self.assertEqual(self._reason(b"\x04\x00"), "nd-option-trailer-length")
         self.assertEqual(self._reason(b"\x04\x02\x00\x00"), "nd-option-trailer-length")
+        self.assertEqual(self._reason(b"\x04\x05\x00\x00\x00\x00\x00"), "nd-option-trailer-length")
         self.assertEqual(self._reason(b"\x05\x01\x00"), "random-port-trailer-length")
         self.assertEqual(self._reason(b"\x05\x03\x00\x00\x00"), "random-port-trailer-length")
 

@@ -82,7 +82,8 @@ class ClientService(TunneledRole):
                                 hairpinning=config.extensions.hairpinning, on_link=self._on_link, rng=rng)
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
                                 heard_server=self.qualifier.heard_from_server, local=self.local,
-                                symmetric_nat=config.extensions.symmetric_nat)
+                                symmetric_nat=config.extensions.symmetric_nat,
+                                server_load_reduction=config.extensions.server_load_reduction)
         self.lan = lan_edge(self.reactor, self._on_discovery, self.counters) if config.local_discovery else None
         self._lan_networks: list[tuple[int, int]] = []  # (network, mask) on-link for discovery
         self.netwatch = netwatch(self._on_network_change, self.reactor)
@@ -329,6 +330,8 @@ class ClientService(TunneledRole):
             "symmetric_nat_support": self.config.extensions.symmetric_nat,
             "hairpinning": self.local.hairpinning_used,  # RFC 6081 §5.6
             "local_peers": len(self.local.peers),  # RFC 4380 §5.2.8 discovery and hairpinning
+            # RFC 6081 §5.7: indirect bubbles our server-load reduction saved (None: extension off)
+            "indirect_bubbles_saved": None if self.data.load is None else self.data.load.saved,
         }
 
     @property

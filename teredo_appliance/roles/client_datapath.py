@@ -35,6 +35,11 @@ In (UDP -> TUN), only packets for our Teredo address, and only:
 - a Teredo client behind a symmetric NAT, at the mapping its NAT chose for us, when its
   direct bubble carries the nonce its indirect one did (RFC 6081 §5.2, `client_symmetric`).
 Everything else is dropped and counted.
+
+Server Load Reduction (RFC 6081 §5.7, `client_load_reduction`): our discovery bubbles
+solicit, a soliciting bubble straight from a peer's own mapping (or relayed by our server)
+is answered with an advertising one, and a peer that advertised is rediscovered with the
+direct bubble alone first; the indirect pair follows only if that goes unanswered.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ from typing import Any
 
 from teredo_appliance.peers import Mapping, Peer, PeerTable
 from teredo_appliance.ratelimit import IcmpErrorBudget, PerSecond
+from teredo_appliance.roles.client_load_reduction import (
+    ADVERTISEMENT,
+    SOLICITATION,
+    ServerLoadReduction,
+    solicits,
+)
 from teredo_appliance.roles.client_local import LocalPeers
 from teredo_appliance.roles.client_symmetric import SymmetricNat
 from teredo_appliance.stats import Counters
@@ -64,6 +75,7 @@ from teredo_appliance.wire.ipv6 import (
     quoted_packet,
 )
 from teredo_appliance.wire.teredo import build_bubble, parse_datagram
+from teredo_appliance.wire.trailers import Trailer, parse_trailers
 
 MAX_PEERS = 4096  # a client talks to few peers; this bounds what a flood can make us hold
 ECHO_NONCE_LENGTH = 8  # RFC 4380 §5.2.9: "at least 64 bits"
@@ -73,6 +85,10 @@ TOUCH_GRANULARITY = 1.0  # refresh a busy peer's reception time at most once a s
 # second is never probed; the RFC's bubble pacing (§5.2.6) spaces the probes 2 s apart.
 RELAY_SILENCE = 2 * TOUCH_GRANULARITY
 RELAY_RECHECKS_PER_SECOND = 20  # all peers together: what a busy client adds to its server's load
+# Advertising bubbles (RFC 6081 §5.7) answer bubbles whose source mapping anyone can forge:
+# besides the per-mapping pacing, at most this many a second in all, so a flood of forged
+# solicitations reflects no more than a trickle of 60-byte bubbles.
+ADVERTISEMENTS_PER_SECOND = 10
 
 
 class ClientPeers:
@@ -89,6 +105,7 @@ class ClientPeers:
         heard_server: Callable[[float], None] = lambda now: None,
         local: LocalPeers | None = None,
         symmetric_nat: bool = True,
+        server_load_reduction: bool = True,
     ) -> None:
         self._send = send
         self.local = local  # peers behind our own NAT (local discovery, hairpinning); None: off
@@ -98,6 +115,8 @@ class ClientPeers:
         self._max_peers = max_peers
         self._rng = rng or random.SystemRandom()
         self.symmetric = SymmetricNat(self._rng) if symmetric_nat else None  # RFC 6081 §5.2; None: off
+        self.load = ServerLoadReduction() if server_load_reduction else None  # RFC 6081 §5.7; None: off
+        self._advertisements = PerSecond(ADVERTISEMENTS_PER_SECOND)
         self.table = PeerTable(max_peers)
         self.address: bytes | None = None  # our Teredo address; None while not qualified
         self._prefix = b""
@@ -116,6 +135,8 @@ class ClientPeers:
             return
         if self.symmetric is not None:
             self.symmetric.reset(behind_symmetric)
+        if self.load is not None:
+            self.load.reset()
         self.address = address
         self._prefix = b"" if address is None else address[:4]
         self._server = ("", 0) if address is None else (int_to_ipv4(server_ip), TEREDO_PORT)
@@ -185,9 +206,15 @@ class ClientPeers:
             if self.local is not None:
                 bubble += self.local.trailer  # RFC 6081 §4.3: in direct and indirect bubbles only
             assert peer.mapping is not None
-            self.counters["client.bubble"] += 2
+            if self.load is not None:
+                bubble += SOLICITATION
             self._send(bubble, peer.mapping)
-            self._send(bubble, (int_to_ipv4(teredo_server(destination)), TEREDO_PORT))
+            if self._direct_only(destination, peer.mapping, now):
+                self.counters["client.bubble"] += 1
+                self.counters["client.bubble_direct_only"] += 1
+            else:
+                self.counters["client.bubble"] += 2
+                self._send(bubble, (int_to_ipv4(teredo_server(destination)), TEREDO_PORT))
             if self.local is not None:
                 self.local.probe(destination, bubble, (), now)
             return
@@ -196,6 +223,13 @@ class ClientPeers:
         identifier, sequence = self._rng.getrandbits(16), self._rng.getrandbits(16)
         self.counters["client.echo_test"] += 1
         self._send(build_echo(address, destination, identifier, sequence, peer.nonce), self._server)
+
+    def _direct_only(self, destination: bytes, mapping: Mapping, now: float) -> bool:
+        """RFC 6081 §5.7: whether this round may leave the indirect bubble out. Never behind a
+        symmetric NAT: there the indirect copy's nonce is what lets the peer follow us."""
+        if self.load is None or (self.symmetric is not None and self.symmetric.sending):
+            return False
+        return self.load.direct_only(destination, mapping, now)
 
     # -- in --------------------------------------------------------------------------------
 
@@ -214,6 +248,11 @@ class ClientPeers:
                 if now - peer.last_rx >= TOUCH_GRANULARITY:
                     self.table.touch_rx(peer, now)
                 if end == HEADER_LENGTH and packet[6] == NEXT_HEADER_NONE:
+                    if end < len(data) and self.load is not None:
+                        options = self._trailer_options(data[end:])
+                        if options is None:
+                            return False
+                        self._load_reduction_in(peer.addr, (host, port), options, now)
                     self.counters["client.bubble_in"] += 1
                 else:
                     self.rx_packets += 1
@@ -268,8 +307,13 @@ class ClientPeers:
             if not (is_global_ipv4(ip) and is_global_ipv4(teredo_server(source))):
                 self.counters.drop("non-global-peer")  # trusting it would send there (§5.2.4)
                 return
+            options = self._trailer_options(trailer) if bubble and trailer and self.load is not None else []
+            if options is None:
+                return
             self._trust(source, (host, port), now)
             self._deliver(packet, bubble)
+            if options:
+                self._load_reduction_in(source, (host, port), options, now)
             return
         if self._relay_answer(packet, header, host, port, now):
             return
@@ -318,6 +362,30 @@ class ClientPeers:
                 self._send(build_bubble(self.address, source) + self._nonce_trailer(source, now), (host, port))
         return True
 
+    def _load_reduction_in(self, source: bytes, mapping: Mapping, options: list[Trailer], now: float) -> None:
+        """RFC 6081 §5.7 for a bubble straight from `source` at the mapping its address embeds,
+        once trusted: remember an advertiser, answer a solicitation with an advertising bubble
+        (paced per mapping as replies to indirect bubbles, and `ADVERTISEMENTS_PER_SECOND` in
+        all; after the trust, which renews the per-mapping pacing, not before it)."""
+        assert self.load is not None
+        if source[:4] != self._prefix:
+            return  # a native host's packets come through a relay: nothing to advertise to
+        if self.load.heard(source, mapping, options, now):
+            if self.table.try_reply_bubble(mapping, now) and self._advertisements.allow(now):
+                assert self.address is not None
+                self.counters["client.bubble_advertised"] += 1
+                self._send(build_bubble(self.address, source) + ADVERTISEMENT, mapping)
+            else:
+                self.counters.drop("advertisement-paced")
+
+    def _trailer_options(self, trailer: bytes) -> list[Trailer] | None:
+        """The trailers after a bubble; None, counted as a drop, when they are malformed."""
+        try:
+            return parse_trailers(trailer)
+        except ParseError as error:
+            self.counters.drop(error.reason)
+            return None
+
     def _nonce_trailer(self, peer: bytes, now: float) -> bytes:
         return b"" if self.symmetric is None else self.symmetric.trailer_for(peer, now)
 
@@ -363,6 +431,9 @@ class ClientPeers:
         offered = () if self.local is None else self.local.alternates(trailer, source)
         if offered is None:
             return False  # malformed trailer: counted
+        options = [] if self.load is None or not trailer else self._trailer_options(trailer)
+        if options is None:
+            return False
         if self.symmetric is not None:
             self.symmetric.heard_relayed(source, trailer, now)
         if not self.table.try_reply_bubble((int_to_ipv4(ip), port), now):
@@ -373,6 +444,9 @@ class ClientPeers:
         bubble = build_bubble(self.address, source) + self._nonce_trailer(source, now)
         if self.local is not None:
             bubble += self.local.trailer
+        if self.load is not None and solicits(options):
+            self.counters["client.bubble_advertised"] += 1
+            bubble += ADVERTISEMENT  # RFC 6081 §5.7: the peer learns it may skip our server next time
         self._send(bubble, (int_to_ipv4(ip), port))
         if self.symmetric is not None and self.symmetric.sending and source[:4] == self._prefix:
             # RFC 6081 §5.2 (§6.1, packets 4 and 6): our direct bubble leaves from a port the
@@ -426,6 +500,8 @@ class ClientPeers:
         """
         peer = self.table.get(addr)
         held_from = None if peer is None else peer.candidate if peer.trusted else peer.mapping
+        if self.load is not None and self.load.trusted(addr, now):
+            self.counters["client.indirect_bubble_saved"] += 1
         address = self.address
         for packet in self.table.trust(addr, mapping, now):
             if packet[8:24] == address:
@@ -478,4 +554,6 @@ class ClientPeers:
 
     def stats(self) -> dict[str, int]:
         symmetric = {} if self.symmetric is None else self.symmetric.stats()
-        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats(), **symmetric}
+        load = {} if self.load is None else self.load.stats()
+        return {"tx_packets": self.tx_packets, "rx_packets": self.rx_packets, **self.table.stats(), **symmetric,
+                **load}

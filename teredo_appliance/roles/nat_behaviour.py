@@ -38,12 +38,14 @@ def classify(local_port: int | None, primary_port: int, secondary_port: int) -> 
 
 def describe(special: dict[str, object]) -> str:
     """One line in the spirit of netsh's "NAT Special Behaviour": UPnP with its external
-    mapping, port-preserving, sequential, hairpinning used, local peers (None: not known)."""
+    mapping, port-preserving, sequential, hairpinning used, local peers, indirect bubbles
+    the server load reduction saved (None: not known, or that extension off)."""
 
     def word(value: object) -> str:
         return "unknown" if value is None else "yes" if value is True else "no" if value is False else str(value)
 
     upnp = f"yes ({special['upnp_mapping']})" if special.get("upnp_mapping") else word(special.get("upnp"))
+    saved = "off" if special.get("indirect_bubbles_saved") is None else special["indirect_bubbles_saved"]
     return (f"UPnP: {upnp}, PortPreserving: {word(special.get('port_preserving'))}, "
             f"Sequential: {word(special.get('sequential'))}, Hairpinning used: {word(special.get('hairpinning'))}, "
-            f"Local peers: {word(special.get('local_peers'))}")
+            f"Local peers: {word(special.get('local_peers'))}, Indirect bubbles saved: {saved}")

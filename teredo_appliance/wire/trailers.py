@@ -6,11 +6,22 @@ skips types it does not know (that is what keeps the extensions compatible with 
 peers); a trailer whose length is wrong for its known type, or that runs past the end of
 the datagram, makes the whole sequence a ParseError, so a caller counts one drop.
 
-Citations: RFC 6081 §4.2-§4.5 give each trailer's layout (the same as MS-TERE §2.2.1-§2.2.4;
-the Alternate Address one was checked against MS-TERE §2.2.2: type 0x03, length 8-26,
-reserved 0x0000, ports never zero); §5.x give the processing of the extension that uses it
-(§5.2 Symmetric NAT Support, §5.3 UPnP, §5.5 Sequential Port-Symmetric, §5.6 Hairpinning,
-§5.7 Server Load Reduction).
+Citations: RFC 6081 §4.2-§4.5 give each trailer's layout (the same as MS-TERE §2.2.1-§2.2.4);
+§5.x give the processing of the extension that uses it (§5.2 Symmetric NAT Support, §5.3
+UPnP, §5.5 Sequential Port-Symmetric, §5.6 Hairpinning, §5.7 Server Load Reduction).
+
+What was verified against text, and what was not (checked by search of the stored public
+copies; the RFC 6081 text itself was reachable only as title pages and its §6 examples):
+- Alternate Address (0x03): verified against MS-TERE §2.2.2 ("2.2.2 Alternate Address
+  Trailer", MSDN cc213597): type 0x03, length 8-26 in steps of 6, reserved 0x0000 ignored
+  on receipt, ports never zero.
+- Nonce (0x01, length 4), Neighbor Discovery Option (0x04) and Random Port (0x05, length 2):
+  NOT verified against any text; the values are those of the project's extension notes and
+  of two independent recollections of RFC 6081 §4.2, §4.4 and §4.5, which agree.
+- The ND Option's length: recalled as 4 (DiscoveryType, then 3 bytes of padding sent as
+  zero and ignored on receipt), which is what we send. Unverified, so on receipt we also
+  take the 1-byte value (DiscoveryType alone) that this module used to build: either way a
+  bubble carrying it is never dropped for the padding. Any other length is malformed.
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ ALTERNATE_ADDRESS_RESERVED_LENGTH = 2
 ALTERNATE_ADDRESS_ENTRY_LENGTH = 6  # IPv4 address(4) + port(2)
 ALTERNATE_ADDRESS_MAX_ENTRIES = 4  # RFC 6081 §4.3: length 8 to 26, so 1 to 4 entries
 ND_OPTION_TYPE = 0x04  # RFC 6081 §4.4, used by §5.7 (Server Load Reduction Extension)
-ND_OPTION_LENGTH = 1
+ND_OPTION_LENGTH = 4  # RFC 6081 §4.4 (recalled, see above): DiscoveryType(1) + padding(3)
+ND_OPTION_LENGTHS = (1, ND_OPTION_LENGTH)  # accepted on receipt: without or with the padding
 ND_SOLICITATION = 0x00  # RFC 6081 §4.4: TeredoDiscoverySolicitation
 ND_ADVERTISEMENT = 0x01  # RFC 6081 §4.4: TeredoDiscoveryAdvertisement
 RANDOM_PORT_TYPE = 0x05  # RFC 6081 §4.5, used by §5.5 (Sequential Port-Symmetric NAT Extension)
@@ -74,7 +86,8 @@ class NeighborDiscoveryTrailer(NamedTuple):
     discovery_type: int
 
     def pack(self) -> bytes:
-        return bytes((ND_OPTION_TYPE, ND_OPTION_LENGTH, self.discovery_type))
+        padding = bytes(ND_OPTION_LENGTH - 1)
+        return bytes((ND_OPTION_TYPE, ND_OPTION_LENGTH, self.discovery_type)) + padding
 
 
 class RandomPortTrailer(NamedTuple):
@@ -137,7 +150,7 @@ def _parse_alternate_address(value: bytes) -> AlternateAddressTrailer:
 
 
 def _parse_nd_option(value: bytes) -> NeighborDiscoveryTrailer:
-    if len(value) != ND_OPTION_LENGTH:
+    if len(value) not in ND_OPTION_LENGTHS:
         raise ParseError("nd-option-trailer-length")
     if value[0] not in (ND_SOLICITATION, ND_ADVERTISEMENT):
         raise ParseError("nd-option-trailer-type")
