@@ -15,6 +15,7 @@ APT_PACKAGES=(
     util-linux                      # setpriv: the lab runs the daemon confined as that unit says
     miniupnpd-iptables miniupnpc    # the lab's UPnP IGD on a symmetric NAT (legacy iptables flavour, see LAB-NOTES) and upnpc to check it
     bird2                           # the anycast lab's BGP routers (one foreground BIRD per namespace; the host's service never starts)
+    gcc python3-dev                 # the optional C accelerators (teredo_appliance._offload: TUN offloads)
 )
 
 missing=()
@@ -46,3 +47,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q '.[test]'
+# The checkout itself is what the tests and the lab import (not the installed copy): build its
+# C accelerators in place too. setuptools reads them from pyproject.toml (74.1 and later).
+.venv/bin/python -m pip install -q 'setuptools>=77'
+.venv/bin/python -c 'from setuptools import setup; setup()' build_ext --inplace -q

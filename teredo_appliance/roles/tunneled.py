@@ -55,7 +55,7 @@ class TunneledRole(RoleService):
     ) -> None:
         super().__init__(config, reactor)
         self._seconds = self.reactor.seconds
-        self.udp = TeredoUDP(self._on_datagram, self.counters, self.role)
+        self.udp = TeredoUDP(self._on_datagram, self.counters, self.role, deliver_batch=self._on_batch)
         self.tunnel = Tunnel(
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
             system=tun_system, link_factory=link_factory, batch=(self.udp.hold, self.udp.release),
@@ -78,6 +78,20 @@ class TunneledRole(RoleService):
 
     def _on_packet(self, packet: bytes) -> None:
         raise NotImplementedError
+
+    def _on_batch(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """One read's datagrams: what they make us write to the TUN leaves together, so a
+        flow's in-order TCP segments become one write (with the TUN's offloads)."""
+        deliver, guard, tunnel = self._on_datagram, self.udp.guarded(), self.tunnel
+        tunnel.hold()
+        try:
+            for data, address in batch:
+                try:
+                    deliver(data, address)
+                except Exception:
+                    guard.failed()
+        finally:
+            tunnel.release()
 
     def _on_timer_due(self, now: float) -> None:
         raise NotImplementedError
