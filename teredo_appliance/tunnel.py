@@ -66,8 +66,10 @@ class _IPv6Packets(AbstractDatagramProtocol):
 
     noisy = False  # the Tunnel logs one line when the device opens
 
-    def __init__(self, on_packet: Callable[[bytes], None], counters: Counters) -> None:
+    def __init__(self, on_packet: Callable[[bytes], None], counters: Counters,
+                 on_segments: Callable[[list[bytes]], None] | None = None) -> None:
         self.on_packet = on_packet
+        self.on_segments = on_segments
         self.counters = counters
         self._guard = PacketGuard(counters, "tun")
         self.vnet = False  # each read starts with a virtio_net_hdr (offloads on)
@@ -86,6 +88,13 @@ class _IPv6Packets(AbstractDatagramProtocol):
                 return
             if datagram[1] != VNET_GSO_NONE:
                 self.counters["tun.gso_reads"] += 1
+                if self.on_segments is not None:
+                    self.counters[TUN_IN] += sum(map(len, packets))  # IPv6, each: segment() checked
+                    try:
+                        self.on_segments(packets)
+                    except Exception:
+                        self._guard.failed()
+                    return
             for packet in packets:
                 self._packet(packet)
 
@@ -152,7 +161,8 @@ class Tunnel:
     `link_factory(ifname)` returns the netlink configurator (tests pass a fake). `batch`:
     (hold, release) called around each wake-up's reads (the role's batched UDP sends).
     `offload`: use the TUN offloads (default: when the C extension is there and `system` is
-    the real one).
+    the real one); `on_segments(packets)` then receives the segments of each TCP super-packet
+    at once (default: `on_packet` for each).
 
     The tunnel remembers the addresses and routes it added, so close() removes exactly those
     even on a persistent device; a non-persistent TUN (the usual case) vanishes when its
@@ -173,6 +183,7 @@ class Tunnel:
         link_factory: Callable[[str], Link] = Link,
         batch: tuple[Callable[[], None], Callable[[], None]] | None = None,
         offload: bool | None = None,
+        on_segments: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.name = name
         self._offload = offload_available() and system is None if offload is None else offload
@@ -181,7 +192,7 @@ class Tunnel:
         self._requested_name = name  # `name` becomes the kernel's (a pattern like "teredo%d" expands)
         self.mtu = mtu
         self.counters = Counters() if counters is None else counters
-        self._protocol = _IPv6Packets(on_packet, self.counters)
+        self._protocol = _IPv6Packets(on_packet, self.counters, on_segments)
         self._reactor = reactor
         self._system = system
         self._link_factory = link_factory

@@ -3,9 +3,11 @@ the same packets and verdicts as the plain path (hypothesis), malformed frames c
 
 from __future__ import annotations
 
+import random
 import shutil
 import struct
 from collections import defaultdict
+from ipaddress import IPv6Address, IPv6Network
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -15,8 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredo_appliance import offload
 from teredo_appliance.offload import VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV6, VNET_HDR_LEN
+from teredo_appliance.roles.client_datapath import ClientPeers
+from teredo_appliance.roles.relay_machine import RelayMachine
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
 from teredo_appliance.tunnel import Tunnel, _IPv6Packets
+from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from tests.fakes import FakeLink, kernel_sends, tun_device
 from tests.offload_reference import (
     ACK,
@@ -255,6 +260,21 @@ class OffloadTunnelTests(SynchronousTestCase):
         self.assertEqual(b"".join(parse_tcp(p).payload for p in self.received[:5]), payload)
         self.assertEqual(self.counters["tun.gso_reads"], 1)
 
+    def test_super_packet_handed_over_whole(self) -> None:
+        """With `on_segments`, the segments of one read arrive together; a failing handler
+        costs a counted drop."""
+        reads: list[list[bytes]] = []
+        self.tun._protocol.on_segments = reads.append
+        frame = super_packet(Flow(), 9, bytes(5000), 1220)
+        kernel_sends(self.system, self.reactor, frame)
+        self.assertEqual(reads, [offload.segment(frame)])
+        self.assertEqual(self.received, [])
+        self.assertEqual(self.counters[TUN_IN], sum(map(len, reads[0])))
+        self.tun._protocol.on_segments = lambda packets: 1 / 0
+        kernel_sends(self.system, self.reactor, frame)
+        self.assertEqual(self.counters.drops(), {"internal-error": 1})
+        self.flushLoggedErrors(ZeroDivisionError)
+
     def test_malformed_frames_are_counted_drops(self) -> None:
         kernel_sends(self.system, self.reactor, b"\x00\x04", super_packet(Flow(), 9, bytes(3000), 1000)[:-7])
         self.assertEqual(self.received, [])
@@ -304,3 +324,73 @@ class SameVerdictTests(SynchronousTestCase):
         self.assertEqual(vnet_in, plain_in)
         self.assertEqual(vnet_counters.drops(), plain_counters.drops())
         self.assertEqual(vnet_counters[TUN_IN], plain_counters[TUN_IN])
+
+
+TEREDO_PREFIX = IPv6Network("2001::/32")
+TRUSTED = TeredoAddress(ipv4_to_int("198.18.0.1"), 0, 40000, ipv4_to_int("198.18.0.200")).pack()
+UNTRUSTED = TeredoAddress(ipv4_to_int("198.18.0.1"), 0, 40001, ipv4_to_int("198.18.0.201")).pack()
+NATIVE = IPv6Address("2001:db8:1::2").packed
+ME = IPv6Address("2001:0:c612:1:1c6b:3203:39ed:ff9b").packed
+destinations = st.sampled_from([TRUSTED, UNTRUSTED, NATIVE, IPv6Address("ff02::1").packed])
+
+
+class Recorder:
+    """A machine's sends and writes, in order."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[str, bytes, object]] = []
+
+    def send(self, payload: bytes, mapping: object) -> None:
+        self.out.append(("send", payload, mapping))
+
+    def send_all(self, payloads: list[bytes], mapping: object) -> None:
+        self.out.extend(("send", payload, mapping) for payload in payloads)
+
+    def write(self, packet: bytes) -> None:
+        self.out.append(("write", packet, None))
+
+
+class MachineVerdictTests(SynchronousTestCase):
+    """A super-packet's segments handed over at once get exactly the verdicts they get one by one."""
+
+    skip = NEEDS_EXTENSION
+
+    def segments(self, source: bytes, destination: bytes, size: int, mss: int) -> list[bytes]:
+        return offload.segment(super_packet(Flow(source=source, destination=destination), 1, bytes(size), mss))
+
+    @EXAMPLES
+    @given(st.lists(st.tuples(destinations, st.integers(1, 9000), st.integers(900, 1400)), min_size=1, max_size=6))
+    def test_relay(self, reads: list[tuple[bytes, int, int]]) -> None:
+        recorders, machines, counters = [Recorder(), Recorder()], [], [Counters(), Counters()]
+        for recorder, counted, send_all in zip(recorders, counters, (None, recorders[1].send_all), strict=True):
+            machine = RelayMachine(TEREDO_PREFIX, 1280, 8, recorder.send, recorder.write, counted,
+                                   reachable_ipv4=lambda ip: True, send_all=send_all)
+            machine.peers.trust(TRUSTED, ("198.18.0.200", 40000), 0.0)
+            machines.append(machine)
+        plain, batched = machines
+        for now, (destination, size, mss) in enumerate(reads):
+            segments = self.segments(NATIVE, destination, size, mss)
+            wakes = [w for w in (plain.from_tun(s, float(now)) for s in segments) if w is not None]
+            self.assertEqual(batched.from_tun_segments(segments, float(now)), min(wakes, default=None))
+        self.assertEqual(recorders[1].out, recorders[0].out)
+        self.assertEqual(counters[1], counters[0])
+
+    @EXAMPLES
+    @given(st.lists(st.tuples(destinations, st.booleans(), st.integers(1, 9000), st.integers(900, 1400)),
+                    min_size=1, max_size=6))
+    def test_client(self, reads: list[tuple[bytes, bool, int, int]]) -> None:
+        recorders, clients, counters = [Recorder(), Recorder()], [], [Counters(), Counters()]
+        for recorder, counted, send_all in zip(recorders, counters, (None, recorders[1].send_all), strict=True):
+            client = ClientPeers(recorder.send, recorder.write, counted, rng=random.Random(6081), send_all=send_all)
+            client.attach(ME, ipv4_to_int("198.18.0.1"))
+            client.table.get_or_create(TRUSTED, ("198.18.0.200", 40000), 0.0)
+            client.table.trust(TRUSTED, ("198.18.0.200", 40000), 0.0)
+            clients.append(client)
+        plain, batched = clients
+        for now, (destination, ours, size, mss) in enumerate(reads):
+            segments = self.segments(ME if ours else NATIVE, destination, size, mss)
+            moved = any([plain.from_tun(s, float(now)) for s in segments])
+            self.assertEqual(batched.from_tun_segments(segments, float(now)), moved)
+        self.assertEqual(recorders[1].out, recorders[0].out)
+        self.assertEqual(counters[1], counters[0])
+        self.assertEqual(batched.stats(), plain.stats())

@@ -55,6 +55,7 @@ NEVER_SERVED = (
 )
 
 Send = Callable[[bytes, Mapping], object]
+SendAll = Callable[[list[bytes], Mapping], object]
 Write = Callable[[bytes], object]
 ErrorSource = Callable[[bytes], bytes]
 
@@ -77,6 +78,8 @@ class RelayMachine:
     `bubbles_per_second` caps the bubbles of all discoveries together; a round over the
     cap is not sent (counted) and the packets wait for the next one. Teredo packets go to
     native IPv6 only towards `served_prefixes`, never towards `NEVER_SERVED`.
+    `send_all(packets, mapping)` sends a super-packet's segments to one peer (default: one
+    `send` each).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class RelayMachine:
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         bubbles_per_second: int = BUBBLES_PER_SECOND,
         served_prefixes: Iterable[IPv6Network] = (GLOBAL_UNICAST,),
+        send_all: SendAll | None = None,
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
@@ -102,6 +106,7 @@ class RelayMachine:
         self.peers = PeerTable(max_peers, addresses_per_mapping=ADDRESSES_PER_MAPPING)
         self.counters = counters
         self._send = send
+        self._send_all = send_all or self._send_each
         self._write = write
         self._error_source = error_source
         self._reachable_ipv4 = reachable_ipv4
@@ -189,6 +194,24 @@ class RelayMachine:
             self._send(packet, peer.mapping)
             return None
         return self._from_tun_slow(packet, now)
+
+    def from_tun_segments(self, segments: list[bytes], now: float) -> float | None:
+        """The segments of one TCP super-packet read whole from the TUN: the same addresses
+        and next header, none longer than the first. The fast path's verdict (a trusted peer,
+        within the MTU) is then the same for each, so it is taken once for all; otherwise
+        each segment is judged as a packet of its own."""
+        first = segments[0]
+        peer = self.peers.get(first[24:40])
+        if peer is not None and peer.trusted and len(first) <= self.mtu:
+            self.counters["to_teredo"] += len(segments)
+            self._send_all(segments, peer.mapping)
+            return None
+        wakes = [wake for wake in (self.from_tun(segment, now) for segment in segments) if wake is not None]
+        return min(wakes, default=None)
+
+    def _send_each(self, packets: list[bytes], mapping: Mapping) -> None:
+        for packet in packets:
+            self._send(packet, mapping)
 
     def _from_tun_slow(self, packet: bytes, now: float) -> float | None:
         counters = self.counters

@@ -59,6 +59,7 @@ class TunneledRole(RoleService):
         self.tunnel = Tunnel(
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
             system=tun_system, link_factory=link_factory, batch=(self.udp.hold, self.udp.release),
+            on_segments=self._on_segments,
         )
         self._port: Any = None
         self._timer: IDelayedCall | None = None
@@ -77,6 +78,10 @@ class TunneledRole(RoleService):
         raise NotImplementedError
 
     def _on_packet(self, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def _on_segments(self, packets: list[bytes]) -> None:
+        """The segments of one TCP super-packet from the TUN (TUN offloads)."""
         raise NotImplementedError
 
     def _on_batch(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
