@@ -119,23 +119,45 @@ class RelayMachine:
 
     def from_udp(self, data: bytes, source: Mapping, now: float) -> float | None:
         """A datagram from `source`; returns a new wake-up time for `on_timer`, or None."""
-        # Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at
-        # its mapping, to a served destination outside our Teredo prefix.
-        size = len(data)
-        if (
-            size > HEADER_LENGTH
-            and data[0] >> 4 == 6
-            and (data[4] << 8 | data[5]) + HEADER_LENGTH == size
-            and data[24:28] != self.prefix32
-            and self._serves(data[24:40])
-        ):
-            peer = self.peers.get(data[8:24])
-            if peer is not None and peer.trusted and peer.mapping == source:
-                self.peers.touch_rx(peer, now)
-                self.counters["to_ipv6"] += 1
-                self._write(data)
-                return None
-        return self._from_udp_slow(data, source, now)
+        return self.from_udp_batch(((data, source),), now)
+
+    def from_udp_batch(self, batch: Iterable[tuple[bytes, Mapping]], now: float) -> float | None:
+        """Datagrams that arrived together at `now`, in order; the earliest new wake-up, or None.
+
+        Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at its
+        mapping, to a served destination outside our Teredo prefix. That verdict rests on
+        the addresses and the mapping only, so the datagrams right after one that took it,
+        with the same addresses from the same mapping (a TCP flow's run), share it: each
+        is still checked to be such a packet, the lookups are not repeated. Anything taking
+        the slow path ends the run (it may change the peer table).
+        """
+        wake = None
+        forwarded = 0
+        run: tuple[bytes, Mapping] | None = None  # the addresses and mapping of the run
+        write, peers, prefix32, serves = self._write, self.peers, self.prefix32, self._serves
+        for data, source in batch:
+            size = len(data)
+            if size > HEADER_LENGTH and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + HEADER_LENGTH == size:
+                addresses = data[8:40]
+                if run is not None and addresses == run[0] and source == run[1]:
+                    forwarded += 1
+                    write(data)
+                    continue
+                if data[24:28] != prefix32 and serves(data[24:40]):
+                    peer = peers.get(data[8:24])
+                    if peer is not None and peer.trusted and peer.mapping == source:
+                        peers.touch_rx(peer, now)
+                        forwarded += 1
+                        run = (addresses, source)
+                        write(data)
+                        continue
+            run = None
+            woken = self._from_udp_slow(data, source, now)
+            if woken is not None and (wake is None or woken < wake):
+                wake = woken
+        if forwarded:
+            self.counters["to_ipv6"] += forwarded
+        return wake
 
     def _from_udp_slow(self, data: bytes, source: Mapping, now: float) -> float | None:
         counters = self.counters

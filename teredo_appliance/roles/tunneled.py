@@ -87,16 +87,21 @@ class TunneledRole(RoleService):
     def _on_batch(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
         """One read's datagrams: what they make us write to the TUN leaves together, so a
         flow's in-order TCP segments become one write (with the TUN's offloads)."""
-        deliver, guard, tunnel = self._on_datagram, self.udp.guarded(), self.tunnel
-        tunnel.hold()
+        self.tunnel.hold()
         try:
-            for data, address in batch:
-                try:
-                    deliver(data, address)
-                except Exception:
-                    guard.failed()
+            self._on_datagrams(batch)
         finally:
-            tunnel.release()
+            self.tunnel.release()
+
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """One read's datagrams, in order: by default `_on_datagram` each, a failure costing
+        that datagram only."""
+        deliver, guard = self._on_datagram, self.udp.guarded()
+        for data, address in batch:
+            try:
+                deliver(data, address)
+            except Exception:
+                guard.failed()
 
     def _on_timer_due(self, now: float) -> None:
         raise NotImplementedError
