@@ -299,6 +299,36 @@ class OffloadTunnelTests(SynchronousTestCase):
         self.assertEqual(list(tun_device(self.system).writeBuffer), [plain_frame(packet)])
 
 
+class FuzzedReadTests(SynchronousTestCase):
+    """Whatever a VNET_HDR read holds, it becomes packets for the role or a counted drop."""
+
+    skip = NEEDS_EXTENSION
+
+    @EXAMPLES
+    @given(st.lists(st.one_of(
+        st.binary(max_size=200),  # noise
+        st.tuples(st.binary(min_size=VNET_HDR_LEN, max_size=VNET_HDR_LEN), st.integers(0, 5000)).map(
+            lambda t: t[0] + super_packet(Flow(), 1, bytes(t[1]), 1000)[VNET_HDR_LEN:]),  # any header
+        st.tuples(st.integers(0, 5000), st.integers(1, 100), st.integers(1, 1400)).map(
+            lambda t: super_packet(Flow(), 1, bytes(t[0]), t[2])[:-t[1]]),  # cut short
+    ), max_size=10), st.booleans())
+    def test_never_raises(self, frames: list[bytes], whole: bool) -> None:
+        delivered: list[bytes] = []
+        handed: list[list[bytes]] = []
+        counters = Counters()
+        reads = _IPv6Packets(delivered.append, counters, handed.append if whole else None)
+        reads.vnet = True
+        for frame in frames:
+            before = (len(delivered), len(handed), sum(counters.drops().values()))
+            reads.datagramReceived(frame)  # raises nothing
+            after = (len(delivered), len(handed), sum(counters.drops().values()))
+            self.assertNotEqual(after, before, frame)  # packets, or a counted drop
+        self.assertNotIn("internal-error", counters.drops())
+        for packet in delivered + [p for segments in handed for p in segments]:
+            self.assertGreaterEqual(len(packet), 40)
+            self.assertEqual(packet[0] >> 4, 6)
+
+
 class SameVerdictTests(SynchronousTestCase):
     """Reads: the role sees the same packets whether the kernel sent one super-packet or its
     segments one by one, whatever the frame."""
