@@ -16,6 +16,11 @@ Life cycle, as a role uses it::
 open(), set_addresses(), add_route(), remove_route() and close() need CAP_NET_ADMIN (and open()
 access to /dev/net/tun): if the process drops root after privilegedStartService, later address
 or route changes fail with a LinkError.
+
+Offloads (teredo_appliance.offload, when its C extension is built): the device is opened with
+IFF_VNET_HDR and TSO6, so one read may carry a TCP super-packet, cut here into the packets the
+role sees; writes made between hold() and release() (a batch of datagrams from peers) leave
+with each flow's in-order TCP segments merged into one GSO write.
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import _TUN_KO_PATH, _TUNSETIFF, TuntapPort, _TunnelDescription
 from zope.interface import implementer
 
+from teredo_appliance import offload
 from teredo_appliance.guard import PacketGuard
 from teredo_appliance.native_health import Route
 from teredo_appliance.netlink import Link, LinkError
+from teredo_appliance.offload import PLAIN_HEADER, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HDR_LEN
+from teredo_appliance.offload import available as offload_available
 from teredo_appliance.stats import TUN_IN, TUN_OUT, Counters
 from teredo_appliance.wire.constants import IFNAMSIZ, IPV6_HEADER_LENGTH
 
@@ -58,12 +66,39 @@ class _IPv6Packets(AbstractDatagramProtocol):
 
     noisy = False  # the Tunnel logs one line when the device opens
 
-    def __init__(self, on_packet: Callable[[bytes], None], counters: Counters) -> None:
+    def __init__(self, on_packet: Callable[[bytes], None], counters: Counters,
+                 on_segments: Callable[[list[bytes]], None] | None = None) -> None:
         self.on_packet = on_packet
+        self.on_segments = on_segments
         self.counters = counters
         self._guard = PacketGuard(counters, "tun")
+        self.vnet = False  # each read starts with a virtio_net_hdr (offloads on)
 
     def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
+        if not self.vnet:
+            self._packet(datagram)
+        elif len(datagram) > VNET_HDR_LEN and datagram[1] == VNET_GSO_NONE and not datagram[0] & VNET_F_NEEDS_CSUM:
+            self._packet(datagram[VNET_HDR_LEN:])  # a whole packet: the common case for ACKs
+        else:
+            try:
+                packets = offload.segment(datagram)
+            except ValueError as error:
+                self.counters[TUN_IN] += len(datagram)
+                self.counters.drop(f"tun.offload-{error}")
+                return
+            if datagram[1] != VNET_GSO_NONE:
+                self.counters["tun.gso_reads"] += 1
+                if self.on_segments is not None:
+                    self.counters[TUN_IN] += sum(map(len, packets))  # IPv6, each: segment() checked
+                    try:
+                        self.on_segments(packets)
+                    except Exception:
+                        self._guard.failed()
+                    return
+            for packet in packets:
+                self._packet(packet)
+
+    def _packet(self, datagram: bytes) -> None:
         self.counters[TUN_IN] += len(datagram)
         if len(datagram) < IPV6_HEADER_LENGTH:
             self.counters.drop("tun.short")
@@ -83,6 +118,8 @@ class _TunPort(TuntapPort):
     packets make the role send leaves in batches."""
 
     batch: tuple[Callable[[], None], Callable[[], None]] | None = None
+    offload = False  # ask for IFF_VNET_HDR and TSO6 (the real /dev/net/tun only)
+    vnet = False  # the device was opened with IFF_VNET_HDR
 
     def doRead(self) -> None:
         if self.batch is None:
@@ -98,11 +135,19 @@ class _TunPort(TuntapPort):
     def _openTunnel(self, name: bytes, mode: Any) -> Any:
         system = self._system
         fileno = system.open(_TUN_KO_PATH, system.O_RDWR | system.O_CLOEXEC | system.O_NONBLOCK)
+        flags = mode.value | (offload.IFF_VNET_HDR if self.offload else 0)
         try:
-            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, mode.value))
+            result = system.ioctl(fileno, _TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", name, flags))
         except OSError:
             system.close(fileno)
             raise
+        self.vnet = self.offload
+        if self.vnet:
+            try:
+                system.ioctl(fileno, offload.TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+                system.ioctl(fileno, offload.TUNSETOFFLOAD, offload.TUN_F_CSUM | offload.TUN_F_TSO6)
+            except OSError:  # headers without offloads: plain packets, still readable
+                pass
         return _TunnelDescription(fileno, result[:IFNAMSIZ].strip(b"\x00"))
 
 
@@ -115,6 +160,9 @@ class Tunnel:
     passed to TuntapPort (tests use twisted.pair.testing.MemoryIOSystem as `system`);
     `link_factory(ifname)` returns the netlink configurator (tests pass a fake). `batch`:
     (hold, release) called around each wake-up's reads (the role's batched UDP sends).
+    `offload`: use the TUN offloads (default: when the C extension is there and `system` is
+    the real one); `on_segments(packets)` then receives the segments of each TCP super-packet
+    at once (default: `on_packet` for each).
 
     The tunnel remembers the addresses and routes it added, so close() removes exactly those
     even on a persistent device; a non-persistent TUN (the usual case) vanishes when its
@@ -134,13 +182,17 @@ class Tunnel:
         system: Any = None,
         link_factory: Callable[[str], Link] = Link,
         batch: tuple[Callable[[], None], Callable[[], None]] | None = None,
+        offload: bool | None = None,
+        on_segments: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.name = name
+        self._offload = offload_available() and system is None if offload is None else offload
+        self._held: list[bytes] | None = None  # writes waiting for release() (offloads only)
         self._batch = batch
         self._requested_name = name  # `name` becomes the kernel's (a pattern like "teredo%d" expands)
         self.mtu = mtu
         self.counters = Counters() if counters is None else counters
-        self._protocol = _IPv6Packets(on_packet, self.counters)
+        self._protocol = _IPv6Packets(on_packet, self.counters, on_segments)
         self._reactor = reactor
         self._system = system
         self._link_factory = link_factory
@@ -171,12 +223,14 @@ class Tunnel:
             system=self._system,
         )
         port.batch = self._batch
+        port.offload = self._offload
         try:
             port.startListening()
         except CannotListenError as e:
             reason = os.strerror(e.socketError.errno) if e.socketError.errno else str(e.socketError)
             raise LinkError(f"{self.name}: cannot open TUN device: {reason}") from e
         self._port = port
+        self._protocol.vnet = port.vnet
         self.name = os.fsdecode(port.interface)
         self._link = self._link_factory(self.name)
         try:
@@ -238,19 +292,43 @@ class Tunnel:
         return self._open_link("read the routing table").ipv6_routes()
 
     def write(self, packet: bytes) -> None:
-        """Hand one IPv6 packet to the kernel. Never raises: a packet the kernel refuses (queue
-        full: EAGAIN/ENOBUFS, or any other error) or one written while closed is counted as
-        drop "tun.write_<errno>" / "tun.closed" and lost, as IP allows."""
+        """Hand one IPv6 packet to the kernel (while held, at release()). Never raises: a
+        packet the kernel refuses (queue full: EAGAIN/ENOBUFS, or any other error) or one
+        written while closed is counted as drop "tun.write_<errno>" / "tun.closed" and lost,
+        as IP allows."""
+        if self._held is not None:
+            self._held.append(packet)
+        elif self._protocol.vnet:
+            self._put(PLAIN_HEADER + packet, len(packet))
+        else:
+            self._put(packet, len(packet))
+
+    def hold(self) -> None:
+        """Keep the following writes until release(), to merge them (with offloads only)."""
+        if self._protocol.vnet and self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Write what was held: each flow's in-order TCP segments as one GSO write."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        for frame in offload.coalesce(held):
+            if frame[1] != VNET_GSO_NONE:
+                self.counters["tun.gso_writes"] += 1
+            self._put(frame, len(frame) - VNET_HDR_LEN)
+
+    def _put(self, frame: bytes, size: int) -> None:
         port = self._port
         if port is None:
             self.counters.drop("tun.closed")
             return
         try:
-            port.write(packet)
+            port.write(frame)
         except OSError as e:
             self.counters.drop("tun.write_" + errno.errorcode.get(e.errno or 0, "error").lower())
             return
-        self.counters[TUN_OUT] += len(packet)
+        self.counters[TUN_OUT] += size
 
     def close(self) -> Deferred[None]:
         """Remove the routes and addresses we added, then close the device.
@@ -259,6 +337,7 @@ class Tunnel:
         completes. The Deferred fires once the descriptor is closed, when a non-persistent TUN
         is gone: open a successor with the same name only after that.
         """
+        self.release()
         port, link = self._port, self._link
         self._port = self._link = None
         if port is None or link is None:
@@ -284,6 +363,7 @@ class Tunnel:
             "interface": self.name,
             "open": self._port is not None,
             "mtu": self.mtu,
+            "offload": self._protocol.vnet,
             "addresses": [str(a) for a in self._addresses],
             "routes": [{"prefix": str(p), "metric": m, "protocol": proto} for p, m, proto in self._routes],
         }

@@ -2,8 +2,9 @@
 recvmmsg reads and sendmmsg / UDP GSO sends, through real NATs in namespaces (needs root).
 
 10 MB cross the tunnel each way byte for byte; the relay and the client report UDP read
-batches and UDP GSO sends, so the batched paths did the work; junk datagrams sent to
-the relay through its batched port are counted drops, and it keeps forwarding.
+batches and UDP GSO sends, and TUN super-packets read and merged writes, so the batched and
+offloaded paths did the work; junk datagrams sent to the relay through its batched port are
+counted drops, and it keeps forwarding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 import teredo_appliance
+from teredo_appliance import offload
 from teredo_lab import checks, topology
 from teredo_lab.lab import OURS, Lab
 from teredo_lab.scenario import Scenario, scenario_lab
@@ -61,6 +63,11 @@ class BatchedDataPathInLab(unittest.TestCase):
                 self.assertGreater(counters.get("udp.batches", 0), 0, counters)
                 self.assertGreater(counters.get("udp.gso_sends", 0), 0, counters)
                 self.assertNotIn("internal-error", report["drops"])
+                # TUN offloads (the C extension is built wherever a compiler is, see
+                # test_offload): TCP super-packets read whole and segments written merged.
+                if offload.available():
+                    self.assertGreater(counters.get("tun.gso_reads", 0), 0, counters)
+                    self.assertGreater(counters.get("tun.gso_writes", 0), 0, counters)
             self.assertGreaterEqual(sum(relay["drops"].values()), 100, relay["drops"])  # the junk, counted
             # Still forwarding after the junk and the bursts.
             again = steps.run((2,))

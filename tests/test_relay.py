@@ -540,6 +540,54 @@ class NeverRaisesTests(MachineHarness):
         self.assertEqual(fast, (self.written, self.sent))
 
 
+
+class BatchVerdictTests(unittest.SynchronousTestCase):
+    """A read's datagrams handed over at once get exactly the verdicts they get one by one,
+    whatever mix of runs, strangers, wrong mappings and junk (the batch shares lookups)."""
+
+    STRANGER = teredo(port=2000)
+
+    def machine(self) -> tuple[RelayMachine, list[tuple[str, bytes, Any]], Counters]:
+        out: list[tuple[str, bytes, Any]] = []
+        counters = Counters()
+        machine = RelayMachine(PREFIX, 1280, 2, lambda payload, mapping: out.append(("send", payload, mapping)),
+                               lambda packet: out.append(("write", packet, None)), counters,
+                               reachable_ipv4=lambda ip: True)
+        machine.from_udp(build_bubble(PEER, RELAY_LINK_LOCAL), PEER_MAPPING, 0.0)
+        machine.from_tun(echo(NATIVE, self.STRANGER), 0.0)  # queued until it vouches for itself
+        return machine, out, counters
+
+    KINDS = {
+        "run": (PEER, NATIVE, PEER_MAPPING),  # the fast path
+        "elsewhere": (PEER, NATIVE, (PEER_IP, 2000)),  # the same addresses from another mapping
+        "to-teredo": (PEER, PEER, PEER_MAPPING),
+        "stranger": (STRANGER, NATIVE, (PEER_IP, 2000)),  # vouches for itself: trusted, queue flushed
+        "newcomer": (teredo(port=2001), NATIVE, (PEER_IP, 2001)),  # trusting it may evict a peer
+        "forged": (teredo(port=2001), NATIVE, PEER_MAPPING),
+    }
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["run", "run", "run", "truncated", "junk", *KINDS]),
+                              st.integers(0, 40), teredo_datagrams()), max_size=30))
+    def test_batch_equals_one_by_one(self, plan: list[tuple[str, int, bytes]]) -> None:
+        batch = []
+        for kind, size, junk in plan:
+            if kind == "junk":
+                batch.append((junk, PEER_MAPPING))
+            elif kind == "truncated":
+                batch.append((echo(PEER, NATIVE, size=size)[:-1], PEER_MAPPING))
+            else:
+                source, destination, mapping = self.KINDS[kind]
+                batch.append((echo(source, destination, size=size), mapping))
+        one, one_out, one_counters = self.machine()
+        wakes = [w for w in (one.from_udp(data, source, 5.0) for data, source in batch) if w is not None]
+        many, many_out, many_counters = self.machine()
+        self.assertEqual(many.from_udp_batch(batch, 5.0), min(wakes, default=None))
+        self.assertEqual(many_out, one_out)
+        self.assertEqual(many_counters, one_counters)
+        self.assertEqual(many.snapshot(5.0), one.snapshot(5.0))
+
+
 # -- the service, in memory ---------------------------------------------------------------
 
 

@@ -227,6 +227,7 @@ class MemoryTunnelTests(unittest.SynchronousTestCase):
                 "interface": self.tun.name,
                 "open": True,
                 "mtu": 1280,
+                "offload": False,  # a memory TUN has no offloads
                 "addresses": ["fe80::ffff:ffff:ffff/64"],
                 "routes": [{"prefix": "2001::/32", "metric": None, "protocol": None}],
             },

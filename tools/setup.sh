@@ -47,8 +47,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q '.[test]'
-# The optional C accelerators are built in place as well: the tests import the package from
-# this checkout. Without a compiler the plain Python paths run (the wheel installs either way).
+# The optional C accelerators are built in place as well: the tests and the lab import the
+# package from this checkout, not the installed copy. setuptools (74.1 and later) reads them
+# from pyproject.toml. Without a compiler the plain Python paths run (the wheel installs either way).
 .venv/bin/python -m pip install -q 'setuptools>=77'
 .venv/bin/python -c 'import setuptools; setuptools.setup()' -q build_ext --inplace 2>/dev/null \
     || echo "setup: the C accelerators did not build (no compiler?): the plain Python paths will run" >&2

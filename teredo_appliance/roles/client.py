@@ -83,7 +83,8 @@ class ClientService(TunneledRole):
         self.data = ClientPeers(self.udp.send, self.tunnel.write, self.counters, rng=rng,
                                 heard_server=self.qualifier.heard_from_server, local=self.local,
                                 symmetric_nat=config.extensions.symmetric_nat,
-                                server_load_reduction=config.extensions.server_load_reduction)
+                                server_load_reduction=config.extensions.server_load_reduction,
+                                send_all=self.udp.send_all)
         self.lan = lan_edge(self.reactor, self._on_discovery, self.counters) if config.local_discovery else None
         self._lan_networks: list[tuple[int, int]] = []  # (network, mask) on-link for discovery
         self.netwatch = netwatch(self._on_network_change, self.reactor)
@@ -135,6 +136,10 @@ class ClientService(TunneledRole):
 
     def _on_packet(self, packet: bytes) -> None:
         if self.data.from_tun(packet, self._seconds()):
+            self._reschedule()
+
+    def _on_segments(self, packets: list[bytes]) -> None:
+        if self.data.from_tun_segments(packets, self._seconds()):
             self._reschedule()
 
     def _on_discovery(self, data: bytes, address: tuple[str, int]) -> None:

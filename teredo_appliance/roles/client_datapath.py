@@ -106,8 +106,12 @@ class ClientPeers:
         local: LocalPeers | None = None,
         symmetric_nat: bool = True,
         server_load_reduction: bool = True,
+        send_all: Callable[[list[bytes], Mapping], Any] | None = None,
     ) -> None:
+        """`send_all(packets, mapping)` sends a super-packet's segments to one peer (default:
+        one `send` each)."""
         self._send = send
+        self._send_all = send_all or self._send_each
         self.local = local  # peers behind our own NAT (local discovery, hairpinning); None: off
         self._heard_server = heard_server  # a well-formed packet from our server arrived at `now`
         self._write_tun = write_tun
@@ -177,6 +181,21 @@ class ClientPeers:
         elif peer.attempts == 0:
             self._unreachable(self.table.give_up(peer), now)  # budget spent: refuse at once
         return True
+
+    def from_tun_segments(self, segments: list[bytes], now: float) -> bool:
+        """The segments of one TCP super-packet read whole from the TUN (same addresses and
+        next header): a trusted peer's verdict holds for all, so it is taken once; otherwise
+        each segment is judged as a packet of its own. True if the timers may have moved."""
+        peer = self.table.get(segments[0][24:40])
+        if peer is not None and peer.trusted:
+            self.tx_packets += len(segments)
+            self._send_all(segments, peer.mapping)  # type: ignore[arg-type]  # trusted => mapped
+            return now - peer.last_rx >= RELAY_SILENCE and self._recheck_silent_relay(peer, now)
+        return any([self.from_tun(segment, now) for segment in segments])
+
+    def _send_each(self, packets: list[bytes], mapping: Mapping) -> None:
+        for packet in packets:
+            self._send(packet, mapping)
 
     def _recheck_silent_relay(self, peer: Peer, now: float) -> bool:
         """Run the echo test again for a native peer whose relay has been silent; True if it went.

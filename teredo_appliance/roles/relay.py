@@ -85,6 +85,7 @@ class RelayService(TunneledRole):
             error_source=error_source,
             bubbles_per_second=config.bubbles_per_second,
             served_prefixes=config.served_prefixes,
+            send_all=self.udp.send_all,
         )
         # The route to the Teredo prefix is what a routing daemon announces (twistd-teredo(8),
         # "Scaling out"): its protocol number and metric let the daemon match on its origin.
@@ -127,8 +128,22 @@ class RelayService(TunneledRole):
         if wake is not None:
             self._wake(wake)
 
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        try:
+            wake = self.machine.from_udp_batch(batch, self._seconds())
+        except Exception:  # a bug, not traffic: the rest of this read is lost, counted once
+            self.udp.guarded().failed()
+            return
+        if wake is not None:
+            self._wake(wake)
+
     def _on_packet(self, packet: bytes) -> None:
         wake = self.machine.from_tun(packet, self._seconds())
+        if wake is not None:
+            self._wake(wake)
+
+    def _on_segments(self, packets: list[bytes]) -> None:
+        wake = self.machine.from_tun_segments(packets, self._seconds())
         if wake is not None:
             self._wake(wake)
 

@@ -55,6 +55,7 @@ NEVER_SERVED = (
 )
 
 Send = Callable[[bytes, Mapping], object]
+SendAll = Callable[[list[bytes], Mapping], object]
 Write = Callable[[bytes], object]
 ErrorSource = Callable[[bytes], bytes]
 
@@ -77,6 +78,8 @@ class RelayMachine:
     `bubbles_per_second` caps the bubbles of all discoveries together; a round over the
     cap is not sent (counted) and the packets wait for the next one. Teredo packets go to
     native IPv6 only towards `served_prefixes`, never towards `NEVER_SERVED`.
+    `send_all(packets, mapping)` sends a super-packet's segments to one peer (default: one
+    `send` each).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class RelayMachine:
         reachable_ipv4: Callable[[int], bool] = is_global_ipv4,
         bubbles_per_second: int = BUBBLES_PER_SECOND,
         served_prefixes: Iterable[IPv6Network] = (GLOBAL_UNICAST,),
+        send_all: SendAll | None = None,
     ) -> None:
         if prefix.prefixlen != 32:
             raise ValueError(f"a Teredo prefix is a /32, not {prefix}")
@@ -102,6 +106,7 @@ class RelayMachine:
         self.peers = PeerTable(max_peers, addresses_per_mapping=ADDRESSES_PER_MAPPING)
         self.counters = counters
         self._send = send
+        self._send_all = send_all or self._send_each
         self._write = write
         self._error_source = error_source
         self._reachable_ipv4 = reachable_ipv4
@@ -114,23 +119,45 @@ class RelayMachine:
 
     def from_udp(self, data: bytes, source: Mapping, now: float) -> float | None:
         """A datagram from `source`; returns a new wake-up time for `on_timer`, or None."""
-        # Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at
-        # its mapping, to a served destination outside our Teredo prefix.
-        size = len(data)
-        if (
-            size > HEADER_LENGTH
-            and data[0] >> 4 == 6
-            and (data[4] << 8 | data[5]) + HEADER_LENGTH == size
-            and data[24:28] != self.prefix32
-            and self._serves(data[24:40])
-        ):
-            peer = self.peers.get(data[8:24])
-            if peer is not None and peer.trusted and peer.mapping == source:
-                self.peers.touch_rx(peer, now)
-                self.counters["to_ipv6"] += 1
-                self._write(data)
-                return None
-        return self._from_udp_slow(data, source, now)
+        return self.from_udp_batch(((data, source),), now)
+
+    def from_udp_batch(self, batch: Iterable[tuple[bytes, Mapping]], now: float) -> float | None:
+        """Datagrams that arrived together at `now`, in order; the earliest new wake-up, or None.
+
+        Fast path: a bare IPv6 packet with a payload, no trailer, from a trusted peer at its
+        mapping, to a served destination outside our Teredo prefix. That verdict rests on
+        the addresses and the mapping only, so the datagrams right after one that took it,
+        with the same addresses from the same mapping (a TCP flow's run), share it: each
+        is still checked to be such a packet, the lookups are not repeated. Anything taking
+        the slow path ends the run (it may change the peer table).
+        """
+        wake = None
+        forwarded = 0
+        run: tuple[bytes, Mapping] | None = None  # the addresses and mapping of the run
+        write, peers, prefix32, serves = self._write, self.peers, self.prefix32, self._serves
+        for data, source in batch:
+            size = len(data)
+            if size > HEADER_LENGTH and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + HEADER_LENGTH == size:
+                addresses = data[8:40]
+                if run is not None and addresses == run[0] and source == run[1]:
+                    forwarded += 1
+                    write(data)
+                    continue
+                if data[24:28] != prefix32 and serves(data[24:40]):
+                    peer = peers.get(data[8:24])
+                    if peer is not None and peer.trusted and peer.mapping == source:
+                        peers.touch_rx(peer, now)
+                        forwarded += 1
+                        run = (addresses, source)
+                        write(data)
+                        continue
+            run = None
+            woken = self._from_udp_slow(data, source, now)
+            if woken is not None and (wake is None or woken < wake):
+                wake = woken
+        if forwarded:
+            self.counters["to_ipv6"] += forwarded
+        return wake
 
     def _from_udp_slow(self, data: bytes, source: Mapping, now: float) -> float | None:
         counters = self.counters
@@ -189,6 +216,24 @@ class RelayMachine:
             self._send(packet, peer.mapping)
             return None
         return self._from_tun_slow(packet, now)
+
+    def from_tun_segments(self, segments: list[bytes], now: float) -> float | None:
+        """The segments of one TCP super-packet read whole from the TUN: the same addresses
+        and next header, none longer than the first. The fast path's verdict (a trusted peer,
+        within the MTU) is then the same for each, so it is taken once for all; otherwise
+        each segment is judged as a packet of its own."""
+        first = segments[0]
+        peer = self.peers.get(first[24:40])
+        if peer is not None and peer.trusted and len(first) <= self.mtu:
+            self.counters["to_teredo"] += len(segments)
+            self._send_all(segments, peer.mapping)
+            return None
+        wakes = [wake for wake in (self.from_tun(segment, now) for segment in segments) if wake is not None]
+        return min(wakes, default=None)
+
+    def _send_each(self, packets: list[bytes], mapping: Mapping) -> None:
+        for packet in packets:
+            self._send(packet, mapping)
 
     def _from_tun_slow(self, packet: bytes, now: float) -> float | None:
         counters = self.counters

@@ -55,10 +55,11 @@ class TunneledRole(RoleService):
     ) -> None:
         super().__init__(config, reactor)
         self._seconds = self.reactor.seconds
-        self.udp = TeredoUDP(self._on_datagram, self.counters, self.role)
+        self.udp = TeredoUDP(self._on_datagram, self.counters, self.role, deliver_batch=self._on_batch)
         self.tunnel = Tunnel(
             config.interface, config.mtu, self._on_packet, counters=self.counters, reactor=self.reactor,
             system=tun_system, link_factory=link_factory, batch=(self.udp.hold, self.udp.release),
+            on_segments=self._on_segments,
         )
         self._port: Any = None
         self._timer: IDelayedCall | None = None
@@ -78,6 +79,29 @@ class TunneledRole(RoleService):
 
     def _on_packet(self, packet: bytes) -> None:
         raise NotImplementedError
+
+    def _on_segments(self, packets: list[bytes]) -> None:
+        """The segments of one TCP super-packet from the TUN (TUN offloads)."""
+        raise NotImplementedError
+
+    def _on_batch(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """One read's datagrams: what they make us write to the TUN leaves together, so a
+        flow's in-order TCP segments become one write (with the TUN's offloads)."""
+        self.tunnel.hold()
+        try:
+            self._on_datagrams(batch)
+        finally:
+            self.tunnel.release()
+
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """One read's datagrams, in order: by default `_on_datagram` each, a failure costing
+        that datagram only."""
+        deliver, guard = self._on_datagram, self.udp.guarded()
+        for data, address in batch:
+            try:
+                deliver(data, address)
+            except Exception:
+                guard.failed()
 
     def _on_timer_due(self, now: float) -> None:
         raise NotImplementedError

@@ -127,6 +127,19 @@ class TeredoUDP(DatagramProtocol):
         counters[UDP_OUT] += sum(len(data) for data, _ in datagrams) - sum(len(datagrams[i][0]) for i in refused)
         return refused
 
+    def send_all(self, payloads: list[bytes], addr: Address) -> None:
+        """Send payloads to one address in order (a super-packet's segments): while held they
+        join the batch at once, where equal sizes make one UDP GSO send of them."""
+        held = self._held
+        if held is None:
+            for payload in payloads:
+                self.send(payload, addr)
+            return
+        held.extend([(payload, addr) for payload in payloads])
+        if len(held) >= batchio.BATCH:
+            self.release()
+            self.hold()
+
     def send(self, payload: bytes, addr: Address) -> bool:
         """Send one datagram; a full buffer or unreachable network is a counted drop.
 
