@@ -17,7 +17,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from twisted.pair import testing
 from twisted.pair.tuntap import TuntapPort
 
 from teredo_appliance.config_model import RelayConfig
+from teredo_appliance.native_health import Route
 from teredo_appliance.roles.relay import RelayService
 from teredo_appliance.roles.relay_machine import RELAY_LINK_LOCAL
 from teredo_appliance.wire.address import TeredoAddress
@@ -70,10 +71,14 @@ class _BigTunnel(testing.Tunnel):
 
 
 class _NoLink:
-    """Netlink stand-in: the memory TUN needs no configuration."""
+    """Netlink stand-in: the memory TUN needs no configuration, and the host has a default
+    IPv6 route (so the relay's native side counts as up and it announces)."""
 
     def __init__(self, ifname: str) -> None:
         self.ifname = ifname
+
+    def ipv6_routes(self) -> list[Route]:
+        return [Route(IPv6Network("::/0"), None)]
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args: None

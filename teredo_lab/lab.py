@@ -365,8 +365,7 @@ class Lab:
         proc = subprocess.Popen(full, start_new_session=True, **popen)
         found = state.process_start(proc.pid)
         start = found[0] if found else 0
-        record.processes[name] = state.ProcessRecord(proc.pid, start, self.ns(node), full)
-        record.save()
+        record.record_process(name, state.ProcessRecord(proc.pid, start, self.ns(node), full))
         self._children[proc.pid] = proc
         return proc
 
@@ -376,8 +375,7 @@ class Lab:
         for name, process in list(record.processes.items()):
             if process.pid == proc.pid:
                 state.terminate(process)  # also the group of a leader that died unreaped
-                del record.processes[name]
-                record.save()
+                record.record_process(name, None)
         _reap(proc)
         self._children.pop(proc.pid, None)
 

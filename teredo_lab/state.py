@@ -65,6 +65,16 @@ class LabRecord:
             tmp.write_text(json.dumps(asdict(self), indent=1))
             os.replace(tmp, path)
 
+    def record_process(self, name: str, process: ProcessRecord | None) -> None:
+        """Add (or with None, forget) one process and save, under the lock that save() takes:
+        a parallel helper's save must never see the table change under it."""
+        with _SAVING:
+            if process is None:
+                self.processes.pop(name, None)
+            else:
+                self.processes[name] = process
+        self.save()
+
     @classmethod
     def load(cls, prefix: str) -> LabRecord:
         """The recorded state; FileNotFoundError if none, ValueError if it cannot be read."""
