@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from ipaddress import IPv6Address
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,14 +44,17 @@ def data(destination: bytes = V6HOST, size: int = 100, source: bytes = ME) -> by
 
 
 class Harness:
-    def __init__(self) -> None:
+    """One client's data path at address `me`; the test plays its peers and its server.
+    `options` go to ClientPeers (the extensions' switches)."""
+
+    def __init__(self, me: bytes = ME, seed: int = 5991, **options: Any) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.tun: list[bytes] = []
         self.counters = Counters()
         self.heard: list[float] = []  # when a well-formed packet came from the server
         self.peers = ClientPeers(lambda p, a: self.sent.append((p, a)), self.tun.append, self.counters,
-                                 rng=random.Random(5991), heard_server=self.heard.append)
-        self.peers.attach(ME, ipv4_to_int(SERVER[0]))
+                                 rng=random.Random(seed), heard_server=self.heard.append, **options)
+        self.peers.attach(me, ipv4_to_int(SERVER[0]))
         self.now = 100.0
 
     def take(self) -> list[tuple[bytes, tuple[str, int]]]:

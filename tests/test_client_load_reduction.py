@@ -8,8 +8,6 @@ knows nothing of it (what Miredo is: RFC 4380 only, trailers ignored).
 
 from __future__ import annotations
 
-import random
-
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,14 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredo_appliance.config import parse_config
 from teredo_appliance.config_model import ClientExtensions
 from teredo_appliance.peers import IDLE_TIMEOUT
-from teredo_appliance.roles.client_datapath import ADVERTISEMENTS_PER_SECOND, TOUCH_GRANULARITY, ClientPeers
+from teredo_appliance.roles.client_datapath import ADVERTISEMENTS_PER_SECOND, TOUCH_GRANULARITY
 from teredo_appliance.roles.client_load_reduction import (
     ADVERTISEMENT,
     KNOWN_LIFETIME,
     SOLICITATION,
     ServerLoadReduction,
 )
-from teredo_appliance.stats import Counters
 from teredo_appliance.wire.address import TeredoAddress, ipv4_to_int
 from teredo_appliance.wire.ipv6 import build_echo, build_packet, parse_echo, parse_header
 from teredo_appliance.wire.teredo import build_bubble, origin_indication
@@ -34,6 +31,7 @@ from teredo_appliance.wire.trailers import (
     NeighborDiscoveryTrailer,
     NonceTrailer,
 )
+from tests import test_client_datapath as datapath
 from tests.test_client_symmetric import NAT_A_IP, NAT_B_IP, Nat, Network
 
 ME = TeredoAddress(ipv4_to_int("198.18.0.1"), 0, 50000, ipv4_to_int("198.18.0.100")).pack()
@@ -88,28 +86,11 @@ class ModuleTests(SynchronousTestCase):
         self.assertTrue(load.direct_only(peers[4], PEER_MAPPING, 5.0))
 
 
-class Harness:
-    """One client of ours; the test plays its peer and its server."""
+class Harness(datapath.Harness):
+    """One client of ours at ME, with or without the extension; the test plays its peer and its server."""
 
     def __init__(self, *, load_reduction: bool = True) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.tun: list[bytes] = []
-        self.counters = Counters()
-        self.peers = ClientPeers(lambda p, a: self.sent.append((p, a)), self.tun.append, self.counters,
-                                 rng=random.Random(6081), server_load_reduction=load_reduction)
-        self.peers.attach(ME, ipv4_to_int(SERVER[0]))
-        self.now = 100.0
-
-    def take(self) -> list[tuple[bytes, tuple[str, int]]]:
-        sent, self.sent = self.sent, []
-        return sent
-
-    def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        while (deadline := self.peers.next_deadline()) is not None and deadline <= end:
-            self.now = max(self.now, deadline)
-            self.peers.on_timer(self.now)
-        self.now = end
+        super().__init__(ME, 6081, server_load_reduction=load_reduction)
 
     def send(self, tag: bytes) -> bytes:
         packet = build_packet(ME, PEER, 17, tag)
