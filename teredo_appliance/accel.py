@@ -21,7 +21,3 @@ def _optional(name: str) -> ModuleType | None:
 rsfast = _optional("teredo_appliance._rsfast")  # the server's qualification fast path
 offload = _optional("teredo_appliance._offload")  # TUN offloads of the relay and the client
 
-
-def in_use() -> dict[str, bool]:
-    """Which accelerators this process runs with (for status and the start-up log)."""
-    return {"server_fast_path": rsfast is not None, "tun_offloads": offload is not None}

